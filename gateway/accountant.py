@@ -1,0 +1,196 @@
+"""Turns a finished exchange into metrics, a request record and a feedback-joinable summary.
+
+Everything here runs after the response is complete (or the client has gone); the record is
+queued, not written, and the summary put is a scheduled task, so none of it delays a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from typing import Any
+
+import orjson
+
+from gateway.accounting import Usage, cost_usd
+from gateway.exchange import Exchange
+from gateway.health import Health
+from gateway.kv import KV
+from gateway.metrics import Metrics
+from gateway.records import RecordLog
+
+
+def iso(ts: float) -> str:
+    return (
+        dt.datetime.fromtimestamp(ts, dt.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def price(ex: Exchange, usage: Usage) -> None:
+    """Set the exchange's cost and baseline cost from ``usage``."""
+    ex.usage = usage
+    if ex.model is None:
+        return
+    ex.cost_usd = cost_usd(ex.model, usage)
+    ref_id = ex.decision.reference_model if ex.decision is not None else None
+    ref = ex.policy.models.get(ref_id) if ref_id else None
+    ex.baseline_cost_usd = cost_usd(ref, usage) if ref is not None else ex.cost_usd
+
+
+class Accountant:
+    def __init__(
+        self, *, metrics: Metrics, health: Health, kv: KV, records: RecordLog, ttl_s: int
+    ) -> None:
+        self.metrics = metrics
+        self.health = health
+        self.kv = kv
+        self.records = records
+        self.ttl_s = ttl_s
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def finish(self, ex: Exchange) -> None:
+        m = self.metrics
+        route, model = ex.route, ex.model_id
+        latency = time.perf_counter() - ex.started
+        stream = "true" if ex.stream else "false"
+        status_class = f"{ex.status // 100}xx"
+        m.requests.labels(route, model, status_class, ex.outcome, stream).inc()
+        m.request_duration.labels(route, model, stream).observe(latency)
+        if ex.ttft_s is not None:
+            m.ttft.labels(route, model).observe(ex.ttft_s)
+        d = ex.decision
+        if d is not None:
+            m.decisions.labels(route, d.model, d.reason).inc()
+            if d.p is not None and ex.model is not None:
+                m.predicted_quality.labels(route, model).observe(d.p)
+        u = ex.usage
+        if u is not None and ex.model is not None:
+            tok = m.tokens
+            tok.labels(route, model, "input").inc(u.input)
+            tok.labels(route, model, "output").inc(u.output)
+            tok.labels(route, model, "cached").inc(u.cached)
+            tok.labels(route, model, "reasoning").inc(u.reasoning)
+            m.tokens_per_request.labels(route, model).observe(u.total)
+            m.cost.labels(route, model).inc(ex.cost_usd)
+            m.baseline_cost.labels(route, model).inc(ex.baseline_cost_usd)
+            m.savings.labels(route, model).inc(max(0.0, ex.baseline_cost_usd - ex.cost_usd))
+            if ex.outcome == "ok" and d is not None and d.route is not None:
+                self.health.observe_output(d.route, model, u.output)
+        record = self.record(ex, latency)
+        self.records.emit(record)
+        if ex.model is not None:
+            summary = orjson.dumps({"route": route, "model": model, "time": record["time"]})
+            self._spawn(self.kv.put("req:" + ex.request_id, summary, self.ttl_s))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def record(self, ex: Exchange, latency_s: float) -> dict[str, Any]:
+        d = ex.decision
+        u = ex.usage
+        rec: dict[str, Any] = {
+            "type": "request",
+            "id": ex.request_id,
+            "time": iso(ex.wall_time),
+            "tenant": ex.tenant,
+            "route": d.route if d is not None else None,
+            "model": ex.model.id if ex.model is not None else None,
+            "upstream_model": ex.model.upstream_model if ex.model is not None else None,
+            "provider": ex.model.provider if ex.model is not None else None,
+            "stream": ex.stream,
+            "task": ex.task,
+            "status": ex.status,
+            "outcome": ex.outcome,
+            "error": ex.error,
+            "decision": None,
+            "attempts": ex.attempts,
+            "fallback_from": ex.fallback_from,
+            "tokens": None
+            if u is None
+            else {
+                "input": u.input,
+                "output": u.output,
+                "cached": u.cached,
+                "reasoning": u.reasoning,
+                "estimated": u.estimated,
+            },
+            "cost_usd": ex.cost_usd,
+            "baseline_cost_usd": ex.baseline_cost_usd,
+            "reference_model": d.reference_model if d is not None else None,
+            "latency_ms": round(latency_s * 1000, 3),
+            "ttft_ms": None if ex.ttft_s is None else round(ex.ttft_s * 1000, 3),
+            "upstream_ms": round(ex.upstream_s * 1000, 3),
+        }
+        if d is not None:
+            rec["decision"] = {
+                "reason": d.reason,
+                "difficulty": d.difficulty,
+                "p": d.p,
+                "quality_bar": d.quality_bar,
+                "rule": d.rule,
+                "fallbacks": list(d.fallbacks),
+                "candidates": [
+                    {
+                        "model": c.model,
+                        "p": c.p,
+                        "expected_cost_usd": c.expected_cost_usd,
+                        "eligible": c.eligible,
+                        "reason": c.reason,
+                    }
+                    for c in d.candidates
+                ],
+            }
+        if ex.prompt is not None:
+            rec["prompt"] = ex.prompt
+        return rec
+
+    async def feedback(
+        self, request_id: str, accepted: bool | None, score: float | None
+    ) -> dict[str, Any] | None:
+        """Join feedback to a served request; None when the id is unknown or expired.
+
+        The last verdict is what the records (and so the report) keep. Prometheus counters
+        cannot be taken back, so the outcome counters count each request's first verdict once;
+        repeating or changing feedback never counts the request again.
+        """
+        raw = await self.kv.get("req:" + request_id)
+        if raw is None:
+            return None
+        summary = orjson.loads(raw)
+        if accepted is None and score is not None:
+            accepted = score >= 0.5
+        prev = await self.kv.get("fb:" + request_id)
+        await self.kv.put("fb:" + request_id, orjson.dumps([accepted, score]), self.ttl_s)
+        route, model = summary["route"], summary["model"]
+        if prev is None:
+            outcome = "accepted" if accepted else "rejected"
+            self.metrics.outcomes.labels(route, model, outcome).inc()
+            if score is not None:
+                self.metrics.feedback_score.labels(route, model).observe(score)
+        self.records.emit(
+            {
+                "type": "feedback",
+                "request_id": request_id,
+                "time": iso(time.time()),
+                "accepted": accepted,
+                "score": score,
+            }
+        )
+        return {
+            "object": "feedback",
+            "request_id": request_id,
+            "accepted": accepted,
+            "score": score,
+            "route": route,
+            "model": model,
+            "first": prev is None,
+        }

@@ -1,0 +1,205 @@
+"""create_app(settings) -> FastAPI. The lifespan builds every resource and closes it again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CollectorRegistry
+from starlette.responses import Response
+
+from gateway.accountant import Accountant
+from gateway.errors import GatewayError, error_body
+from gateway.health import Health
+from gateway.kv import KV, MemoryKV, RedisKV
+from gateway.metrics import CircuitCollector, Metrics
+from gateway.middleware import RequestContextMiddleware
+from gateway.records import JSONLFile, RecordLog
+from gateway.routes import router
+from gateway.settings import Settings
+from gateway.state import AppState, DifficultyEstimator
+from gateway.tokens import TokenCounter
+from gateway.upstream_pool import Factory, UpstreamPool, default_factory
+from policies.compile import CompiledPolicy
+from policies.store import PolicyStore
+
+log = logging.getLogger("effgate")
+
+
+def _error_response(exc: GatewayError) -> Response:
+    return Response(exc.body(), exc.status, exc.headers(), media_type="application/json")
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return _error_response(exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    param = ".".join(str(p) for p in err["loc"] if p != "body") or None
+    body = error_body(f"Invalid request: {err['msg']}", "invalid_request_error", None, param)
+    return Response(body, 400, media_type="application/json")
+
+
+async def _unhandled(request: Request, exc: Exception) -> Response:
+    rid = getattr(request.state, "request_id", "?")
+    log.error("unhandled error in request %s", rid, exc_info=exc)
+    body = error_body(
+        f"The gateway hit an internal error (request {rid}).", "server_error", "internal_error"
+    )
+    return Response(body, 500, media_type="application/json")
+
+
+def _load_estimator(settings: Settings) -> DifficultyEstimator:
+    from router_models import load_estimator
+
+    path = str(settings.estimator_path) if settings.estimator_path else None
+    est: DifficultyEstimator = load_estimator(path)
+    return est
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    upstream_factory: Factory | None = None,
+    estimator: Any | None = None,
+    kv: KV | None = None,
+) -> FastAPI:
+    """Build the gateway app. Seams (registry, upstream factory, estimator, kv) are for tests."""
+    settings = settings or Settings()
+    registry = registry or CollectorRegistry()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics = Metrics(registry)
+        est = estimator or _load_estimator(settings)
+        skills = dict(getattr(est, "skills", {}))
+        discrimination = float(getattr(est, "discrimination", 1.0))
+        health = Health(failures=settings.circuit_failures, cooldown_s=settings.circuit_cooldown_s)
+        pool = UpstreamPool(upstream_factory or default_factory(settings.pool_timeout_s))
+        store_kv = kv or _build_kv(settings, metrics)
+        redis_client = getattr(store_kv, "_redis", None) if settings.records_redis_stream else None
+        records = RecordLog(
+            file=JSONLFile(
+                settings.records_dir,
+                max_bytes=settings.records_max_bytes,
+                backups=settings.records_backups,
+            )
+            if settings.records_dir is not None
+            else None,
+            redis=redis_client,
+            stream=settings.records_redis_stream,
+            buffer=settings.records_buffer,
+            on_drop=lambda sink: metrics.records_dropped.labels(sink).inc(),
+        )
+
+        def on_reload(result: str, policy: CompiledPolicy | None, error: str | None) -> None:
+            metrics.policy_reloads.labels(result).inc()
+            if policy is not None:
+                pool.sync(policy)
+                metrics.set_policy(policy.sha256, policy.version, policy.budget_daily_usd)
+                log.info("policy loaded: %s (sha256 %s)", policy.path, policy.sha256[:12])
+            else:
+                log.error("policy reload failed, keeping the running policy: %s", error)
+
+        store = PolicyStore(
+            settings.policy_path, skills=skills, discrimination=discrimination, on_reload=on_reload
+        )
+        policy = store.current
+        pool.sync(policy)
+        metrics.set_policy(policy.sha256, policy.version, policy.budget_daily_usd)
+        registry.register(CircuitCollector(health.state, lambda: store.current.models.keys()))
+        _register_gpu(registry, store, metrics)
+        accountant = Accountant(
+            metrics=metrics,
+            health=health,
+            kv=store_kv,
+            records=records,
+            ttl_s=settings.feedback_ttl_s,
+        )
+        state = AppState(
+            settings=settings,
+            policies=store,
+            estimator=est,
+            upstreams=pool,
+            health=health,
+            metrics=metrics,
+            kv=store_kv,
+            records=records,
+            accountant=accountant,
+            tokens=TokenCounter.load(),
+        )
+        app.state.effgate = state
+        records.start()
+        watcher = asyncio.create_task(store.watch(settings.policy_poll_s), name="policy-watch")
+        restore_sighup = _on_sighup(lambda: store.reload())
+        state.ready = True
+        try:
+            yield
+        finally:
+            state.ready = False
+            restore_sighup()
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await accountant.drain()
+            await records.aclose()
+            await pool.aclose()
+            await store_kv.aclose()
+
+    app = FastAPI(
+        title="effgate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.include_router(router)
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unhandled)
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+def _build_kv(settings: Settings, metrics: Metrics) -> KV:
+    if settings.redis_url is None:
+        return MemoryKV()
+    return RedisKV(settings.redis_url.get_secret_value(), timeout_s=settings.redis_timeout_s)
+
+
+def _register_gpu(registry: CollectorRegistry, store: PolicyStore, metrics: Metrics) -> None:
+    from gateway.gpu import GPUCollector
+
+    def model_gpus() -> dict[str, tuple[int, ...]]:
+        return {m.id: m.local_gpus for m in store.current.models.values() if m.local_gpus}
+
+    def output_tokens() -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for fam in metrics.tokens.collect():
+            for s in fam.samples:
+                if s.name.endswith("_total") and s.labels.get("direction") == "output":
+                    m = s.labels["model"]
+                    totals[m] = totals.get(m, 0.0) + s.value
+        return totals
+
+    registry.register(GPUCollector(model_gpus=model_gpus, output_tokens=output_tokens))
+
+
+def _on_sighup(reload: Callable[[], object]) -> Callable[[], None]:
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.call_soon(reload))
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / platform
+        return lambda: None
+
+    def restore() -> None:
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(signal.SIGHUP)
+
+    return restore

@@ -1,0 +1,69 @@
+"""The ``effgate`` command: dispatches to ``main(argv)`` functions next to the code they run."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+USAGE = """usage: effgate <command> [options]
+
+commands:
+  serve           run the gateway (effgate serve --policy FILE --host H --port P)
+  fake-upstream   run an OpenAI-compatible fake model server (tests, benchmarks, demo)
+  policy check    validate policy files offline
+  train           train a difficulty estimator (--data FILE.jsonl | --records PATH)
+  eval            evaluate an estimator (--data), or replay a policy (--policy --data)
+  report          efficiency report from request records (--records PATH --out DIR)
+
+run `effgate <command> --help` for a command's options
+"""
+
+
+def _command(argv: list[str]) -> tuple[Callable[[list[str]], int], list[str]] | None:
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "serve":
+        from gateway.server import main as serve
+
+        return serve, rest
+    if cmd == "fake-upstream":
+        from gateway.fake_upstream import main as fake
+
+        return fake, rest
+    if cmd == "policy" and rest[:1] == ["check"]:
+        from policies.check import main as check
+
+        return check, rest[1:]
+    if cmd == "train":
+        from router_models.train import main as train
+
+        return train, rest
+    if cmd == "eval":
+        if "--policy" in rest or any(a.startswith("--policy=") for a in rest):
+            from policies.replay import main as replay
+
+            return replay, rest
+        from router_models.evaluate import main as evaluate
+
+        return evaluate, rest
+    if cmd == "report":
+        from gateway.report import main as report
+
+        return report, rest
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    found = _command(argv)
+    if found is None:
+        print(f"effgate: unknown command {' '.join(argv[:2])!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    func, rest = found
+    return func(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""One request's running account: what was decided, what was tried, what came back.
+
+The pipeline fills it in as the request goes; ``Accountant.finish`` turns it into metrics, a
+request record and the summary that feedback joins later.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gateway.accounting import Usage
+from policies.compile import CompiledPolicy, ModelEntry
+from policies.engine import Decision
+
+Outcome = Literal[
+    "ok", "client_error", "upstream_error", "timeout", "unavailable", "stream_error", "cancelled"
+]
+DIRECT_ROUTE = "direct"  # the route label of requests that named a catalog model
+
+
+@dataclass(slots=True)
+class Exchange:
+    request_id: str
+    tenant: str
+    policy: CompiledPolicy
+    stream: bool = False
+    started: float = field(default_factory=time.perf_counter)
+    wall_time: float = field(default_factory=time.time)
+    task: str | None = None
+    prompt: str | None = None
+    prompt_tokens: int = 0
+    decision: Decision | None = None
+    model: ModelEntry | None = None
+    attempts: int = 0
+    fallback_from: list[str] = field(default_factory=list)
+    upstream_s: float = 0.0
+    ttft_s: float | None = None
+    status: int = 200
+    outcome: Outcome = "ok"
+    error: str | None = None
+    usage: Usage | None = None
+    cost_usd: float = 0.0
+    baseline_cost_usd: float = 0.0
+
+    @property
+    def route(self) -> str:
+        """The route label: a policy route, ``direct`` for a named catalog model, else ``none``."""
+        d = self.decision
+        if d is not None and d.route is not None:
+            return d.route
+        return DIRECT_ROUTE if self.model is not None else "none"
+
+    @property
+    def model_id(self) -> str:
+        return self.model.id if self.model is not None else "none"

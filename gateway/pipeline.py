@@ -1,0 +1,317 @@
+"""route_request: classify -> decide -> forward (retry, fall back) -> relay -> account.
+
+No FastAPI here: handlers parse and hand over; this module returns a ``Reply`` (JSON bytes and
+headers) or a ``RelayResponse`` (an ASGI app that streams).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import orjson
+
+from gateway.accountant import price
+from gateway.accounting import Usage, usage_from
+from gateway.errors import (
+    ContextLengthExceeded,
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    NoHealthyUpstream,
+)
+from gateway.exchange import Exchange
+from gateway.protocol import ChatCompletionRequest
+from gateway.relay import RelayResponse, model_rewriter
+from gateway.state import AppState
+from gateway.upstreams import (
+    ProtocolFailed,
+    Stream,
+    TimedOut,
+    Upstream,
+    UpstreamStatusError,
+    error_kind,
+    is_retryable,
+)
+from policies.compile import ModelEntry, needs_difficulty
+from policies.engine import Decision, NoEligibleModel, RouteInput, UnknownModel, decide
+from router_models.features import prompt_text
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class PassThrough(Exception):
+    """An upstream HTTP error that goes to the client with its own status and body."""
+
+    def __init__(self, error: UpstreamStatusError, model: str) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.model = model
+
+
+def _needs(req: ChatCompletionRequest) -> frozenset[str]:
+    needs = set()
+    if req.tools:
+        needs.add("tools")
+    if req.stream:
+        needs.add("streaming")
+    rf = req.response_format
+    if rf is not None and rf.get("type") == "json_schema":
+        needs.add("json_schema")
+    for m in req.messages:
+        if isinstance(m.content, list) and any(
+            p.type in ("image_url", "input_image") for p in m.content
+        ):
+            needs.add("vision")
+            break
+    return frozenset(needs)
+
+
+def _float_header(headers: Mapping[str, str], name: str) -> float | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"header {name} must be a number", param=name) from None
+    if value != value or value < 0:
+        raise InvalidRequest(f"header {name} must be a non-negative number", param=name)
+    return value
+
+
+def route_input(
+    state: AppState,
+    ex: Exchange,
+    req: ChatCompletionRequest,
+    body: dict[str, Any],
+    headers: Mapping[str, str],
+) -> RouteInput:
+    """Everything the decision needs, computed once (difficulty only when a bar is in play)."""
+    policy = ex.policy
+    messages = body["messages"]
+    text = prompt_text(messages)
+    override = headers.get("x-effgate-route")
+    difficulty = None
+    if needs_difficulty(policy, req.model, override):
+        t0 = time.perf_counter()
+        difficulty = state.estimator.difficulty(messages)
+        state.metrics.estimator_duration.observe(time.perf_counter() - t0)
+    meta_task = req.metadata.get("task") if req.metadata else None
+    task = headers.get("x-effgate-task") or (meta_task if isinstance(meta_task, str) else None)
+    ex.task = task
+    smallest = min((m.context_window for m in policy.models.values()), default=0)
+    ex.prompt_tokens = state.tokens.estimate_prompt(text, messages, smallest)
+    if policy.log_prompts:
+        ex.prompt = text
+    return RouteInput(
+        model=req.model,
+        difficulty=difficulty,
+        prompt_text=text,
+        prompt_tokens=ex.prompt_tokens,
+        max_output_tokens=req.max_completion_tokens or req.max_tokens,
+        needs=_needs(req),
+        task=task,
+        route_override=override,
+        quality_bar_override=_float_header(headers, "x-effgate-quality-bar"),
+        max_cost_usd=_float_header(headers, "x-effgate-max-cost-usd"),
+    )
+
+
+def make_decision(state: AppState, ex: Exchange, inp: RouteInput) -> Decision:
+    try:
+        decision = decide(ex.policy, inp, state.health)
+    except UnknownModel:
+        raise ModelNotFound(
+            f"The model `{inp.model}` does not exist or you do not have access to it.",
+            param="model",
+        ) from None
+    except NoEligibleModel as exc:
+        if exc.why == "context":
+            raise ContextLengthExceeded(
+                f"The request ({inp.prompt_tokens} prompt tokens) does not fit the context window"
+                " of any model this route may use.",
+                param="messages",
+            ) from None
+        if exc.why == "circuit":
+            raise NoHealthyUpstream("Every model this request may use is unhealthy.") from None
+        raise InvalidRequest(f"No model of this route can serve the request: {exc}") from None
+    ex.decision = decision
+    return decision
+
+
+def _backoff(state: AppState, attempt: int, exc: BaseException) -> float:
+    base = state.settings.retry_backoff_s * (2**attempt)
+    if isinstance(exc, UpstreamStatusError) and (ra := exc.headers.get("retry-after")):
+        with contextlib.suppress(ValueError):
+            base = max(base, float(ra))
+    jitter: float = 0.5 + random.random() / 2
+    return float(min(state.settings.retry_backoff_max_s, base)) * jitter
+
+
+def _upstream_body(body: dict[str, Any], entry: ModelEntry, stream: bool) -> dict[str, Any]:
+    out = dict(body)
+    out["model"] = entry.upstream_model
+    if stream:
+        opts = dict(out.get("stream_options") or {})
+        opts["include_usage"] = True
+        out["stream_options"] = opts
+    return out
+
+
+async def _first_chunk(stream: Stream, deadline_s: float) -> tuple[bytes, AsyncIterator[bytes]]:
+    it = stream.chunks().__aiter__()
+    try:
+        with anyio.fail_after(deadline_s):
+            first = await it.__anext__()
+    except TimeoutError as exc:
+        raise TimedOut(f"no first token within {deadline_s:g} s") from exc
+    except StopAsyncIteration as exc:
+        raise ProtocolFailed("upstream closed the stream before sending anything") from exc
+    return first, it
+
+
+def _headers(ex: Exchange) -> dict[str, str]:
+    d = ex.decision
+    h = {
+        "x-effgate-model": ex.model_id,
+        "x-effgate-route": ex.route,
+        "x-effgate-upstream-ms": f"{ex.upstream_s * 1000:.1f}",
+    }
+    if d is not None and d.p is not None:
+        h["x-effgate-quality"] = f"{d.p:.4f}"
+    if d is not None and d.difficulty is not None:
+        h["x-effgate-difficulty"] = f"{d.difficulty:.4f}"
+    return h
+
+
+def _json_reply(state: AppState, ex: Exchange, data: bytes) -> Reply:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolFailed("upstream sent a malformed JSON body") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolFailed("upstream sent a JSON body that is not an object")
+    usage = usage_from(obj.get("usage"))
+    if usage is None:
+        text = "".join(
+            str((c.get("message") or {}).get("content") or "")
+            for c in obj.get("choices") or ()
+            if isinstance(c, dict)
+        )
+        usage = Usage(ex.prompt_tokens, state.tokens.count(text), estimated=True)
+    price(ex, usage)
+    if ex.model is not None and "model" in obj:
+        obj["model"] = ex.model.id
+    headers = _headers(ex)
+    headers["x-effgate-cost-usd"] = f"{ex.cost_usd:.10f}"
+    return Reply(200, orjson.dumps(obj), headers)
+
+
+async def forward(
+    state: AppState,
+    ex: Exchange,
+    body: dict[str, Any],
+    *,
+    chain: tuple[str, ...],
+    path: str,
+    include_usage: bool,
+) -> Reply | RelayResponse:
+    """Try ``chain[0]``, then the fallbacks; retry each on connect errors, 429 and 5xx."""
+    last: BaseException | None = None
+    for i, model_id in enumerate(chain):
+        entry = ex.policy.models[model_id]
+        if i > 0:
+            state.metrics.fallbacks.labels(ex.route, chain[i - 1], model_id).inc()
+            ex.fallback_from.append(chain[i - 1])
+        if not state.health.acquire(model_id):
+            last = NoHealthyUpstream(f"upstream {model_id!r} is unhealthy (circuit open)")
+            continue
+        ex.model = entry
+        upstream = state.upstreams.get(model_id)
+        out_body = _upstream_body(body, entry, ex.stream)
+        for attempt in range(entry.max_retries + 1):
+            ex.attempts += 1
+            t0 = time.perf_counter()
+            try:
+                result = await _call(state, ex, upstream, entry, out_body, path, include_usage)
+            except (UpstreamStatusError, GatewayError) as exc:
+                elapsed = time.perf_counter() - t0
+                ex.upstream_s += elapsed
+                state.metrics.upstream_duration.labels(model_id).observe(elapsed)
+                state.metrics.upstream_errors.labels(model_id, error_kind(exc)).inc()
+                last = exc
+                if isinstance(exc, UpstreamStatusError) and not exc.retryable:
+                    raise PassThrough(exc, model_id) from None
+                state.health.failure(model_id)
+                if is_retryable(exc) and attempt < entry.max_retries:
+                    state.metrics.retries.labels(model_id).inc()
+                    await asyncio.sleep(_backoff(state, attempt, exc))
+                    if not state.health.acquire(model_id):
+                        break
+                    continue
+                break
+            state.health.success(model_id)
+            return result
+    assert last is not None
+    if isinstance(last, UpstreamStatusError):
+        raise PassThrough(last, ex.model_id)
+    raise last
+
+
+async def _call(
+    state: AppState,
+    ex: Exchange,
+    upstream: Upstream,
+    entry: ModelEntry,
+    body: dict[str, Any],
+    path: str,
+    include_usage: bool,
+) -> Reply | RelayResponse:
+    t0 = time.perf_counter()
+    t = entry.timeouts
+    if not ex.stream:
+        reply = await upstream.complete(path, body, t.total_s)
+        elapsed = time.perf_counter() - t0
+        ex.upstream_s += elapsed
+        state.metrics.upstream_duration.labels(entry.id).observe(elapsed)
+        return _json_reply(state, ex, reply.body)
+    stream = await upstream.open_stream(body, t.first_byte_s)
+    try:
+        remaining = max(0.001, t.first_byte_s - (time.perf_counter() - t0))
+        first, rest = await _first_chunk(stream, remaining)
+    except BaseException:
+        await stream.aclose()
+        raise
+    elapsed = time.perf_counter() - t0
+    ex.upstream_s += elapsed
+    state.metrics.upstream_duration.labels(entry.id).observe(elapsed)
+    headers = [(k.encode(), v.encode()) for k, v in _headers(ex).items()]
+    headers += [
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no"),
+    ]
+    return RelayResponse(
+        stream=stream,
+        chunks=rest,
+        first=first,
+        exchange=ex,
+        headers=headers,
+        include_usage=include_usage,
+        idle_s=t.idle_s,
+        rewrite=model_rewriter(entry.upstream_model, entry.id),
+        on_finish=state.accountant.finish,
+        on_upstream_error=lambda m, k: state.metrics.upstream_errors.labels(m, k).inc(),
+    )

@@ -1,0 +1,219 @@
+"""The streaming relay: upstream SSE bytes to the client, event by event, as they arrive.
+
+A pure ASGI response (no buffering, no re-encoding). While it relays it stamps the time to
+first token, picks usage out of the final usage event (dropping that event when the client did
+not ask for usage, adding ``effgate_cost_usd`` when it did), rewrites ``model`` to the catalog
+id with a byte replace, and watches for the client leaving: a disconnect cancels the relay and
+closes the upstream response, which is what makes vLLM stop generating. A stream that breaks,
+stalls past the idle deadline or ends without ``[DONE]`` ends with one OpenAI-shaped error event
+(vLLM's ``create_streaming_error_response``), never a silent truncated 200.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import orjson
+from starlette.responses import Response
+
+from gateway.accountant import price
+from gateway.accounting import Usage, usage_from
+from gateway.errors import GatewayError, error_body
+from gateway.exchange import Exchange
+from gateway.sse import DONE_EVENT, EventSplitter, encode_event, event_data
+from gateway.upstreams import Stream, error_kind
+
+Send = Callable[[dict[str, Any]], Any]
+Receive = Callable[[], Any]
+
+
+class StreamCut(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "stream_interrupted"
+    kind = "stream_cut"
+
+
+@contextmanager
+def unwrap_group() -> Iterator[None]:
+    """Re-raise a task group's single exception as itself, so callers can catch it by type."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+def model_rewriter(upstream_name: str, catalog_id: str) -> Callable[[bytes], bytes]:
+    """Byte-level ``"model": "<upstream>"`` -> ``"model": "<catalog>"`` for relayed chunks."""
+    if upstream_name == catalog_id:
+        return lambda b: b
+    src = orjson.dumps(upstream_name)
+    dst = orjson.dumps(catalog_id)
+    pairs = [(b'"model":' + src, b'"model":' + dst), (b'"model": ' + src, b'"model": ' + dst)]
+
+    def rewrite(b: bytes) -> bytes:
+        for old, new in pairs:
+            if old in b:
+                b = b.replace(old, new)
+        return b
+
+    return rewrite
+
+
+class RelayResponse(Response):
+    """ASGI response relaying one upstream SSE stream. ``first`` is what arrived already.
+
+    A ``Response`` subclass only so that FastAPI hands it to the server untouched; it never
+    calls ``Response.__init__`` and streams through its own ``__call__``.
+    """
+
+    def __init__(
+        self,
+        *,
+        stream: Stream,
+        chunks: AsyncIterator[bytes],
+        first: bytes,
+        exchange: Exchange,
+        headers: list[tuple[bytes, bytes]],
+        include_usage: bool,
+        idle_s: float,
+        rewrite: Callable[[bytes], bytes],
+        on_finish: Callable[[Exchange], None],
+        on_upstream_error: Callable[[str, str], None],
+    ) -> None:
+        self.status_code = 200
+        self.background = None
+        self.stream = stream
+        self.chunks = chunks
+        self.first = first
+        self.ex = exchange
+        self.start_headers = headers
+        self.include_usage = include_usage
+        self.idle_s = idle_s
+        self.rewrite = rewrite
+        self.on_finish = on_finish
+        self.on_upstream_error = on_upstream_error
+        self.splitter = EventSplitter()
+        self.done = False
+        self.usage: Usage | None = None
+        self.content_events = 0
+
+    async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
+        ex = self.ex
+        try:
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": self.start_headers}
+            )
+            with unwrap_group():
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope)
+                    await self._pump(send)
+                    tg.cancel_scope.cancel()
+            if ex.outcome == "cancelled":
+                return
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:  # the client went away while we were sending
+            ex.outcome = "cancelled"
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.stream.aclose()
+                self._settle()
+                self.on_finish(ex)
+
+    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.ex.outcome = "cancelled"
+                scope.cancel()
+                return
+
+    async def _pump(self, send: Send) -> None:
+        ex = self.ex
+        out = self._events(self.first)
+        if out:
+            await send({"type": "http.response.body", "body": out, "more_body": True})
+            ex.ttft_s = time.perf_counter() - ex.started
+        it = self.chunks.__aiter__()
+        try:
+            while not self.done:
+                with anyio.fail_after(self.idle_s):
+                    try:
+                        chunk = await it.__anext__()
+                    except StopAsyncIteration:
+                        break
+                out = self._events(chunk)
+                if out:
+                    if ex.ttft_s is None:
+                        ex.ttft_s = time.perf_counter() - ex.started
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+        except TimeoutError:
+            await self._fail(send, "timeout", f"upstream stalled for more than {self.idle_s:g} s")
+            return
+        except GatewayError as exc:
+            await self._fail(send, error_kind(exc), exc.message)
+            return
+        if not self.done:
+            await self._fail(send, "stream_cut", "upstream closed the stream before it finished")
+
+    async def _fail(self, send: Send, kind: str, message: str) -> None:
+        ex = self.ex
+        ex.outcome = "stream_error"
+        ex.error = message
+        self.on_upstream_error(ex.model_id, kind)
+        body = error_body(message, StreamCut.type, StreamCut.code)
+        await send({"type": "http.response.body", "body": encode_event(body), "more_body": True})
+
+    def _events(self, chunk: bytes) -> bytes:
+        parts = []
+        for event in self.splitter.feed(chunk):
+            data = event_data(event)
+            if data == b"[DONE]":
+                self.done = True
+                parts.append(DONE_EVENT)
+                continue
+            if b'"usage"' in data and b'"usage":null' not in data and b'"usage": null' not in data:
+                kept = self._usage_event(data)
+                if kept is not None:
+                    parts.append(kept)
+                continue
+            if data.startswith(b'{"error"'):
+                self.ex.outcome = "stream_error"
+                self.ex.error = "upstream sent an error event"
+            elif b'"content"' in data or b'"tool_calls"' in data:
+                self.content_events += 1
+            parts.append(self.rewrite(event))
+        return b"".join(parts)
+
+    def _usage_event(self, data: bytes) -> bytes | None:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return self.rewrite(encode_event(data))
+        usage = usage_from(obj.get("usage")) if isinstance(obj, dict) else None
+        if usage is None:
+            return self.rewrite(encode_event(data))
+        self.usage = usage
+        price(self.ex, usage)
+        has_choices = bool(obj.get("choices"))
+        if not self.include_usage and not has_choices:
+            return None
+        if not self.include_usage:
+            obj["usage"] = None
+        else:
+            obj["usage"]["effgate_cost_usd"] = round(self.ex.cost_usd, 10)
+        if self.ex.model is not None:
+            obj["model"] = self.ex.model.id
+        return encode_event(orjson.dumps(obj))
+
+    def _settle(self) -> None:
+        if self.usage is None and self.ex.model is not None:
+            # no usage from upstream: one streamed content event is about one token
+            est = Usage(self.ex.prompt_tokens, self.content_events, estimated=True)
+            price(self.ex, est)

@@ -1,0 +1,239 @@
+"""Thin HTTP handlers: parse, call one function, return. Errors are raised, never rendered here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import anyio
+import orjson
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    RateLimited,
+    RequestNotFound,
+    Unauthorized,
+)
+from gateway.exchange import Exchange, Outcome
+from gateway.explain import explain_body, models_body
+from gateway.pipeline import PassThrough, Reply, forward, make_decision, route_input
+from gateway.protocol import ChatCompletionRequest, EmbeddingRequest, FeedbackRequest
+from gateway.relay import RelayResponse, unwrap_group
+from gateway.state import AppState
+
+router = APIRouter()
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+JSON = "application/json"
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.effgate
+    return state
+
+
+async def _body(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body is larger than the {limit}-byte limit.")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise PayloadTooLarge(f"Request body is larger than the {limit}-byte limit.")
+    try:
+        return orjson.loads(buf)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"We could not parse the JSON body of your request: {exc}") from None
+
+
+def _validate(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise InvalidRequest(f"Invalid request: {err['msg']}", param=param) from None
+
+
+async def _tenant(state: AppState, request: Request) -> str:
+    keys = state.settings.api_keys
+    tenant = "default"
+    if keys:
+        auth = request.headers.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        found = keys.get(token) if token else None
+        if found is None:
+            raise Unauthorized("Incorrect API key provided.")
+        tenant = found
+    rpm = state.settings.rate_limit_rpm
+    if rpm is not None and await state.kv.hit("tenant:" + tenant, 60) > rpm:
+        raise RateLimited(
+            f"Rate limit of {rpm} requests per minute reached.",
+            retry_after_s=max(1, 60 - int(time.time()) % 60),
+        )
+    return tenant
+
+
+async def _until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
+    """Run ``work``; if the client disconnects first, cancel it (closing the upstream call)."""
+    result: list[T] = []
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        scope.cancel()
+
+    with unwrap_group():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch, tg.cancel_scope)
+            result.append(await work)
+            tg.cancel_scope.cancel()
+    return result[0] if result else None
+
+
+def _outcome(status: int) -> Outcome:
+    if status == 504:
+        return "timeout"
+    if status == 503:
+        return "unavailable"
+    return "upstream_error" if status >= 500 or status == 429 else "client_error"
+
+
+async def _serve(
+    state: AppState, ex: Exchange, request: Request, work: Awaitable[Reply | RelayResponse]
+) -> Response | RelayResponse:
+    try:
+        result = await _until_disconnect(request, work)
+    except PassThrough as p:
+        ex.status = p.error.status
+        ex.outcome = "client_error" if p.error.kind == "status_4xx" else "upstream_error"
+        ex.error = f"upstream {p.model} returned HTTP {p.error.status}"
+        state.accountant.finish(ex)
+        headers = {**p.error.headers, "x-effgate-upstream": p.model, "x-effgate-model": p.model}
+        headers["x-effgate-route"] = ex.route
+        headers["x-effgate-upstream-ms"] = f"{ex.upstream_s * 1000:.1f}"
+        return Response(p.error.body, p.error.status, headers, media_type=JSON)
+    except GatewayError as exc:
+        ex.status, ex.outcome, ex.error = exc.status, _outcome(exc.status), exc.message
+        exc.extra_headers.update({"x-effgate-model": ex.model_id, "x-effgate-route": ex.route})
+        state.accountant.finish(ex)
+        raise
+    if result is None:
+        ex.status, ex.outcome = 499, "cancelled"
+        state.accountant.finish(ex)
+        return Response(status_code=499)
+    if isinstance(result, RelayResponse):
+        return result  # the relay finishes the exchange when the stream ends
+    state.accountant.finish(ex)
+    return Response(result.body, result.status, result.headers, media_type=JSON)
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(request: Request) -> Response | RelayResponse:
+    state = _state(request)
+    ex = Exchange(request.state.request_id, "default", state.policies.current)
+    try:
+        ex.tenant = await _tenant(state, request)
+        body = await _body(request, state.settings.max_body_bytes)
+        req = _validate(ChatCompletionRequest, body)
+        ex.stream = bool(req.stream)
+        inp = route_input(state, ex, req, body, request.headers)
+        make_decision(state, ex, inp)
+    except GatewayError as exc:
+        ex.status, ex.outcome, ex.error = exc.status, "client_error", exc.message
+        if exc.status >= 500:
+            ex.outcome = _outcome(exc.status)
+        state.accountant.finish(ex)
+        raise
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    decision = ex.decision
+    assert decision is not None
+    chain = (decision.model, *decision.fallbacks)
+    work = forward(
+        state, ex, body, chain=chain, path="/chat/completions", include_usage=include_usage
+    )
+    return await _serve(state, ex, request, work)
+
+
+@router.post("/v1/embeddings", response_model=None)
+async def embeddings(request: Request) -> Response | RelayResponse:
+    state = _state(request)
+    ex = Exchange(request.state.request_id, "default", state.policies.current)
+    ex.tenant = await _tenant(state, request)
+    body = await _body(request, state.settings.max_body_bytes)
+    req = _validate(EmbeddingRequest, body)
+    entry = ex.policy.models.get(req.model)
+    if entry is None:
+        raise ModelNotFound(f"The model `{req.model}` does not exist.", param="model")
+    ex.model = entry
+    work = forward(state, ex, body, chain=(entry.id,), path="/embeddings", include_usage=False)
+    return await _serve(state, ex, request, work)
+
+
+@router.post("/v1/route/explain")
+async def route_explain(request: Request) -> Response:
+    state = _state(request)
+    ex = Exchange(request.state.request_id, "default", state.policies.current)
+    body = await _body(request, state.settings.max_body_bytes)
+    req = _validate(ChatCompletionRequest, body)
+    inp = route_input(state, ex, req, body, request.headers)
+    decision = make_decision(state, ex, inp)
+    return Response(explain_body(ex.policy, inp, decision), media_type=JSON)
+
+
+@router.post("/v1/feedback")
+async def feedback(request: Request) -> Response:
+    state = _state(request)
+    await _tenant(state, request)
+    fb = _validate(FeedbackRequest, await _body(request, 64 * 1024))
+    if fb.accepted is None and fb.score is None:
+        raise InvalidRequest("Send `accepted`, `score`, or both.", param="accepted")
+    result = await state.accountant.feedback(fb.request_id, fb.accepted, fb.score)
+    if result is None:
+        raise RequestNotFound(
+            f"No request `{fb.request_id}` is known (unknown, or older than the retention).",
+            param="request_id",
+        )
+    return Response(orjson.dumps(result), media_type=JSON)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    return Response(models_body(_state(request).policies.current), media_type=JSON)
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(request: Request, model_id: str) -> Response:
+    policy = _state(request).policies.current
+    for item in orjson.loads(models_body(policy))["data"]:
+        if item["id"] == model_id:
+            return Response(orjson.dumps(item), media_type=JSON)
+    raise ModelNotFound(f"The model `{model_id}` does not exist.", param="model")
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    return Response(b'{"status":"ok"}', media_type=JSON)
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    state = _state(request)
+    policy = state.policies.current
+    body = {"status": "ready" if state.ready else "starting", "policy_sha256": policy.sha256}
+    return Response(orjson.dumps(body), 200 if state.ready else 503, media_type=JSON)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    data = generate_latest(_state(request).metrics.registry)
+    return Response(data, media_type=CONTENT_TYPE_LATEST)

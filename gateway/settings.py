@@ -1,0 +1,56 @@
+"""Process settings: how the gateway process runs (read once from ``EFFGATE_*``; restart to change).
+
+How requests are routed lives in the policy YAML instead, which is hot-reloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
+
+
+class Settings(BaseSettings):
+    """Every field maps to ``EFFGATE_<NAME>`` (nested with ``__``)."""
+
+    model_config = SettingsConfigDict(env_prefix="EFFGATE_", env_nested_delimiter="__", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    policy_path: Path = DEFAULT_POLICY
+    policy_poll_s: float = Field(2.0, gt=0)
+    # path to an estimator artifact directory; None = the shipped default
+    estimator_path: Path | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+
+    # limits
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    max_stream_error_body_bytes: int = 64 * 1024
+    # client API keys accepted by the gateway, mapped to tenant names; empty = no auth
+    api_keys: dict[str, str] = Field(default_factory=dict)
+    rate_limit_rpm: int | None = Field(None, gt=0)  # per tenant; None = unlimited
+
+    # upstream connection pool defaults (per model, a policy may override)
+    pool_timeout_s: float = 5.0
+    retry_backoff_s: float = 0.05
+    retry_backoff_max_s: float = 2.0
+    circuit_failures: int = 5
+    circuit_cooldown_s: float = 30.0
+
+    # shared state and records
+    redis_url: SecretStr | None = None
+    redis_timeout_s: float = 0.25
+    feedback_ttl_s: int = 7 * 24 * 3600
+    records_dir: Path | None = Path("records")
+    records_max_bytes: int = 64 * 1024 * 1024
+    records_backups: int = 10
+    records_buffer: int = 10_000
+    records_redis_stream: str | None = None
+    metrics_tenant_cap: int = (
+        0  # >0: a tenant label for at most this many tenants, the rest "other"
+    )
