@@ -8,6 +8,7 @@ from collections.abc import Callable
 USAGE = """usage: effgate <command> [options]
 
 commands:
+  demo            run the gateway in front of two fake models (no provider key needed)
   serve           run the gateway (effgate serve --policy FILE --host H --port P)
   fake-upstream   run an OpenAI-compatible fake model server (tests, benchmarks, demo)
   policy check    validate policy files offline
@@ -25,6 +26,10 @@ def _command(argv: list[str]) -> tuple[Callable[[list[str]], int], list[str]] | 
         from gateway.server import main as serve
 
         return serve, rest
+    if cmd == "demo":
+        from gateway.demo import main as demo
+
+        return demo, rest
     if cmd == "fake-upstream":
         from gateway.fake_upstream import main as fake
 
