@@ -8,7 +8,6 @@ policy expects) on the gateway's own event loop, then serves the gateway with
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 from pathlib import Path
@@ -50,8 +49,10 @@ def main(argv: list[str]) -> int:
     async def run() -> None:
         servers = []
         for model, port, latency in (("mock-small", 9001, 40.0), ("mock-big", 9002, 250.0)):
-            config = FakeConfig(models=(model,), latency_ms=latency, tokens_per_s=args.tokens_per_s)
-            servers.append(await FakeUpstream(config).start("127.0.0.1", port))
+            fake_config = FakeConfig(
+                models=(model,), latency_ms=latency, tokens_per_s=args.tokens_per_s
+            )
+            servers.append(await FakeUpstream(fake_config).start("127.0.0.1", port))
         print(BANNER.format(host=args.host, port=args.port), flush=True)
         config = uvicorn.Config(
             create_app(settings),
