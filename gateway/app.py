@@ -87,7 +87,11 @@ def create_app(
         health = Health(failures=settings.circuit_failures, cooldown_s=settings.circuit_cooldown_s)
         pool = UpstreamPool(upstream_factory or default_factory(settings.pool_timeout_s))
         store_kv = kv or _build_kv(settings, metrics)
-        redis_client = getattr(store_kv, "_redis", None) if settings.records_redis_stream else None
+        redis_client = (
+            store_kv.client
+            if isinstance(store_kv, RedisKV) and settings.records_redis_stream
+            else None
+        )
         records = RecordLog(
             file=JSONLFile(
                 settings.records_dir,
@@ -170,7 +174,11 @@ def create_app(
 def _build_kv(settings: Settings, metrics: Metrics) -> KV:
     if settings.redis_url is None:
         return MemoryKV()
-    return RedisKV(settings.redis_url.get_secret_value(), timeout_s=settings.redis_timeout_s)
+    return RedisKV(
+        settings.redis_url.get_secret_value(),
+        timeout_s=settings.redis_timeout_s,
+        on_fallback=lambda op: metrics.store_fallbacks.labels(op).inc(),
+    )
 
 
 def _register_gpu(registry: CollectorRegistry, store: PolicyStore, metrics: Metrics) -> None:

@@ -124,6 +124,11 @@ class RedisKV:
             self._failed("hit", exc)
             return await self._fallback.hit(key, window_s)
 
+    @property
+    def client(self) -> Any:
+        """The ``redis.asyncio`` client (the record log writes its stream through it)."""
+        return self._redis
+
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())

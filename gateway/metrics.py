@@ -144,6 +144,12 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.store_fallbacks = Counter(
+            "effgate_store_fallbacks",
+            "Shared-store operations served by the in-process fallback (Redis down or slow).",
+            ["op"],
+            registry=r,
+        )
         self._live_policy: tuple[str, str] | None = None
 
     def set_policy(self, sha256: str, version: int, daily_budget_usd: float | None) -> None:

@@ -30,7 +30,6 @@ class Settings(BaseSettings):
 
     # limits
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
-    max_stream_error_body_bytes: int = 64 * 1024
     # client API keys accepted by the gateway, mapped to tenant names; empty = no auth
     api_keys: dict[str, str] = Field(default_factory=dict)
     rate_limit_rpm: int | None = Field(None, gt=0)  # per tenant; None = unlimited
