@@ -1,0 +1,148 @@
+"""Artifacts on disk: `metadata.json` + `weights.npz` (no pickle), and their validation.
+
+metadata.json carries the feature version, the weights' sha256, the fitted skills and
+discrimination, the training data files with their sha256, and evaluation metrics.
+Anything unexpected (missing file, bad JSON, hash mismatch, wrong feature version, wrong
+shapes, non-finite numbers) raises `ArtifactError`, never a half-loaded estimator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router_models.data import sha256_file
+from router_models.estimator import Estimator, Trees, Weights
+from router_models.features import FEATURE_VERSION
+
+METADATA = "metadata.json"
+WEIGHTS = "weights.npz"
+FORMAT = 1
+
+
+class ArtifactError(Exception):
+    """An artifact that cannot be used: missing, corrupt, or built for other features."""
+
+
+def default_artifact_dir() -> Path:
+    return Path(str(resources.files("router_models") / "artifacts" / "default"))
+
+
+def _weight_arrays(w: Weights) -> dict[str, np.ndarray[Any, Any]]:
+    arrays: dict[str, np.ndarray[Any, Any]] = {
+        "dense_mean": w.dense_mean,
+        "dense_scale": w.dense_scale,
+        "dense_coef": w.dense_coef,
+        "hashed_coef": w.hashed_coef.astype(np.float32),
+        "scalars": np.array([w.intercept, w.scale, w.shift]),
+    }
+    if w.trees is not None:
+        arrays["tree_feature"] = w.trees.feature
+        arrays["tree_threshold"] = w.trees.threshold
+        arrays["tree_leaf"] = w.trees.leaf
+    return arrays
+
+
+def save_artifact(
+    directory: Path,
+    weights: Weights,
+    *,
+    skills: Mapping[str, float],
+    discrimination: float,
+    metadata: Mapping[str, Any],
+) -> Path:
+    """Write weights and metadata; returns the directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    weights_path = directory / WEIGHTS
+    with weights_path.open("wb") as fh:
+        np.savez_compressed(fh, **_weight_arrays(weights))  # type: ignore[arg-type]
+    meta = dict(metadata)
+    meta.update(
+        format=FORMAT,
+        feature_version=FEATURE_VERSION,
+        weights_file=WEIGHTS,
+        weights_sha256=sha256_file(weights_path),
+        skills=dict(skills),
+        discrimination=float(discrimination),
+    )
+    text = json.dumps(meta, indent=1, sort_keys=True, allow_nan=False)
+    (directory / METADATA).write_text(text + "\n", encoding="utf-8")
+    return directory
+
+
+def _read_metadata(directory: Path) -> dict[str, Any]:
+    path = directory / METADATA
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{path}: missing (is {directory} an estimator artifact?)") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{path}: expected a JSON object")
+    version = meta.get("feature_version")
+    if version != FEATURE_VERSION:
+        raise ArtifactError(
+            f"{path}: feature version {version!r}, this code computes {FEATURE_VERSION!r}; "
+            "retrain the artifact with `effgate train`"
+        )
+    return meta
+
+
+def _read_weights(directory: Path, meta: Mapping[str, Any]) -> Weights:
+    path = directory / WEIGHTS
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing")
+    if sha256_file(path) != meta.get("weights_sha256"):
+        raise ArtifactError(f"{path}: sha256 does not match metadata.json (corrupt or replaced)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: np.asarray(npz[k]) for k in npz.files}
+        scalars = arrays["scalars"].astype(np.float64)
+        trees = None
+        if "tree_feature" in arrays:
+            leaf = arrays["tree_leaf"].astype(np.float64)
+            trees = Trees(
+                feature=arrays["tree_feature"].astype(np.int64),
+                threshold=arrays["tree_threshold"].astype(np.float64),
+                leaf=leaf,
+                depth=int(round(math.log2(leaf.shape[1]))),
+            )
+        return Weights(
+            dense_mean=arrays["dense_mean"].astype(np.float64),
+            dense_scale=arrays["dense_scale"].astype(np.float64),
+            dense_coef=arrays["dense_coef"].astype(np.float64),
+            hashed_coef=arrays["hashed_coef"].astype(np.float32),
+            intercept=float(scalars[0]),
+            scale=float(scalars[1]),
+            shift=float(scalars[2]),
+            trees=trees,
+        )
+    except (KeyError, IndexError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise ArtifactError(f"{path}: unreadable weights: {exc}") from exc
+
+
+def load_estimator(directory: str | Path | None = None) -> Estimator:
+    """Load an artifact directory (default: the one shipped in the package)."""
+    root = Path(directory) if directory is not None else default_artifact_dir()
+    meta = _read_metadata(root)
+    weights = _read_weights(root, meta)
+    try:
+        skills = {str(k): float(v) for k, v in dict(meta["skills"]).items()}
+        if not all(math.isfinite(v) for v in skills.values()):
+            raise ValueError("non-finite skill")
+        return Estimator(
+            weights,
+            skills=skills,
+            discrimination=float(meta["discrimination"]),
+            metadata=meta,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{root}: invalid artifact: {exc}") from exc

@@ -1,0 +1,147 @@
+"""The run-time difficulty estimator: features -> difficulty -> P(acceptable), numpy only.
+
+difficulty = scale * raw + shift, where raw is a linear model on standardised dense
+features plus hashed n-gram weights (each group's sum divided by sqrt of its count),
+plus an optional ensemble of small regression trees on the dense features. The trees are
+stored as flat arrays and walked for all trees at once, level by level.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from router_models.features import N_DENSE, N_GROUPS, Features, extract
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class Trees:
+    """Complete binary trees of one depth: node k has children 2k+1, 2k+2 (heap order)."""
+
+    feature: I64  # (n_trees, n_internal)
+    threshold: F64  # (n_trees, n_internal); go left when x <= threshold
+    leaf: F64  # (n_trees, 2**depth)
+    depth: int
+
+    def predict(self, dense: F64) -> float:
+        n_trees = self.feature.shape[0]
+        rows = np.arange(n_trees)
+        node = np.zeros(n_trees, dtype=np.int64)
+        for _ in range(self.depth):
+            go_right = dense[self.feature[rows, node]] > self.threshold[rows, node]
+            node = 2 * node + 1 + go_right
+        first_leaf = (1 << self.depth) - 1
+        return float(self.leaf[rows, node - first_leaf].sum())
+
+    def predict_many(self, dense: F64) -> F64:
+        n_rows, n_trees = dense.shape[0], self.feature.shape[0]
+        rows = np.arange(n_trees)[None, :]
+        node = np.zeros((n_rows, n_trees), dtype=np.int64)
+        samples = np.arange(n_rows)[:, None]
+        for _ in range(self.depth):
+            feat = self.feature[rows, node]
+            go_right = dense[samples, feat] > self.threshold[rows, node]
+            node = 2 * node + 1 + go_right
+        first_leaf = (1 << self.depth) - 1
+        out: F64 = self.leaf[rows, node - first_leaf].sum(axis=1)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """Everything needed to turn Features into a difficulty."""
+
+    dense_mean: F64
+    dense_scale: F64
+    dense_coef: F64
+    hashed_coef: npt.NDArray[np.float32]  # (N_GROUPS, HASH_SIZE)
+    intercept: float
+    scale: float = 1.0
+    shift: float = 0.0
+    trees: Trees | None = None
+
+    def raw(self, features: Features) -> float:
+        z = (features.dense - self.dense_mean) / self.dense_scale
+        total = self.intercept + float(z @ self.dense_coef)
+        for group, ids in enumerate(features.hashed):
+            if ids.size:
+                total += float(self.hashed_coef[group, ids].sum()) / math.sqrt(ids.size)
+        if self.trees is not None:
+            total += self.trees.predict(z)
+        return total
+
+    def difficulty(self, features: Features) -> float:
+        return self.scale * self.raw(features) + self.shift
+
+
+def _check_shapes(w: Weights) -> None:
+    shapes = {
+        "dense_mean": w.dense_mean.shape,
+        "dense_scale": w.dense_scale.shape,
+        "dense_coef": w.dense_coef.shape,
+    }
+    for name, shape in shapes.items():
+        if shape != (N_DENSE,):
+            raise ValueError(f"{name} has shape {shape}, expected ({N_DENSE},)")
+    if w.hashed_coef.ndim != 2 or w.hashed_coef.shape[0] != N_GROUPS:
+        raise ValueError(f"hashed_coef has shape {w.hashed_coef.shape}")
+    if not (np.all(w.dense_scale > 0) and np.isfinite(w.hashed_coef).all()):
+        raise ValueError("non-positive scale or non-finite weights")
+
+
+class Estimator:
+    """Difficulty of a chat request, and the chance a model of a given skill handles it."""
+
+    __slots__ = ("_skills", "_weights", "discrimination", "metadata")
+
+    def __init__(
+        self,
+        weights: Weights,
+        *,
+        skills: Mapping[str, float],
+        discrimination: float,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        _check_shapes(weights)
+        if not (math.isfinite(discrimination) and discrimination > 0):
+            raise ValueError(f"discrimination must be positive, got {discrimination!r}")
+        self._weights = weights
+        self._skills = {str(k): float(v) for k, v in skills.items()}
+        self.discrimination = float(discrimination)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    @property
+    def weights(self) -> Weights:
+        return self._weights
+
+    @property
+    def skills(self) -> dict[str, float]:
+        return dict(self._skills)
+
+    def difficulty(self, messages: Sequence[Any]) -> float:
+        """One scalar per request; higher is harder (skill units)."""
+        return self._weights.difficulty(extract(messages))
+
+    def difficulties(self, batch: Sequence[Sequence[Any]]) -> F64:
+        return np.array([self.difficulty(m) for m in batch], dtype=np.float64)
+
+    def p_acceptable(self, messages: Sequence[Any], skill: float) -> float:
+        """sigmoid(a * (skill - difficulty))."""
+        return p_from(self.discrimination, skill, self.difficulty(messages))
+
+
+def p_from(discrimination: float, skill: float, difficulty: float) -> float:
+    """The IRT link, overflow-safe: 1 / (1 + exp(-a * (skill - d)))."""
+    z = discrimination * (skill - difficulty)
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)

@@ -1,0 +1,246 @@
+"""`effgate eval --data F.jsonl [--artifact DIR] [--strong M --weak N] [--json OUT] [--plot P]`.
+
+Replays a labelled file through the estimator and two baselines (prompt length, random):
+RouteLLM's strong/weak metrics (APGR, CPT(50%), CPT(80%)) and a many-model cost-quality
+curve with RouterBench's AIQ (see router_models.metrics and router_models.routing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from router_models import routing
+from router_models.artifact import ArtifactError, load_estimator
+from router_models.data import DataError, Price, Row, label_matrix, load_dataset
+
+F64 = npt.NDArray[np.float64]
+
+
+def _pair_block(score: F64, ys: F64, yw: F64) -> dict[str, float]:
+    res = routing.pair_result(score, ys, yw)
+    return {"apgr": round(res.apgr, 4), "cpt50": round(res.cpt50, 4), "cpt80": round(res.cpt80, 4)}
+
+
+def evaluate_rows(
+    rows: Sequence[Row],
+    difficulty: F64,
+    discrimination: float,
+    prices: Mapping[str, Price],
+    *,
+    strong: str | None = None,
+    weak: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Both evaluations for one set of rows; `difficulty` is the estimator's, per row."""
+    labels = label_matrix(rows)
+    a = discrimination
+    length = np.log1p(np.array([r.prompt_chars for r in rows], dtype=np.float64))
+    rand = np.random.default_rng(seed).random(len(rows))
+    routers = {
+        "estimator": difficulty,
+        "length": routing.standardise(length),
+        "random": routing.standardise(rand),
+    }
+    report: dict[str, Any] = {"rows": len(rows), "discrimination": round(a, 4)}
+    if strong is None or weak is None:
+        strong, weak = routing.default_pair(labels)
+        rule = f"strongest on every row; weak = best >= {routing.CLEAR_GAP} below it"
+    else:
+        rule = "given"
+    for m in (strong, weak):
+        if m not in labels.models or not labels.mask[:, labels.models.index(m)].all():
+            raise DataError(f"model {m!r} is not scored on every row")
+    ys = labels.scores[:, labels.models.index(strong)]
+    yw = labels.scores[:, labels.models.index(weak)]
+    report["pair"] = {
+        "strong": strong,
+        "weak": weak,
+        "strong_mean": round(float(ys.mean()), 4),
+        "weak_mean": round(float(yw.mean()), 4),
+        "choice": rule,
+        "score": "estimator, length_irt: P(strong ok) - P(weak ok); length: log chars; random",
+        "routers": {
+            "estimator": _pair_block(
+                routing.gain_score(difficulty, a, labels, strong, weak), ys, yw
+            ),
+            "estimator_difficulty": _pair_block(difficulty, ys, yw),
+            "length": _pair_block(length, ys, yw),
+            "length_irt": _pair_block(
+                routing.gain_score(routers["length"], a, labels, strong, weak), ys, yw
+            ),
+            "random": _pair_block(rand, ys, yw),
+        },
+    }
+    report["multi"] = _multi_block(rows, labels, prices, routers, a)
+    return report
+
+
+def _multi_block(
+    rows: Sequence[Row],
+    labels: Any,
+    prices: Mapping[str, Price],
+    routers: Mapping[str, F64],
+    a: float,
+) -> dict[str, Any]:
+    table = routing.cost_table(rows, labels, prices)
+    block: dict[str, Any] = {"models": list(table.models), "left_out": list(table.left_out)}
+    if len(table.models) < 2:
+        block["note"] = "fewer than two priced models scored on every row"
+        return block
+    mc, mq = table.cost.mean(axis=0), table.score.mean(axis=0)
+    singles = [
+        {"model": m, "cost": float(mc[j]), "quality": round(float(mq[j]), 4)}
+        for j, m in enumerate(table.models)
+    ]
+    best = int(np.argmax(mq))
+    top = table.score.max(axis=1, keepdims=True)
+    oracle_cost = np.where(table.score >= top, table.cost, np.inf).min(axis=1)
+    block.update(
+        singles=singles,
+        best_single=singles[best],
+        oracle={"cost": float(oracle_cost.mean()), "quality": round(float(top.mean()), 4)},
+        routers={},
+    )
+    for name, d in routers.items():
+        res = routing.multi_result(d, a, table)
+        match = res.cost_to_match_best
+        block["routers"][name] = {
+            "aiq": round(res.aiq, 4),
+            "cost_to_match_best": match,
+            "cost_share_of_best": None if match is None else round(match / float(mc[best]), 4),
+            "curve": [
+                {"bar": c.bar, "cost": c.cost, "quality": round(c.quality, 4)} for c in res.curve
+            ],
+        }
+    return block
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    lines = [f"rows: {report['rows']}  discrimination a = {report['discrimination']}"]
+    pair = report["pair"]
+    lines.append(
+        f"strong/weak: {pair['strong']} ({pair['strong_mean']}) vs {pair['weak']} "
+        f"({pair['weak_mean']}); {pair['choice']}"
+    )
+    lines.append(f"  {'router':<22}{'APGR':>8}{'CPT50':>8}{'CPT80':>8}")
+    for name, r in pair["routers"].items():
+        lines.append(f"  {name:<22}{r['apgr']:>8.3f}{r['cpt50']:>8.3f}{r['cpt80']:>8.3f}")
+    multi = report["multi"]
+    if "routers" in multi:
+        best, oracle = multi["best_single"], multi["oracle"]
+        lines.append(
+            f"many models ({len(multi['models'])} priced; left out, no price or missing rows: "
+            f"{', '.join(multi['left_out']) or 'none'})"
+        )
+        lines.append(
+            f"  best single {best['model']}: quality {best['quality']}, ${best['cost']:.3g}/prompt;"
+            f" oracle: quality {oracle['quality']}, ${oracle['cost']:.3g}/prompt"
+        )
+        for name, r in multi["routers"].items():
+            share = r["cost_share_of_best"]
+            match = "not reached" if share is None else f"{100 * share:.1f}% of its cost"
+            lines.append(f"  {name:<22}AIQ {r['aiq']:.4f}  match best single: {match}")
+    else:
+        lines.append(f"many models: {multi.get('note', '')}")
+    return "\n".join(lines)
+
+
+def plot_report(report: Mapping[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    multi = report["multi"]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, r in multi.get("routers", {}).items():
+        ax.plot(
+            [c["cost"] for c in r["curve"]],
+            [c["quality"] for c in r["curve"]],
+            marker=".",
+            label=f"{name} (AIQ {r['aiq']:.3f})",
+        )
+    for s in multi.get("singles", []):
+        ax.scatter([s["cost"]], [s["quality"]], color="black", s=14)
+        ax.annotate(s["model"], (s["cost"], s["quality"]), fontsize=6)
+    if "oracle" in multi:
+        ax.scatter(
+            [multi["oracle"]["cost"]],
+            [multi["oracle"]["quality"]],
+            marker="*",
+            s=80,
+            color="red",
+            label="oracle",
+        )
+    ax.set_xlabel("mean cost per prompt (USD)")
+    ax.set_ylabel("mean quality")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="effgate eval", description=__doc__)
+    p.add_argument("--data", action="append", required=True, type=Path)
+    p.add_argument("--artifact", type=Path, default=None)
+    p.add_argument("--strong")
+    p.add_argument("--weak")
+    p.add_argument(
+        "--held-out",
+        action="store_true",
+        help="only rows the artifact held out from training (in-distribution check)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random router")
+    p.add_argument("--json", type=Path, dest="json_out")
+    p.add_argument("--plot", type=Path)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if (args.strong is None) != (args.weak is None):
+        print("effgate eval: give both --strong and --weak, or neither", file=sys.stderr)
+        return 2
+    try:
+        est = load_estimator(args.artifact)
+        data = load_dataset(args.data)
+        rows = list(data.rows)
+        if args.held_out:
+            held = set(est.metadata.get("held_out_ids", []))
+            rows = [r for r in rows if r.id in held]
+        if len(rows) < 10:
+            raise DataError(f"only {len(rows)} rows to evaluate")
+        d = est.difficulties([r.messages for r in rows])
+        report = evaluate_rows(
+            rows,
+            d,
+            est.discrimination,
+            data.prices,
+            strong=args.strong,
+            weak=args.weak,
+            seed=args.seed,
+        )
+    except (ArtifactError, DataError, OSError, ValueError) as exc:
+        print(f"effgate eval: {exc}", file=sys.stderr)
+        return 1
+    report = {
+        "data": [str(p) for p in args.data],
+        "artifact": str(args.artifact or "default"),
+        "held_out_only": bool(args.held_out),
+        **report,
+    }
+    print(format_report(report))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    if args.plot:
+        plot_report(report, args.plot)
+    return 0

@@ -1,0 +1,251 @@
+"""Request features for the difficulty estimator: cheap, deterministic, numpy only.
+
+A request (OpenAI chat messages) becomes one `Features`: a small dense vector of
+structure signals (length, numbers, maths, code, answer form, turns, tools, language)
+and hashed word / word-bigram / character-4-gram ids. The hash is crc32 plus numpy
+arithmetic, identical at training and at run time, so weights can ship as plain arrays.
+Bump `FEATURE_VERSION` whenever anything here changes what a request maps to.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FEATURE_VERSION = "3"
+HASH_BITS = 18
+HASH_SIZE = 1 << HASH_BITS
+# n-grams look at this much text at most (head and tail); lengths still count everything
+NGRAM_TEXT_CAP = 6000
+_MASK = np.uint64(HASH_SIZE - 1)
+_BIGRAM_MUL = np.uint64(0x9E3779B1)
+_CHAR_PRIMES = (np.uint64(1), np.uint64(257), np.uint64(65_537), np.uint64(16_777_259))
+_SEED_BIGRAM = np.uint64(0x5BD1E995)
+_SEED_CHAR = np.uint64(0x27D4EB2F)
+
+_WORD = re.compile(rb"[a-z0-9_\x80-\xff]+")
+_NUMBER = re.compile(rb"\d+")
+_DECIMAL = re.compile(rb"\d[.,]\d")
+_LATEX = re.compile(rb"\\[a-z]+|\$")
+_OPERATOR = re.compile(rb"[=+^*/<>]")
+_OPTION = re.compile(rb"^\s*\(?[a-j][.):]\s", re.MULTILINE)
+_LIST = re.compile(rb"^\s*(?:[-*]|\d+[.)])\s", re.MULTILINE)
+_INDENTED = re.compile(rb"^(?: {2,}|\t)\S", re.MULTILINE)
+_SENTENCE = re.compile(rb"[.!?](?:\s|$)")
+_CAPITALISED = re.compile(rb"[a-z,;] [A-Z][a-z]")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+_CODE_MARKS = (b"```", b"def ", b"return", b"{", b";\n", b">>>", b"import ", b"()", b"==")
+_REASONING = frozenset(
+    b"calculate compute many much solve prove determine find estimate derive evaluate "
+    b"simplify probability total remainder integer equation step steps sum product".split()
+)
+_KNOWLEDGE = frozenset(b"who when where which whose whom name".split())
+_EXPLAIN = frozenset(b"explain why describe discuss compare summarize summarise essay".split())
+_WRITE_CODE = frozenset(b"function program implement code python script algorithm".split())
+_DIGITS = b"0123456789"
+_UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_HIGH = bytes(range(128, 256))
+_PUNCT = b",.;:!?()[]{}\"'-"
+
+DENSE_NAMES: tuple[str, ...] = (
+    "log_chars",
+    "log_words",
+    "log_lines",
+    "mean_word_len",
+    "digit_frac",
+    "upper_frac",
+    "non_ascii_frac",
+    "cjk_frac",
+    "punct_frac",
+    "log_numbers",
+    "numbers_per_word",
+    "log_decimals",
+    "log_latex",
+    "log_operators",
+    "log_code_marks",
+    "indented_frac",
+    "log_options",
+    "has_options",
+    "log_list_items",
+    "log_questions",
+    "ends_question",
+    "log_sentences",
+    "words_per_sentence",
+    "capitalised_per_word",
+    "unique_word_frac",
+    "log_reasoning_words",
+    "knowledge_question",
+    "log_explain_words",
+    "write_code",
+    "short_prompt",
+    "n_user_turns",
+    "n_assistant_turns",
+    "has_system",
+    "log_system_chars",
+    "has_tools",
+    "n_images",
+    "n_tool_messages",
+)
+N_DENSE = len(DENSE_NAMES)
+N_GROUPS = 3  # word unigrams, word bigrams, char 4-grams
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """One request's features: `dense` (len N_DENSE), hashed ids per n-gram group."""
+
+    dense: npt.NDArray[np.float64]
+    hashed: tuple[npt.NDArray[np.int64], ...]
+
+
+def _part_text(part: Any) -> str:
+    if isinstance(part, str):
+        return part
+    if isinstance(part, Mapping):
+        text = part.get("text")
+        if isinstance(text, str):
+            return text
+    return ""
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence) and not isinstance(content, bytes | bytearray):
+        return "\n".join(t for t in (_part_text(p) for p in content) if t)
+    return ""
+
+
+def _count_images(content: Any) -> int:
+    if isinstance(content, str) or not isinstance(content, Sequence):
+        return 0
+    return sum(
+        1
+        for p in content
+        if isinstance(p, Mapping) and p.get("type") in ("image_url", "input_image", "image")
+    )
+
+
+_PROMPT_ROLES = frozenset(("user", "system", "developer"))
+
+
+def prompt_text(messages: Iterable[Any]) -> str:
+    """The text rules and the estimator read: user/system/developer text, parts joined."""
+    texts: list[str] = []
+    for message in messages:
+        if isinstance(message, Mapping) and message.get("role", "user") in _PROMPT_ROLES:
+            text = _content_text(message.get("content"))
+            if text:
+                texts.append(text)
+    return "\n".join(texts)
+
+
+def _hash_words(words: list[bytes]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    if not words:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    h = np.fromiter(map(zlib.crc32, words), dtype=np.uint64, count=len(words))
+    uni = (h & _MASK).astype(np.int64)
+    bi = (((h[:-1] * _BIGRAM_MUL) ^ h[1:] ^ _SEED_BIGRAM) & _MASK).astype(np.int64)
+    return uni, bi
+
+
+def _hash_chars(data: bytes) -> npt.NDArray[np.int64]:
+    b = np.frombuffer(data, dtype=np.uint8).astype(np.uint64)
+    if b.size < 4:
+        return np.zeros(0, dtype=np.int64)
+    p0, p1, p2, p3 = _CHAR_PRIMES
+    h = b[:-3] * p3 + b[1:-2] * p2 + b[2:-1] * p1 + b[3:] * p0
+    out: npt.NDArray[np.int64] = (((h * _BIGRAM_MUL) ^ _SEED_CHAR) & _MASK).astype(np.int64)
+    return out
+
+
+def _log(x: float) -> float:
+    return math.log1p(x)
+
+
+def extract(messages: Sequence[Any]) -> Features:
+    """Features of one chat request; never raises on odd message shapes."""
+    if not isinstance(messages, Sequence) or isinstance(messages, str | bytes):
+        messages = []
+    dicts = [m for m in messages if isinstance(m, Mapping)]
+    text = prompt_text(dicts)
+    roles = [m.get("role", "user") for m in dicts]
+    system_chars = sum(
+        len(_content_text(m.get("content")))
+        for m in dicts
+        if m.get("role") in ("system", "developer")
+    )
+    n_images = sum(_count_images(m.get("content")) for m in dicts)
+    has_tools = any(m.get("tool_calls") for m in dicts) or "tool" in roles
+
+    sample = text if len(text) <= NGRAM_TEXT_CAP else text[:4000] + "\n" + text[-2000:]
+    raw = sample.encode("utf-8", "replace")
+    lowered = raw.lower()
+    words = _WORD.findall(lowered)
+    uni, bi = _hash_words(words)
+    chars = _hash_chars(lowered)
+
+    n_chars = len(text)
+    n_words = max(len(words), 1)
+    n_sample = max(len(raw), 1)
+    n_digits = len(raw) - len(raw.translate(None, _DIGITS))
+    n_upper = len(raw) - len(raw.translate(None, _UPPER))
+    n_non_ascii = len(raw) - len(raw.translate(None, _HIGH))
+    n_punct = len(raw) - len(raw.translate(None, _PUNCT))
+    n_numbers = len(_NUMBER.findall(raw))
+    n_lines = text.count("\n") + 1 if text else 0
+    n_sentences = len(_SENTENCE.findall(raw)) + 1
+    n_options = len(_OPTION.findall(lowered))
+    distinct = set(words)
+    stripped = raw.rstrip()
+    dense = np.array(
+        (
+            _log(n_chars),
+            _log(len(words)),
+            _log(n_lines),
+            sum(len(w) for w in words) / n_words,
+            n_digits / n_sample,
+            n_upper / n_sample,
+            min(n_non_ascii / n_sample, 1.0),
+            len(_CJK.findall(sample)) / n_sample if n_non_ascii else 0.0,
+            n_punct / n_sample,
+            _log(n_numbers),
+            min(n_numbers / n_words, 2.0),
+            _log(len(_DECIMAL.findall(raw))),
+            _log(len(_LATEX.findall(lowered))),
+            _log(len(_OPERATOR.findall(raw))),
+            _log(sum(raw.count(mark) for mark in _CODE_MARKS)),
+            len(_INDENTED.findall(raw)) / max(n_lines, 1),
+            _log(n_options),
+            float(n_options >= 2),
+            _log(len(_LIST.findall(raw))),
+            _log(raw.count(b"?")),
+            float(stripped.endswith(b"?")),
+            _log(n_sentences),
+            min(n_words / n_sentences, 200.0) / 10.0,
+            len(_CAPITALISED.findall(raw)) / n_words,
+            len(distinct) / n_words,
+            _log(len(distinct & _REASONING)),
+            float(bool(words) and words[0] in _KNOWLEDGE),
+            _log(len(distinct & _EXPLAIN)),
+            _log(len(distinct & _WRITE_CODE)),
+            float(n_words < 12),
+            float(roles.count("user")),
+            float(roles.count("assistant")),
+            float(any(r in ("system", "developer") for r in roles)),
+            _log(system_chars),
+            float(has_tools),
+            float(n_images),
+            float(roles.count("tool")),
+        ),
+        dtype=np.float64,
+    )
+    return Features(dense=dense, hashed=(uni, bi, chars))

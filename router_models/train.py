@@ -1,0 +1,154 @@
+"""`effgate train`: labelled data (shared JSONL and/or gateway records) -> artifact directory.
+
+    effgate train --data F.jsonl [--data ...] --out DIR [--seed N]
+    effgate train --records PATH [--base DIR] --out DIR [--seed N]
+
+With --records, each request record that carries a prompt and feedback is one
+(prompt, model, score) label. Those labels are added to the base artifact's training data
+when its files are still present with the same sha256, else used alone; skills of models
+the base artifact knows stay anchored at its values. Deterministic for a fixed seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from router_models.artifact import ArtifactError, load_estimator, save_artifact
+from router_models.data import DataError, Dataset, Price, Row, load_dataset, sha256_file
+from router_models.evaluate import evaluate_rows
+from router_models.fit import FitParams
+from router_models.pipeline import train
+from router_models.records import load_records
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="effgate train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", action="append", default=[], type=Path)
+    p.add_argument("--records", type=Path)
+    p.add_argument("--base", type=Path, help="artifact to extend (default: the shipped one)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-fraction", type=float, default=0.15)
+    return p
+
+
+def _base_data(meta: dict[str, Any]) -> tuple[list[Path], list[str]]:
+    """Base training files that still exist unchanged, and notes on the ones that do not."""
+    usable, notes = [], []
+    for entry in meta.get("training_data", []):
+        path = Path(str(entry.get("path", "")))
+        if path.is_file() and sha256_file(path) == entry.get("sha256"):
+            usable.append(path)
+        else:
+            notes.append(f"base data {path} missing or changed; not reused")
+    return usable, notes
+
+
+def _held_out_reports(
+    rows: Sequence[Row],
+    test_idx: np.ndarray[Any, Any],
+    d: np.ndarray[Any, Any],
+    a: float,
+    prices: dict[str, Price],
+) -> dict[str, Any]:
+    """In-distribution routing metrics per source, on the held-out rows."""
+    out: dict[str, Any] = {}
+    by_source: dict[str, list[int]] = {}
+    for k, i in enumerate(test_idx):
+        by_source.setdefault(rows[int(i)].source, []).append(k)
+    for source, ks in sorted(by_source.items()):
+        sub = [rows[int(test_idx[k])] for k in ks]
+        try:
+            rep = evaluate_rows(sub, d[ks], a, prices)
+        except (ValueError, DataError) as exc:
+            out[source] = {"skipped": str(exc)}
+            continue
+        rep["multi"].pop("singles", None)
+        for r in rep["multi"].get("routers", {}).values():
+            r.pop("curve", None)
+        out[source] = rep
+    return out
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if not args.data and args.records is None:
+        print("effgate train: give --data FILE (repeatable) and/or --records PATH", file=sys.stderr)
+        return 2
+    notes: list[str] = []
+    anchors: dict[str, float] = {}
+    anchor_a: float | None = None
+    data_paths: list[Path] = list(args.data)
+    try:
+        if args.records is not None:
+            base = load_estimator(args.base)
+            anchors, anchor_a = base.skills, base.discrimination
+            reused, notes = _base_data(base.metadata)
+            data_paths = [*reused, *(p for p in data_paths if p not in reused)]
+        dataset = load_dataset(data_paths) if data_paths else Dataset(rows=())
+        rows = list(dataset.rows)
+        summary = None
+        if args.records is not None:
+            record_rows, summary = load_records(args.records)
+            rows += record_rows
+            print(
+                f"records: {summary.labelled} labels from {summary.requests} requests; skipped "
+                f"{summary.skipped_no_prompt} without prompt, {summary.skipped_no_feedback} "
+                f"without feedback, {summary.bad_lines} unreadable lines",
+                file=sys.stderr,
+            )
+        if len(rows) < 10:
+            raise DataError(f"only {len(rows)} labelled prompts; need at least 10")
+        with tqdm(total=len(rows), desc="features", unit="prompt", file=sys.stderr) as bar:
+            trained = train(
+                rows,
+                seed=args.seed,
+                anchors=anchors or None,
+                anchor_discrimination=anchor_a,
+                test_fraction=args.test_fraction,
+                step=lambda s: bar.set_description(s),
+                featurize_progress=bar,
+            )
+    except (ArtifactError, DataError, OSError, ValueError) as exc:
+        print(f"effgate train: {exc}", file=sys.stderr)
+        return 1
+    w, test_idx = trained.weights, trained.test_idx
+    metrics = dict(trained.metrics)
+    metrics["routing_held_out"] = _held_out_reports(
+        rows, test_idx, trained.test_difficulty, trained.discrimination, dict(dataset.prices)
+    )
+    meta = {
+        "training_data": [{"path": str(p), "sha256": sha256_file(p)} for p in data_paths],
+        "records": None if summary is None else {"path": str(args.records), **asdict(summary)},
+        "anchored_skills": sorted(anchors),
+        "seed": args.seed,
+        "params": asdict(FitParams()),
+        "rows": {"train": trained.n_train, "held_out": trained.n_test},
+        "held_out_ids": sorted(rows[int(i)].id for i in test_idx),
+        "metrics": metrics,
+        "notes": notes,
+    }
+    save_artifact(
+        args.out, w, skills=trained.skills, discrimination=trained.discrimination, metadata=meta
+    )
+    held: dict[str, Any] = trained.metrics.get("held_out", {})  # type: ignore[assignment]
+    print(
+        f"wrote {args.out}: {trained.n_train} train / {trained.n_test} held-out prompts, "
+        f"a = {trained.discrimination:.3f}, held-out Brier {held.get('brier')} "
+        f"(constant {held.get('brier_constant')})"
+    )
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
