@@ -1,0 +1,1 @@
+"""Fake model servers (OpenAI, Anthropic) that tests run the gateway against."""
