@@ -19,7 +19,14 @@ import orjson
 
 from gateway.errors import error_body
 from gateway.sse import DONE_EVENT, encode_event
-from gateway.upstreams import ConnectFailed, Reply, Stream, TimedOut, UpstreamStatusError
+from gateway.upstreams import (
+    ConnectFailed,
+    ProtocolFailed,
+    Reply,
+    Stream,
+    TimedOut,
+    UpstreamStatusError,
+)
 from policies.compile import ModelEntry
 
 _CONTROL = ("model", "messages", "stream", "stream_options", "input")
@@ -52,6 +59,9 @@ def map_litellm_errors(name: str) -> Iterator[None]:
         message = f"upstream {name!r}: {getattr(exc, 'message', '') or type(exc).__name__}"
         body = error_body(message, "upstream_error", None)
         raise UpstreamStatusError(exc.status_code, body, {}) from exc
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # litellm failed to translate the provider's answer: an upstream fault, not ours
+        raise ProtocolFailed(f"upstream {name!r} sent an answer litellm could not read") from exc
 
 
 class _LitellmStream:
