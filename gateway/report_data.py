@@ -1,0 +1,350 @@
+"""Load request and feedback records (JSON Lines) into compact columns for `effgate report`.
+
+The request log can be hundreds of MB, so lines are streamed and each request keeps only the
+fields the report needs, in typed arrays; prompt text is never read into memory. Feedback is
+joined by request id once every file has been read (the last feedback for an id wins, in log
+order: rotated files oldest first). Malformed lines are counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import re
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+ROTATED_NAME = re.compile(r"^(?P<base>.+\.jsonl)(?:\.(?P<n>\d+))?$")
+MAX_EXAMPLES = 20
+NO_FEEDBACK, REJECTED, ACCEPTED = -1, 0, 1
+
+
+class RecordsError(Exception):
+    """The records path is missing, unreadable, or holds no request records."""
+
+
+class Malformed(Exception):
+    """One line that is not a usable record; the message says why (never the line itself)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileStats:
+    path: str
+    lines: int
+    requests: int
+    feedback: int
+    malformed: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoadStats:
+    files: tuple[FileStats, ...]
+    malformed: int
+    malformed_examples: tuple[str, ...]
+    other_types: int
+    duplicate_requests: int
+    outside_window: int
+    feedback_records: int
+    feedback_orphans: int
+    feedback_empty: int
+    feedback_by_score: int
+    feedback_overridden: int
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """One row per request; strings are codes into the vocab tuples (-1 = null)."""
+
+    routes: tuple[str, ...]
+    models: tuple[str, ...]
+    tasks: tuple[str, ...]
+    reasons: tuple[str, ...]
+    rules: tuple[str, ...]
+    time: NDArray[np.float64]  # epoch seconds
+    route: NDArray[np.int32]
+    model: NDArray[np.int32]
+    task: NDArray[np.int32]
+    reason: NDArray[np.int32]
+    rule: NDArray[np.int32]
+    status: NDArray[np.int32]
+    failed: NDArray[np.bool_]  # status >= 400 or outcome != ok
+    stream: NDArray[np.bool_]
+    fallback: NDArray[np.bool_]  # fallback_from not empty
+    attempts: NDArray[np.int32]
+    cost: NDArray[np.float64]
+    baseline: NDArray[np.float64]
+    tokens_in: NDArray[np.float64]
+    tokens_out: NDArray[np.float64]
+    latency_ms: NDArray[np.float64]  # nan when null
+    ttft_ms: NDArray[np.float64]
+    p: NDArray[np.float64]
+    bar: NDArray[np.float64]
+    accepted: NDArray[np.int8]  # NO_FEEDBACK, REJECTED or ACCEPTED
+    cand_offsets: NDArray[np.int64]  # row i owns cand_*[offsets[i]:offsets[i + 1]]
+    cand_model: NDArray[np.int32]
+    cand_p: NDArray[np.float64]
+    cand_cost: NDArray[np.float64]
+    cand_eligible: NDArray[np.bool_]
+
+    @property
+    def n(self) -> int:
+        return int(self.time.shape[0])
+
+
+def record_files(path: Path) -> list[Path]:
+    """The files to read, oldest first: a file as given, or every `*.jsonl[.N]` in a directory."""
+    if not path.exists():
+        raise RecordsError(f"records path not found: {path}")
+    if path.is_file():
+        return [path]
+    found: list[tuple[str, int, Path]] = []
+    for child in path.iterdir():
+        match = ROTATED_NAME.match(child.name)
+        if match and child.is_file():
+            found.append((match["base"], -int(match["n"] or 0), child))
+    if not found:
+        raise RecordsError(f"no *.jsonl files in {path}")
+    return [p for _, _, p in sorted(found)]
+
+
+def parse_time(value: object) -> float:
+    if not isinstance(value, str):
+        raise Malformed("time is not a string")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise Malformed("time is not ISO 8601") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _number(obj: dict[str, Any], key: str, default: float) -> float:
+    value = obj.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Malformed(f"{key} is not a number")
+    return float(value)
+
+
+def _text(obj: dict[str, Any], key: str, *, required: bool = False) -> str | None:
+    value = obj.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise Malformed(f"{key} is not a string")
+    return value
+
+
+class _Vocab:
+    def __init__(self) -> None:
+        self.codes: dict[str, int] = {}
+
+    def code(self, value: str | None) -> int:
+        if value is None:
+            return -1
+        return self.codes.setdefault(value, len(self.codes))
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.codes)
+
+
+class _Builder:
+    """Typed append-only columns; `add` validates one request record before touching any."""
+
+    FLOATS = ("time", "cost", "baseline", "tokens_in", "tokens_out", "latency_ms", "ttft_ms")
+    FLOATS2 = ("p", "bar")
+    INTS = ("route", "model", "task", "reason", "rule", "status", "attempts")
+    BOOLS = ("failed", "stream", "fallback")
+
+    def __init__(self) -> None:
+        self.vocab = {k: _Vocab() for k in ("route", "model", "task", "reason", "rule")}
+        self.cols: dict[str, array[Any]] = {k: array("d") for k in self.FLOATS + self.FLOATS2}
+        self.cols.update({k: array("i") for k in self.INTS})
+        self.cols.update({k: array("b") for k in self.BOOLS})
+        self.cand_offsets = array("q", [0])
+        self.cand_model, self.cand_p, self.cand_cost = array("i"), array("d"), array("d")
+        self.cand_eligible = array("b")
+        self.keep = array("b")
+        self.index: dict[str, int] = {}
+
+    def add(self, rec: dict[str, Any], since: float | None) -> bool:
+        row = self._row(rec)
+        if since is not None and row["time"] < since:
+            return False
+        cands = row.pop("candidates")
+        for key, value in row.items():
+            self.cols[key].append(value)
+        for model, p, cost, eligible in cands:
+            self.cand_model.append(self.vocab["model"].code(model))
+            self.cand_p.append(p)
+            self.cand_cost.append(cost)
+            self.cand_eligible.append(eligible)
+        self.cand_offsets.append(len(self.cand_model))
+        return True
+
+    def _row(self, rec: dict[str, Any]) -> dict[str, Any]:
+        nan = float("nan")
+        decision = rec.get("decision") or {}
+        tokens = rec.get("tokens") or {}
+        if not isinstance(decision, dict) or not isinstance(tokens, dict):
+            raise Malformed("decision or tokens is not an object")
+        status = _number(rec, "status", 0.0)
+        outcome = _text(rec, "outcome")
+        fallback_from = rec.get("fallback_from") or []
+        raw_cands = decision.get("candidates") or []
+        if not isinstance(fallback_from, list) or not isinstance(raw_cands, list):
+            raise Malformed("fallback_from or decision.candidates is not a list")
+        cands = []
+        for cand in raw_cands:
+            if not isinstance(cand, dict):
+                raise Malformed("a decision candidate is not an object")
+            eligible = cand.get("eligible", True)
+            model = _text(cand, "model", required=True)
+            p = _number(cand, "p", nan)
+            cands.append((model, p, _number(cand, "expected_cost_usd", nan), eligible is True))
+        cost = _number(rec, "cost_usd", 0.0)
+        return {
+            "time": parse_time(rec.get("time")),
+            "route": self.vocab["route"].code(_text(rec, "route")),
+            "model": self.vocab["model"].code(_text(rec, "model")),
+            "task": self.vocab["task"].code(_text(rec, "task")),
+            "reason": self.vocab["reason"].code(_text(decision, "reason")),
+            "rule": self.vocab["rule"].code(_text(decision, "rule")),
+            "status": int(status),
+            "attempts": int(_number(rec, "attempts", 1.0)),
+            "failed": status >= 400 or (outcome is not None and outcome != "ok"),
+            "stream": rec.get("stream") is True,
+            "fallback": bool(fallback_from),
+            "cost": cost,
+            "baseline": _number(rec, "baseline_cost_usd", cost),
+            "tokens_in": _number(tokens, "input", 0.0),
+            "tokens_out": _number(tokens, "output", 0.0),
+            "latency_ms": _number(rec, "latency_ms", nan),
+            "ttft_ms": _number(rec, "ttft_ms", nan),
+            "p": _number(decision, "p", nan),
+            "bar": _number(decision, "quality_bar", nan),
+            "candidates": cands,
+        }
+
+
+def _verdict(rec: dict[str, Any]) -> int | None:
+    accepted = rec.get("accepted")
+    if isinstance(accepted, bool):
+        return ACCEPTED if accepted else REJECTED
+    score = rec.get("score")
+    if isinstance(score, int | float) and not isinstance(score, bool):
+        return ACCEPTED if score >= 0.5 else REJECTED
+    return None
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    try:
+        with path.open("rb") as handle:
+            yield from handle
+    except OSError as exc:
+        raise RecordsError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def load_records(paths: Iterable[Path], since: float | None = None) -> tuple[Records, LoadStats]:
+    """Stream every file once; return compact columns plus counts of what was skipped and why."""
+    build = _Builder()
+    feedback: dict[str, int] = {}
+    files: list[FileStats] = []
+    examples: list[str] = []
+    counts = dict.fromkeys(("other", "dup", "window", "fb", "empty", "score", "override"), 0)
+    for path in paths:
+        lines = requests = fbs = bad = 0
+        for lines, raw in enumerate(_lines(path), start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = orjson.loads(raw)
+                if not isinstance(rec, dict):
+                    raise Malformed("not a JSON object")
+                kind = rec.get("type")
+                if kind == "request":
+                    rid = _text(rec, "id", required=True)
+                    assert rid is not None
+                    if not build.add(rec, since):
+                        counts["window"] += 1
+                        continue
+                    requests += 1
+                    if rid in build.index:
+                        counts["dup"] += 1
+                        build.keep[build.index[rid]] = 0
+                    build.index[rid] = len(build.keep)
+                    build.keep.append(1)
+                elif kind == "feedback":
+                    rid = _text(rec, "request_id", required=True)
+                    assert rid is not None
+                    fbs += 1
+                    verdict = _verdict(rec)
+                    if verdict is None:
+                        counts["empty"] += 1
+                        continue
+                    counts["score"] += not isinstance(rec.get("accepted"), bool)
+                    counts["override"] += rid in feedback
+                    feedback[rid] = verdict
+                else:
+                    counts["other"] += 1
+            except (orjson.JSONDecodeError, Malformed) as exc:
+                bad += 1
+                why = str(exc) if isinstance(exc, Malformed) else "invalid JSON"
+                if len(examples) < MAX_EXAMPLES:
+                    examples.append(f"{path.name}:{lines}: {why}")
+        files.append(FileStats(str(path), lines, requests, fbs, bad))
+    records = _finish(build, feedback)
+    orphans = sum(1 for rid in feedback if rid not in build.index)
+    stats = LoadStats(
+        files=tuple(files),
+        malformed=sum(f.malformed for f in files),
+        malformed_examples=tuple(examples),
+        other_types=counts["other"],
+        duplicate_requests=counts["dup"],
+        outside_window=counts["window"],
+        feedback_records=sum(f.feedback for f in files),
+        feedback_orphans=orphans,
+        feedback_empty=counts["empty"],
+        feedback_by_score=counts["score"],
+        feedback_overridden=counts["override"],
+    )
+    return records, stats
+
+
+def _finish(build: _Builder, feedback: dict[str, int]) -> Records:
+    accepted = np.full(len(build.keep), NO_FEEDBACK, dtype=np.int8)
+    for rid, row in build.index.items():
+        verdict = feedback.get(rid)
+        if verdict is not None:
+            accepted[row] = verdict
+    keep = np.frombuffer(build.keep, dtype=np.int8).astype(bool)
+    offsets = np.frombuffer(build.cand_offsets, dtype=np.int64)
+    cand_keep = np.repeat(keep, np.diff(offsets))
+    counts = np.diff(offsets)[keep]
+    cols: dict[str, Any] = {}
+    for key, col in build.cols.items():
+        dtype = {"d": np.float64, "i": np.int32, "b": np.int8}[col.typecode]
+        values = np.frombuffer(col, dtype=dtype)[keep]
+        cols[key] = values.astype(bool) if key in _Builder.BOOLS else values
+    return Records(
+        routes=build.vocab["route"].names(),
+        models=build.vocab["model"].names(),
+        tasks=build.vocab["task"].names(),
+        reasons=build.vocab["reason"].names(),
+        rules=build.vocab["rule"].names(),
+        accepted=accepted[keep],
+        cand_offsets=np.concatenate(([0], np.cumsum(counts))).astype(np.int64),
+        cand_model=np.frombuffer(build.cand_model, dtype=np.int32)[cand_keep],
+        cand_p=np.frombuffer(build.cand_p, dtype=np.float64)[cand_keep],
+        cand_cost=np.frombuffer(build.cand_cost, dtype=np.float64)[cand_keep],
+        cand_eligible=np.frombuffer(build.cand_eligible, dtype=np.int8)[cand_keep].astype(bool),
+        **cols,
+    )
