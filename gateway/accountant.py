@@ -59,24 +59,24 @@ class Accountant:
         status_class = f"{ex.status // 100}xx"
         m.requests.labels(route, model, status_class, ex.outcome, stream).inc()
         m.request_duration.labels(route, model, stream).observe(latency)
+        pm = m.pair(route, model)
         if ex.ttft_s is not None:
-            m.ttft.labels(route, model).observe(ex.ttft_s)
+            pm.ttft.observe(ex.ttft_s)
         d = ex.decision
         if d is not None:
             m.decisions.labels(route, d.model, d.reason).inc()
             if d.p is not None and ex.model is not None:
-                m.predicted_quality.labels(route, model).observe(d.p)
+                pm.predicted_quality.observe(d.p)
         u = ex.usage
         if u is not None and ex.model is not None:
-            tok = m.tokens
-            tok.labels(route, model, "input").inc(u.input)
-            tok.labels(route, model, "output").inc(u.output)
-            tok.labels(route, model, "cached").inc(u.cached)
-            tok.labels(route, model, "reasoning").inc(u.reasoning)
-            m.tokens_per_request.labels(route, model).observe(u.total)
-            m.cost.labels(route, model).inc(ex.cost_usd)
-            m.baseline_cost.labels(route, model).inc(ex.baseline_cost_usd)
-            m.savings.labels(route, model).inc(max(0.0, ex.baseline_cost_usd - ex.cost_usd))
+            pm.tokens_in.inc(u.input)
+            pm.tokens_out.inc(u.output)
+            pm.tokens_cached.inc(u.cached)
+            pm.tokens_reasoning.inc(u.reasoning)
+            pm.tokens_per_request.observe(u.total)
+            pm.cost.inc(ex.cost_usd)
+            pm.baseline_cost.inc(ex.baseline_cost_usd)
+            pm.savings.inc(max(0.0, ex.baseline_cost_usd - ex.cost_usd))
             if ex.outcome == "ok" and d is not None and d.route is not None:
                 self.health.observe_output(d.route, model, u.output)
         record = self.record(ex, latency)

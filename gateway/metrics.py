@@ -7,6 +7,8 @@ classes, outcomes, reasons. Names and labels are the contract in docs/contracts.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -17,6 +19,22 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 QUALITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
 ESTIMATOR_BUCKETS = (5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01)
+
+
+@dataclass(frozen=True, slots=True)
+class PairMetrics:
+    """The children of one (route, model) pair, looked up once instead of on every request."""
+
+    ttft: Any
+    predicted_quality: Any
+    tokens_in: Any
+    tokens_out: Any
+    tokens_cached: Any
+    tokens_reasoning: Any
+    tokens_per_request: Any
+    cost: Any
+    baseline_cost: Any
+    savings: Any
 
 
 class Metrics:
@@ -151,6 +169,28 @@ class Metrics:
             registry=r,
         )
         self._live_policy: tuple[str, str] | None = None
+        self._pairs: dict[tuple[str, str], PairMetrics] = {}
+
+    def pair(self, route: str, model: str) -> PairMetrics:
+        """Children for ``(route, model)``; both come from the policy, so the cache is bounded."""
+        key = (route, model)
+        found = self._pairs.get(key)
+        if found is None:
+            tok = self.tokens
+            found = PairMetrics(
+                ttft=self.ttft.labels(route, model),
+                predicted_quality=self.predicted_quality.labels(route, model),
+                tokens_in=tok.labels(route, model, "input"),
+                tokens_out=tok.labels(route, model, "output"),
+                tokens_cached=tok.labels(route, model, "cached"),
+                tokens_reasoning=tok.labels(route, model, "reasoning"),
+                tokens_per_request=self.tokens_per_request.labels(route, model),
+                cost=self.cost.labels(route, model),
+                baseline_cost=self.baseline_cost.labels(route, model),
+                savings=self.savings.labels(route, model),
+            )
+            self._pairs[key] = found
+        return found
 
     def set_policy(self, sha256: str, version: int, daily_budget_usd: float | None) -> None:
         """Point ``effgate_policy_info`` at the live policy (one series) and export its budget."""

@@ -63,7 +63,9 @@ class RecordLog:
         stream: str | None = None,
         buffer: int = 10_000,
         on_drop: Callable[[str], None] | None = None,
+        linger_s: float = 0.05,
     ) -> None:
+        self._linger_s = linger_s
         self._file = file
         self._redis = redis
         self._stream = stream
@@ -93,6 +95,8 @@ class RecordLog:
         while not done:
             batch: list[dict[str, Any]] = []
             item = await self._queue.get()
+            # let a batch build up: one file write (a thread hop) per batch, not per request
+            await asyncio.sleep(self._linger_s)
             while True:
                 if item is None:
                     done = True
