@@ -37,7 +37,9 @@ class _StrictLoader(yaml.SafeLoader):
             if key_node.tag == _MERGE_TAG:
                 continue
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, Hashable) and key in seen:
+            if not isinstance(key, Hashable):
+                continue  # the base class reports an unhashable key
+            if key in seen:
                 raise ConstructorError(
                     "while constructing a mapping",
                     node.start_mark,
@@ -70,12 +72,19 @@ def line_of(lines: LineIndex, loc: Loc) -> int:
     return 1
 
 
-def parse_yaml(data: bytes, *, filename: str) -> tuple[Any, LineIndex]:
-    """Parse YAML bytes into plain data plus a line index; ``PolicyLoadError`` if malformed."""
+def _compose(data: bytes) -> tuple[Node | None, Any]:
     loader = _StrictLoader(data)
     try:
         node = loader.get_single_node()
-        document = None if node is None else loader.construct_document(node)
+        return node, None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def parse_yaml(data: bytes, *, filename: str) -> tuple[Any, LineIndex]:
+    """Parse YAML bytes into plain data plus a line index; ``PolicyLoadError`` if malformed."""
+    try:
+        node, document = _compose(data)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -83,8 +92,6 @@ def parse_yaml(data: bytes, *, filename: str) -> tuple[Any, LineIndex]:
         raise PolicyLoadError([f"{filename}:{line}: invalid YAML: {problem}"]) from None
     except yaml.YAMLError as exc:
         raise PolicyLoadError([f"{filename}:1: invalid YAML: {exc}"]) from None
-    finally:
-        loader.dispose()
     lines: dict[Loc, int] = {}
     _index(node, (), lines)
     return document, lines

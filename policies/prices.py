@@ -65,9 +65,14 @@ def _tokens(value: object) -> int | None:
 def lookup(
     provider: str, upstream_model: str, table: Mapping[str, Any] | None = None
 ) -> TableEntry | None:
-    """Find ``upstream_model``, then ``provider/upstream_model``, in the price table."""
+    """Find ``provider/upstream_model``, then ``upstream_model``, in the price table.
+
+    The provider-prefixed key goes first because it is the more specific one: the table
+    lists ``gemini-2.5-flash`` under Vertex AI and ``gemini/gemini-2.5-flash`` for the
+    Gemini API, and Azure's prices under ``azure/...``.
+    """
     table = bundled_table() if table is None else table
-    for key in (upstream_model, f"{provider}/{upstream_model}"):
+    for key in (f"{provider}/{upstream_model}", upstream_model):
         raw = table.get(key)
         if key == "sample_spec" or not isinstance(raw, dict):
             continue

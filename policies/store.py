@@ -1,0 +1,135 @@
+"""PolicyStore: the live policy, swapped atomically on reload, and a file watcher.
+
+A request reads ``store.current`` once and keeps that object, so it sees one consistent
+policy even when a reload lands meanwhile. A reload builds the new policy completely
+before replacing the single reference; a file that fails to load never replaces a good
+policy. ``watch()`` polls the file (following symlinks, so a Kubernetes ConfigMap update,
+which swaps a ``..data`` symlink, is seen) and reloads when its content hash changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+from policies.compile import CompiledPolicy
+from policies.errors import PolicyLoadError
+from policies.loader import build_policy, read_bytes
+
+__all__ = ["OnReload", "PolicyLoadError", "PolicyStore"]
+
+OnReload = Callable[[Literal["ok", "error"], CompiledPolicy | None, str | None], None]
+"""``on_reload(result, policy, message)``: ("ok", new policy, None) or ("error", None, why)."""
+
+_Signature = tuple[int, int, int]  # st_mtime_ns, st_ino, st_size of the resolved file
+
+
+class PolicyStore:
+    """Holds the live ``CompiledPolicy`` for one policy file."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        skills: Mapping[str, float],
+        discrimination: float,
+        on_reload: OnReload | None = None,
+    ) -> None:
+        """Load ``path`` now; raises ``PolicyLoadError`` (a readable message) if it fails.
+
+        The first load does not call ``on_reload``: read ``current`` for the initial policy.
+        """
+        self.path = os.fspath(path)
+        self._skills = dict(skills)
+        self._discrimination = discrimination
+        self._on_reload = on_reload
+        # one build at a time (re-entrant: a signal may land mid-poll); readers never take it
+        self._lock = threading.RLock()
+        self._signature = self._stat()
+        self._current = self._build(read_bytes(self.path))
+        self._failed_sha: str | None = None
+
+    @property
+    def current(self) -> CompiledPolicy:
+        """The live policy (one attribute read; never a half-built policy)."""
+        return self._current
+
+    def reload(self) -> bool:
+        """Re-read and rebuild the policy, then swap it in; False (old one kept) on failure.
+
+        Safe to call from the event loop (e.g. a SIGHUP handler scheduled with
+        ``loop.call_soon``) and from other threads: builds are serialised by a lock.
+        """
+        with self._lock:
+            self._signature = self._stat()
+            try:
+                data = read_bytes(self.path)
+            except PolicyLoadError as exc:
+                self._report("error", None, str(exc))
+                return False
+            return self._swap(data)
+
+    async def watch(self, interval_s: float = 2.0) -> None:
+        """Poll the file every ``interval_s`` seconds and reload when its content changes.
+
+        Each tick stats the resolved path; only when mtime, inode or size changed is the
+        file read and hashed, and only a new sha256 triggers a rebuild. A content that
+        already failed to load is not retried until it changes. Runs until cancelled.
+        """
+        while True:
+            await asyncio.sleep(interval_s)
+            self.poll()
+
+    def poll(self) -> bool:
+        """One watcher tick; True when a new policy was swapped in."""
+        with self._lock:
+            signature = self._stat()
+            if signature == self._signature:
+                return False
+            self._signature = signature
+            if signature is None:
+                self._report("error", None, f"{self.path}: cannot stat the policy file")
+                return False
+            try:
+                data = read_bytes(self.path)
+            except PolicyLoadError as exc:
+                self._report("error", None, str(exc))
+                return False
+            sha = hashlib.sha256(data).hexdigest()
+            if sha in (self._current.sha256, self._failed_sha):
+                return False
+            return self._swap(data)
+
+    def _swap(self, data: bytes) -> bool:
+        try:
+            policy = self._build(data)
+        except PolicyLoadError as exc:
+            self._failed_sha = hashlib.sha256(data).hexdigest()
+            self._report("error", None, str(exc))
+            return False
+        self._failed_sha = None
+        self._current = policy
+        self._report("ok", policy, None)
+        return True
+
+    def _build(self, data: bytes) -> CompiledPolicy:
+        return build_policy(
+            data, path=self.path, skills=self._skills, discrimination=self._discrimination
+        )
+
+    def _stat(self) -> _Signature | None:
+        try:
+            st = os.stat(self.path)  # follows symlinks: the ConfigMap's current target
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_ino, st.st_size)
+
+    def _report(
+        self, result: Literal["ok", "error"], policy: CompiledPolicy | None, message: str | None
+    ) -> None:
+        if self._on_reload is not None:
+            self._on_reload(result, policy, message)
