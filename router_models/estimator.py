@@ -95,6 +95,17 @@ def _check_shapes(w: Weights) -> None:
         raise ValueError(f"hashed_coef has shape {w.hashed_coef.shape}")
     if not (np.all(w.dense_scale > 0) and np.isfinite(w.hashed_coef).all()):
         raise ValueError("non-positive scale or non-finite weights")
+    t = w.trees
+    if t is not None:
+        n_internal = (1 << t.depth) - 1
+        if t.feature.shape != (t.feature.shape[0], n_internal) or t.threshold.shape != (
+            t.feature.shape
+        ):
+            raise ValueError("tree arrays do not match their depth")
+        if t.leaf.shape != (t.feature.shape[0], 1 << t.depth):
+            raise ValueError("tree leaves do not match their depth")
+        if t.feature.size and (t.feature.min() < 0 or t.feature.max() >= N_DENSE):
+            raise ValueError("tree feature index out of range")
 
 
 class Estimator:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-FEATURE_VERSION = "3"
+FEATURE_VERSION = "4"
 HASH_BITS = 18
 HASH_SIZE = 1 << HASH_BITS
 # n-grams look at this much text at most (head and tail); lengths still count everything
@@ -215,7 +215,7 @@ def extract(messages: Sequence[Any]) -> Features:
             n_digits / n_sample,
             n_upper / n_sample,
             min(n_non_ascii / n_sample, 1.0),
-            len(_CJK.findall(sample)) / n_sample if n_non_ascii else 0.0,
+            len(_CJK.findall(sample)) / max(len(sample), 1) if n_non_ascii else 0.0,
             n_punct / n_sample,
             _log(n_numbers),
             min(n_numbers / n_words, 2.0),

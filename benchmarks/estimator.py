@@ -1,0 +1,94 @@
+"""Latency of the difficulty estimator: load time and per-request difficulty() percentiles.
+
+    python benchmarks/estimator.py [--artifact DIR] [--data FILE.jsonl ...] [--n 5000]
+
+Typical requests are real prompts from the shared data files (a system prompt plus the
+user turn) when present, else generated ones. Budget: p99 <= 0.3 ms, load < 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA = (
+    Path("/work/shared/data/mmlu_pro.jsonl"),
+    Path("/work/shared/data/llmrouter_train.jsonl"),
+)
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+
+
+def _requests(paths: list[Path], n: int, seed: int) -> list[list[dict[str, Any]]]:
+    prompts: list[str] = []
+    for path in paths:
+        if path.is_file():
+            with path.open(encoding="utf-8") as fh:
+                prompts += [json.loads(line)["prompt"] for line in fh if line.strip()]
+    rng = random.Random(seed)
+    if not prompts:
+        words = [
+            "the",
+            "model",
+            "should",
+            "compute",
+            "explain",
+            "which",
+            "value",
+            "42",
+            "code",
+            "list",
+        ]
+        prompts = [" ".join(rng.choices(words, k=rng.randint(5, 120))) for _ in range(500)]
+    return [[SYSTEM, {"role": "user", "content": rng.choice(prompts)}] for _ in range(n)]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--artifact", type=Path)
+    parser.add_argument("--data", action="append", type=Path)
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    from router_models import load_estimator
+
+    est = load_estimator(args.artifact)
+    load_s = time.perf_counter() - start
+    requests = _requests(args.data or list(DEFAULT_DATA), args.n, args.seed)
+    for messages in requests[:200]:  # warm up
+        est.difficulty(messages)
+    times = []
+    for messages in requests:
+        t0 = time.perf_counter()
+        est.difficulty(messages)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    chars = sorted(len(m[1]["content"]) for m in requests)
+
+    def pct(q: float) -> float:
+        return times[min(len(times) - 1, int(q * len(times)))] * 1e3
+
+    result = {
+        "import_and_load_s": round(load_s, 3),
+        "requests": len(times),
+        "median_prompt_chars": chars[len(chars) // 2],
+        "difficulty_ms": {
+            "p50": round(pct(0.50), 4),
+            "p90": round(pct(0.90), 4),
+            "p99": round(pct(0.99), 4),
+            "mean": round(statistics.fmean(times) * 1e3, 4),
+        },
+    }
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

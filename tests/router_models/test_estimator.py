@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router_models import ArtifactError, Estimator, load_estimator
+from router_models.artifact import METADATA, WEIGHTS, save_artifact
+from router_models.estimator import Weights, p_from
+from router_models.features import FEATURE_VERSION, HASH_SIZE, N_DENSE, N_GROUPS
+
+MSG = [{"role": "user", "content": "Compute the integral of x^2 from 0 to 3."}]
+
+
+def test_shipped_artifact_loads_and_scores():
+    est = load_estimator()
+    assert isinstance(est, Estimator)
+    assert est.metadata["feature_version"] == FEATURE_VERSION
+    assert {"mmlu_pro", "llmrouter_train"} <= {
+        Path(e["path"]).stem for e in est.metadata["training_data"]
+    }
+    assert est.discrimination > 0 and len(est.skills) >= 30
+    assert "gemini-1.5-pro-002" in est.skills
+    d = est.difficulty(MSG)
+    assert math.isfinite(d)
+    assert 0.0 < est.p_acceptable(MSG, skill=1.3) < 1.0
+    assert (
+        est.metadata["metrics"]["held_out"]["brier"]
+        < est.metadata["metrics"]["held_out"]["brier_constant"]
+    )
+
+
+def test_shipped_artifact_is_small():
+    root = Path(__file__).parents[2] / "router_models" / "artifacts" / "default"
+    assert sum(p.stat().st_size for p in root.iterdir()) < 3_000_000
+
+
+def test_p_acceptable_is_the_irt_link():
+    est = load_estimator()
+    d, a = est.difficulty(MSG), est.discrimination
+    for skill in (-3.0, 0.0, 1.3, 4.0):
+        assert est.p_acceptable(MSG, skill) == pytest.approx(1 / (1 + math.exp(-a * (skill - d))))
+    assert est.p_acceptable(MSG, d) == pytest.approx(0.5)
+    assert est.p_acceptable(MSG, 2.0) > est.p_acceptable(MSG, 1.0)
+    assert p_from(2.0, -1000.0, 0.0) == 0.0 and p_from(2.0, 1000.0, 0.0) == 1.0
+
+
+def _weights(bias: float = 0.25) -> Weights:
+    rng = np.random.default_rng(0)
+    return Weights(
+        dense_mean=np.zeros(N_DENSE),
+        dense_scale=np.ones(N_DENSE),
+        dense_coef=rng.normal(size=N_DENSE),
+        hashed_coef=rng.normal(size=(N_GROUPS, HASH_SIZE)).astype(np.float32) * 0.01,
+        intercept=bias,
+        scale=1.5,
+        shift=-0.2,
+    )
+
+
+def _save(tmp_path: Path) -> Path:
+    return save_artifact(
+        tmp_path / "art",
+        _weights(),
+        skills={"m": 0.7},
+        discrimination=1.7,
+        metadata={"note": "test"},
+    )
+
+
+def test_round_trip(tmp_path):
+    path = _save(tmp_path)
+    original = Estimator(_weights(), skills={"m": 0.7}, discrimination=1.7)
+    loaded = load_estimator(path)
+    assert loaded.difficulty(MSG) == pytest.approx(original.difficulty(MSG), rel=1e-6)
+    assert loaded.skills == {"m": 0.7} and loaded.discrimination == 1.7
+    assert loaded.metadata["note"] == "test"
+    with np.load(path / WEIGHTS, allow_pickle=False) as npz:
+        assert all(npz[k].dtype != object for k in npz.files)
+
+
+def test_refuses_wrong_feature_version(tmp_path):
+    path = _save(tmp_path)
+    meta = json.loads((path / METADATA).read_text())
+    meta["feature_version"] = "0"
+    (path / METADATA).write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="feature version"):
+        load_estimator(path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "garbage_json", "no_meta"])
+def test_refuses_corrupt_artifact(tmp_path, damage):
+    path = _save(tmp_path)
+    weights = path / WEIGHTS
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "flip":
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif damage == "delete":
+        weights.unlink()
+    elif damage == "garbage_json":
+        (path / METADATA).write_text("{not json")
+    else:
+        (path / METADATA).unlink()
+    with pytest.raises(ArtifactError):
+        load_estimator(path)
+
+
+def test_refuses_bad_arrays_even_with_matching_hash(tmp_path):
+    path = _save(tmp_path)
+    np.savez(path / WEIGHTS, dense_mean=np.zeros(3))
+    meta = json.loads((path / METADATA).read_text())
+    from router_models.data import sha256_file
+
+    meta["weights_sha256"] = sha256_file(path / WEIGHTS)
+    (path / METADATA).write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="unreadable weights"):
+        load_estimator(path)
+
+
+def test_refuses_missing_directory(tmp_path):
+    with pytest.raises(ArtifactError, match="missing"):
+        load_estimator(tmp_path / "nowhere")
+
+
+def test_shipped_artifact_copy_loads(tmp_path):
+    from router_models.artifact import default_artifact_dir
+
+    copy = tmp_path / "copy"
+    shutil.copytree(default_artifact_dir(), copy)
+    assert load_estimator(copy).difficulty(MSG) == load_estimator().difficulty(MSG)

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import numpy as np
+
+from router_models.features import DENSE_NAMES, HASH_SIZE, N_DENSE, extract, prompt_text
+
+
+def _dense(messages) -> dict[str, float]:
+    return dict(zip(DENSE_NAMES, extract(messages).dense.tolist(), strict=True))
+
+
+def test_prompt_text_joins_prompt_roles_and_parts():
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Look:"},
+                {"type": "image_url", "image_url": {"url": "x"}},
+                {"type": "text", "text": "what is it?"},
+            ],
+        },
+        {"role": "assistant", "content": "A cat."},
+        {"role": "developer", "content": "no markdown"},
+        {"role": "tool", "content": "tool output"},
+    ]
+    assert prompt_text(messages) == "Be brief.\nLook:\nwhat is it?\nno markdown"
+
+
+def test_odd_messages_never_raise():
+    odd = [
+        [],
+        [{"role": "user", "content": ""}],
+        [{"role": "user", "content": None}],
+        [{"role": "user"}],
+        [{"content": "no role"}],
+        ["not a dict", 3, None],
+        [{"role": "user", "content": [None, 5, {"type": "text"}, {"type": "text", "text": 7}]}],
+        [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        ],
+        "a bare string",
+        None,
+    ]
+    for messages in odd:
+        feats = extract(messages)  # type: ignore[arg-type]
+        assert feats.dense.shape == (N_DENSE,)
+        assert np.isfinite(feats.dense).all()
+        for ids in feats.hashed:
+            assert ids.dtype == np.int64
+            assert ((ids >= 0) & (ids < HASH_SIZE)).all()
+
+
+def test_empty_and_none_content_have_no_ngrams():
+    for messages in ([{"role": "user", "content": ""}], [{"role": "user", "content": None}]):
+        feats = extract(messages)
+        assert all(ids.size == 0 for ids in feats.hashed)
+        assert _dense(messages)["log_chars"] == 0.0
+
+
+def test_structure_signals():
+    code = _dense([{"role": "user", "content": "```python\ndef f(x):\n    return x\n```"}])
+    assert code["log_code_marks"] > 0 and code["indented_frac"] > 0
+    mcq = _dense([{"role": "user", "content": "Pick one\nA. red\nB. blue\nC. green"}])
+    assert mcq["has_options"] == 1.0 and mcq["log_options"] > 1.0
+    maths = _dense([{"role": "user", "content": "Solve $x^2 = 4.5$ and compute 3/7."}])
+    assert maths["log_latex"] > 0 and maths["log_reasoning_words"] > 0
+    assert maths["log_decimals"] > 0
+    turns = _dense(
+        [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]},
+        ]
+    )
+    assert (turns["n_user_turns"], turns["n_assistant_turns"], turns["has_system"]) == (2, 1, 1)
+    assert turns["n_images"] == 1.0
+    cjk = _dense([{"role": "user", "content": "これは何ですか"}])
+    assert cjk["cjk_frac"] > 0.5 and cjk["non_ascii_frac"] > 0.5
+
+
+def test_deterministic_and_case_insensitive_ngrams():
+    a = extract([{"role": "user", "content": "The Quick brown fox"}])
+    b = extract([{"role": "user", "content": "the quick BROWN fox"}])
+    for x, y in zip(a.hashed, b.hashed, strict=True):
+        assert x.tolist() == y.tolist()
+    assert extract([{"role": "user", "content": "x y z w"}]).hashed[1].size == 3
+
+
+def test_huge_input_is_capped_but_measured():
+    text = "word " * 400_000
+    feats = extract([{"role": "user", "content": text}])
+    dense = dict(zip(DENSE_NAMES, feats.dense.tolist(), strict=True))
+    assert dense["log_chars"] == np.log1p(len(text))
+    assert feats.hashed[0].size < 2_000  # n-grams read a bounded head and tail

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router_models import metrics
+
+STRONG = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0], dtype=float)
+WEAK = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0], dtype=float)
+PERFECT = np.array([0, 0, 1, 1, 1, 1, 0, 0, 0, 0], dtype=float)  # strong wins exactly here
+
+
+def test_perfect_router_hand_computed():
+    curve = metrics.pgr_curve(PERFECT, STRONG, WEAK)
+    assert curve.share.tolist() == [0.0, 0.4, 1.0]
+    assert curve.pgr.tolist() == pytest.approx([0.0, 1.0, 1.0])
+    assert metrics.apgr(curve) == pytest.approx(0.4 * 0.5 + 0.6 * 1.0)
+    assert metrics.cpt(curve, 0.5) == pytest.approx(0.2)
+    assert metrics.cpt(curve, 0.8) == pytest.approx(0.32)
+
+
+def test_inverted_router_hand_computed():
+    curve = metrics.pgr_curve(1.0 - PERFECT, STRONG, WEAK)
+    assert curve.share.tolist() == [0.0, 0.6, 1.0]
+    assert curve.pgr.tolist() == pytest.approx([0.0, 0.0, 1.0])
+    assert metrics.apgr(curve) == pytest.approx(0.2)
+    assert metrics.cpt(curve, 0.5) == pytest.approx(0.8)
+
+
+def test_random_router_is_near_half():
+    rng = np.random.default_rng(1)
+    n = 20_000
+    strong = (rng.random(n) < 0.7).astype(float)
+    weak = (rng.random(n) < 0.4).astype(float)
+    curve = metrics.pgr_curve(rng.random(n), strong, weak)
+    assert len(curve.share) == 12  # 11 decile edges + the all-weak end
+    assert metrics.apgr(curve) == pytest.approx(0.5, abs=0.03)
+
+
+def test_cpt_reads_the_monotone_curve():
+    curve = metrics.PGRCurve(
+        share=np.array([0.0, 0.2, 0.4, 1.0]),
+        pgr=np.array([0.0, 0.9, 0.6, 1.0]),
+        quality=np.zeros(4),
+        strong_quality=1.0,
+        weak_quality=0.0,
+    )
+    assert metrics.cpt(curve, 0.45) == pytest.approx(0.1)
+    assert metrics.cpt(curve, 0.95) == pytest.approx(0.4 + 0.6 * (0.05 / 0.1))
+
+
+def test_equal_models_rejected():
+    with pytest.raises(ValueError, match="same mean"):
+        metrics.pgr_curve(PERFECT, STRONG, STRONG)
+
+
+def test_decile_edges_match_qcut_bins():
+    edges = metrics.decile_edges(np.arange(11, dtype=float))
+    assert edges.tolist() == pytest.approx(list(range(11)))
+    assert metrics.decile_edges(np.array([3.0, 3.0, 3.0])).tolist() == [3.0]
+
+
+def test_hull_aiq_and_cost_to_reach():
+    cost = np.array([0.0, 1.0, 0.5])
+    assert metrics.aiq(cost[:2], np.array([0.0, 1.0]), 0.0, 1.0) == pytest.approx(0.5)
+    dominated = np.array([0.0, 1.0, 0.2])
+    assert metrics.aiq(cost, dominated, 0.0, 1.0) == pytest.approx(0.5)
+    quality = np.array([0.0, 1.0, 0.9])
+    xs, ys = metrics.upper_hull(cost, quality)
+    assert xs.tolist() == [0.0, 0.5, 1.0]
+    assert metrics.aiq(cost, quality, 0.0, 1.0) == pytest.approx(0.7, abs=1e-6)
+    assert metrics.cost_to_reach(cost, quality, 0.9) == pytest.approx(0.5)
+    assert metrics.cost_to_reach(cost, quality, 0.95) == pytest.approx(0.75)
+    assert metrics.cost_to_reach(cost, quality, 1.1) is None
+
+
+def test_hull_is_non_decreasing():
+    xs, ys = metrics.upper_hull(np.array([0.0, 1.0, 2.0]), np.array([0.5, 0.9, 0.7]))
+    assert xs.tolist() == [0.0, 1.0]
+    assert ys.tolist() == [0.5, 0.9]
+
+
+def test_route_by_bar_picks_cheapest_above_else_best():
+    p = np.array([[0.9, 0.5], [0.3, 0.2], [0.6, 0.6]])
+    cost = np.array([[2.0, 1.0], [2.0, 1.0], [1.0, 1.0]])
+    assert metrics.route_by_bar(p, cost, 0.4).tolist() == [1, 0, 0]
+    assert metrics.route_by_bar(p, cost, 0.95).tolist() == [0, 0, 0]
+    curve = metrics.cost_quality_curve(p, cost, np.array([[1, 0], [1, 1], [0, 1]]), [0.4])
+    assert curve[0].cost == pytest.approx(4 / 3)
+    assert curve[0].quality == pytest.approx(1 / 3)
+
+
+def test_brier_and_reliability():
+    p = np.array([0.05, 0.05, 0.95, 0.95])
+    y = np.array([0.0, 1.0, 1.0, 1.0])
+    assert metrics.brier(p, y) == pytest.approx((0.0025 + 0.9025 + 0.0025 + 0.0025) / 4)
+    table = metrics.reliability(p, y)
+    assert [(b["n"], b["observed"]) for b in table] == [(2, 0.5), (2, 1.0)]

@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router_models import load_estimator
+from router_models.data import LabelMatrix
+from router_models.evaluate import main as eval_main
+from router_models.irt import calibrate, fit_irt
+from router_models.train import main as train_main
+
+from .conftest import MODELS, write_dataset
+
+EASY = [{"role": "user", "content": "Name 3?"}]
+HARD = [
+    {"role": "user", "content": "Question 9: combine 12 345 678 90 11 22 33 and report the total?"}
+]
+
+
+def test_train_writes_a_loadable_calibrated_artifact(synth_artifact):
+    est = load_estimator(synth_artifact)
+    meta = est.metadata
+    assert meta["training_data"][0]["sha256"] and len(meta["training_data"][0]["sha256"]) == 64
+    assert set(est.skills) == set(MODELS)
+    assert est.skills["big"] > est.skills["mid"] > est.skills["small"]
+    assert est.difficulty(HARD) > est.difficulty(EASY)
+    held = meta["metrics"]["held_out"]
+    assert held["brier"] < held["brier_constant"]
+    assert meta["metrics"]["routing_held_out"]["synth"]["pair"]["strong"] == "big"
+    assert len(meta["held_out_ids"]) == meta["rows"]["held_out"] == 24
+
+
+def test_train_is_deterministic(tmp_path, synth_file, synth_artifact):
+    out = tmp_path / "again"
+    assert train_main(["--data", str(synth_file), "--out", str(out), "--seed", "3"]) == 0
+    assert (out / "weights.npz").read_bytes() == (synth_artifact / "weights.npz").read_bytes()
+    a = json.loads((out / "metadata.json").read_text())
+    b = json.loads((synth_artifact / "metadata.json").read_text())
+    assert a == b
+
+
+def test_eval_main_reports_and_plots(tmp_path, synth_file, synth_artifact, capsys):
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    rc = eval_main(
+        [
+            "--data",
+            str(synth_file),
+            "--artifact",
+            str(synth_artifact),
+            "--json",
+            str(out_json),
+            "--plot",
+            str(out_png),
+        ]
+    )
+    assert rc == 0
+    report = json.loads(out_json.read_text())
+    pair = report["pair"]
+    assert (pair["strong"], pair["weak"]) == ("big", "mid")
+    assert set(pair["routers"]) >= {"estimator", "length", "random"}
+    assert pair["routers"]["estimator"]["apgr"] > pair["routers"]["random"]["apgr"]
+    multi = report["multi"]
+    assert sorted(multi["models"]) == ["big", "mid", "small"]
+    assert len(multi["routers"]["estimator"]["curve"]) == 19
+    assert multi["best_single"]["model"] == "big"
+    assert multi["routers"]["estimator"]["aiq"] >= multi["routers"]["random"]["aiq"] - 0.02
+    assert out_png.read_bytes()[:4] == b"\x89PNG"
+    text = capsys.readouterr().out
+    assert "APGR" in text and "AIQ" in text
+
+
+def test_eval_with_explicit_pair_and_held_out(synth_file, synth_artifact, tmp_path):
+    out = tmp_path / "r.json"
+    rc = eval_main(
+        [
+            "--data",
+            str(synth_file),
+            "--artifact",
+            str(synth_artifact),
+            "--held-out",
+            "--strong",
+            "mid",
+            "--weak",
+            "small",
+            "--json",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["rows"] == 24 and report["pair"]["weak"] == "small"
+
+
+def test_eval_errors_are_reported(synth_file, synth_artifact, tmp_path, capsys):
+    assert eval_main(["--data", str(synth_file), "--strong", "big"]) == 2
+    assert (
+        eval_main(
+            [
+                "--data",
+                str(synth_file),
+                "--artifact",
+                str(synth_artifact),
+                "--strong",
+                "big",
+                "--weak",
+                "nope",
+            ]
+        )
+        == 1
+    )
+    assert eval_main(["--data", str(synth_file), "--artifact", str(tmp_path)]) == 1
+    assert "missing" in capsys.readouterr().err
+
+
+def test_eval_leaves_out_unpriced_models(tmp_path, synth_artifact):
+    path = write_dataset(tmp_path / "d.jsonl", n=60, seed=5)
+    prices_path = tmp_path / "d.models.json"
+    prices = json.loads(prices_path.read_text())
+    prices["mid"]["input_usd_per_mtok"] = None
+    prices_path.write_text(json.dumps(prices))
+    out = tmp_path / "r.json"
+    assert (
+        eval_main(["--data", str(path), "--artifact", str(synth_artifact), "--json", str(out)]) == 0
+    )
+    assert json.loads(out.read_text())["multi"]["left_out"] == ["mid"]
+
+
+def _records(path: Path, n: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(n):
+        k = int(rng.integers(0, 8))
+        prompt = f"Question {i}: combine " + " ".join(["7"] * k) + " now?" if k else f"Name {i}?"
+        model = ["big", "small", "fresh"][i % 3]
+        rid = f"req_{i}"
+        req = {"type": "request", "id": rid, "model": model, "route": "auto", "status": 200}
+        if i % 10 != 0:
+            req["prompt"] = prompt
+        lines.append(req)
+        if i % 7 != 0:
+            ok = rng.random() < (0.9 if k < 3 else 0.3)
+            fb = {"type": "feedback", "request_id": rid, "accepted": bool(ok), "score": None}
+            if i % 2:
+                fb["score"] = float(ok)
+            lines.append(fb)
+    lines.append({"type": "feedback", "request_id": "req_unknown", "accepted": True})
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken\n", encoding="utf-8")
+    return path
+
+
+def test_train_from_records_anchors_known_skills(tmp_path, synth_artifact, capsys):
+    recs = _records(tmp_path / "records.jsonl", 300, 1)
+    out = tmp_path / "retrained"
+    rc = train_main(["--records", str(recs), "--base", str(synth_artifact), "--out", str(out)])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "skipped 30 without prompt" in err and "unreadable lines" in err
+    base, new = load_estimator(synth_artifact), load_estimator(out)
+    assert new.discrimination == pytest.approx(base.discrimination)
+    for m in ("big", "mid", "small"):
+        assert new.skills[m] == pytest.approx(base.skills[m])
+    assert "fresh" in new.skills
+    meta = new.metadata
+    assert meta["records"]["skipped_no_prompt"] == 30
+    assert meta["records"]["labelled"] + 30 + meta["records"]["skipped_no_feedback"] == 300
+    # the base artifact's data file still exists unchanged, so it was reused
+    assert meta["training_data"] == base.metadata["training_data"]
+
+
+def test_train_from_records_alone_when_base_data_is_gone(tmp_path, capsys):
+    data = write_dataset(tmp_path / "gone.jsonl", n=80, seed=2)
+    base = tmp_path / "base"
+    assert train_main(["--data", str(data), "--out", str(base)]) == 0
+    data.unlink()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    _records(logs / "records.jsonl", 200, 3)
+    (logs / "records.jsonl.1").write_text((logs / "records.jsonl").read_text())
+    (logs / "notes.txt").write_text("not a record file")
+    out = tmp_path / "alone"
+    assert train_main(["--records", str(logs), "--base", str(base), "--out", str(out)]) == 0
+    meta = load_estimator(out).metadata
+    assert meta["training_data"] == []
+    assert meta["records"]["requests"] == 200  # rotated copy holds the same ids
+    assert any("not reused" in n for n in meta["notes"])
+
+
+def test_train_usage_errors(tmp_path, capsys):
+    assert train_main(["--out", str(tmp_path / "x")]) == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x:1"}\n')
+    assert train_main(["--data", str(bad), "--out", str(tmp_path / "y")]) == 1
+    assert "bad row" in capsys.readouterr().err
+
+
+def test_irt_recovers_order_and_calibration_is_consistent():
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=400)
+    skills = np.array([1.0, 0.0, -1.0])
+    p = 1 / (1 + np.exp(-2.0 * (skills[None, :] - d[:, None])))
+    y = (rng.random(p.shape) < p).astype(float)
+    mask = rng.random(p.shape) < 0.9
+    labels = LabelMatrix(models=("a", "b", "c"), scores=np.where(mask, y, 0.0), mask=mask)
+    fit = fit_irt(labels)
+    assert fit.skills["a"] > fit.skills["b"] > fit.skills["c"]
+    assert np.corrcoef(fit.difficulty, d)[0, 1] > 0.7
+    assert fit.difficulty.std() == pytest.approx(1.0)
+    cal = calibrate(fit.difficulty, labels)
+    assert cal.discrimination > 0 and cal.skills["a"] > cal.skills["c"]
+    anchored = fit_irt(labels, anchors={"a": 5.0}, anchor_discrimination=1.0)
+    assert anchored.skills["a"] == 5.0 and anchored.discrimination == 1.0
+    with pytest.raises(ValueError):
+        fit_irt(labels, anchors={"a": 5.0})
