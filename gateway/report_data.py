@@ -125,22 +125,19 @@ def parse_time(value: object) -> float:
     return moment.timestamp()
 
 
-def _number(obj: dict[str, Any], key: str, default: float) -> float:
-    value = obj.get(key)
+def _number(value: object, key: str, default: float) -> float:
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise Malformed(f"{key} is not a number")
-    return float(value)
+    kind = type(value)  # NOTE: not isinstance: a bool is an int, and not a number here
+    if kind is float or kind is int:
+        return float(value)  # type: ignore[arg-type]
+    raise Malformed(f"{key} is not a number")
 
 
-def _text(obj: dict[str, Any], key: str, *, required: bool = False) -> str | None:
-    value = obj.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str):
-        raise Malformed(f"{key} is not a string")
-    return value
+def _text(value: object, key: str) -> str | None:
+    if value is None or type(value) is str:
+        return value
+    raise Malformed(f"{key} is not a string")
 
 
 class _Vocab:
@@ -150,25 +147,31 @@ class _Vocab:
     def code(self, value: str | None) -> int:
         if value is None:
             return -1
-        return self.codes.setdefault(value, len(self.codes))
+        code = self.codes.get(value)
+        if code is None:
+            code = self.codes[value] = len(self.codes)
+        return code
 
     def names(self) -> tuple[str, ...]:
         return tuple(self.codes)
 
 
-class _Builder:
-    """Typed append-only columns; `add` validates one request record before touching any."""
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("time", "d"), ("route", "i"), ("model", "i"), ("task", "i"), ("reason", "i"),
+    ("rule", "i"), ("status", "i"), ("attempts", "i"), ("failed", "b"), ("stream", "b"),
+    ("fallback", "b"), ("cost", "d"), ("baseline", "d"), ("tokens_in", "d"),
+    ("tokens_out", "d"), ("latency_ms", "d"), ("ttft_ms", "d"), ("p", "d"), ("bar", "d"),
+)  # fmt: skip
+NAN = float("nan")
 
-    FLOATS = ("time", "cost", "baseline", "tokens_in", "tokens_out", "latency_ms", "ttft_ms")
-    FLOATS2 = ("p", "bar")
-    INTS = ("route", "model", "task", "reason", "rule", "status", "attempts")
-    BOOLS = ("failed", "stream", "fallback")
+
+class _Builder:
+    """Typed append-only columns (COLUMNS order); a record is validated whole before any
+    column grows, so a malformed line leaves no partial row."""
 
     def __init__(self) -> None:
         self.vocab = {k: _Vocab() for k in ("route", "model", "task", "reason", "rule")}
-        self.cols: dict[str, array[Any]] = {k: array("d") for k in self.FLOATS + self.FLOATS2}
-        self.cols.update({k: array("i") for k in self.INTS})
-        self.cols.update({k: array("b") for k in self.BOOLS})
+        self.cols: tuple[array[Any], ...] = tuple(array(t) for _, t in COLUMNS)
         self.cand_offsets = array("q", [0])
         self.cand_model, self.cand_p, self.cand_cost = array("i"), array("d"), array("d")
         self.cand_eligible = array("b")
@@ -176,63 +179,66 @@ class _Builder:
         self.index: dict[str, int] = {}
 
     def add(self, rec: dict[str, Any], since: float | None) -> bool:
-        row = self._row(rec)
-        if since is not None and row["time"] < since:
+        row, cands = self._row(rec)
+        if since is not None and row[0] < since:
             return False
-        cands = row.pop("candidates")
-        for key, value in row.items():
-            self.cols[key].append(value)
+        for col, value in zip(self.cols, row, strict=True):
+            col.append(value)
+        models = self.vocab["model"]
         for model, p, cost, eligible in cands:
-            self.cand_model.append(self.vocab["model"].code(model))
+            self.cand_model.append(models.code(model))
             self.cand_p.append(p)
             self.cand_cost.append(cost)
             self.cand_eligible.append(eligible)
         self.cand_offsets.append(len(self.cand_model))
         return True
 
-    def _row(self, rec: dict[str, Any]) -> dict[str, Any]:
-        nan = float("nan")
-        decision = rec.get("decision") or {}
-        tokens = rec.get("tokens") or {}
-        if not isinstance(decision, dict) or not isinstance(tokens, dict):
+    def _row(self, rec: dict[str, Any]) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+        get = rec.get
+        decision = get("decision") or {}
+        tokens = get("tokens") or {}
+        if type(decision) is not dict or type(tokens) is not dict:
             raise Malformed("decision or tokens is not an object")
-        status = _number(rec, "status", 0.0)
-        outcome = _text(rec, "outcome")
-        fallback_from = rec.get("fallback_from") or []
+        status = _number(get("status"), "status", 0.0)
+        outcome = _text(get("outcome"), "outcome")
+        fallback_from = get("fallback_from") or []
         raw_cands = decision.get("candidates") or []
-        if not isinstance(fallback_from, list) or not isinstance(raw_cands, list):
+        if type(fallback_from) is not list or type(raw_cands) is not list:
             raise Malformed("fallback_from or decision.candidates is not a list")
         cands = []
         for cand in raw_cands:
-            if not isinstance(cand, dict):
+            if type(cand) is not dict:
                 raise Malformed("a decision candidate is not an object")
-            eligible = cand.get("eligible", True)
-            model = _text(cand, "model", required=True)
-            p = _number(cand, "p", nan)
-            cands.append((model, p, _number(cand, "expected_cost_usd", nan), eligible is True))
-        cost = _number(rec, "cost_usd", 0.0)
-        return {
-            "time": parse_time(rec.get("time")),
-            "route": self.vocab["route"].code(_text(rec, "route")),
-            "model": self.vocab["model"].code(_text(rec, "model")),
-            "task": self.vocab["task"].code(_text(rec, "task")),
-            "reason": self.vocab["reason"].code(_text(decision, "reason")),
-            "rule": self.vocab["rule"].code(_text(decision, "rule")),
-            "status": int(status),
-            "attempts": int(_number(rec, "attempts", 1.0)),
-            "failed": status >= 400 or (outcome is not None and outcome != "ok"),
-            "stream": rec.get("stream") is True,
-            "fallback": bool(fallback_from),
-            "cost": cost,
-            "baseline": _number(rec, "baseline_cost_usd", cost),
-            "tokens_in": _number(tokens, "input", 0.0),
-            "tokens_out": _number(tokens, "output", 0.0),
-            "latency_ms": _number(rec, "latency_ms", nan),
-            "ttft_ms": _number(rec, "ttft_ms", nan),
-            "p": _number(decision, "p", nan),
-            "bar": _number(decision, "quality_bar", nan),
-            "candidates": cands,
-        }
+            model = cand.get("model")
+            if type(model) is not str:
+                raise Malformed("a decision candidate has no model")
+            p = _number(cand.get("p"), "p", NAN)
+            cost = _number(cand.get("expected_cost_usd"), "expected_cost_usd", NAN)
+            cands.append((model, p, cost, cand.get("eligible", True) is True))
+        cost = _number(get("cost_usd"), "cost_usd", 0.0)
+        vocab = self.vocab
+        row = (
+            parse_time(get("time")),
+            vocab["route"].code(_text(get("route"), "route")),
+            vocab["model"].code(_text(get("model"), "model")),
+            vocab["task"].code(_text(get("task"), "task")),
+            vocab["reason"].code(_text(decision.get("reason"), "decision.reason")),
+            vocab["rule"].code(_text(decision.get("rule"), "decision.rule")),
+            int(status),
+            int(_number(get("attempts"), "attempts", 1.0)),
+            status >= 400 or (outcome is not None and outcome != "ok"),
+            get("stream") is True,
+            bool(fallback_from),
+            cost,
+            _number(get("baseline_cost_usd"), "baseline_cost_usd", cost),
+            _number(tokens.get("input"), "tokens.input", 0.0),
+            _number(tokens.get("output"), "tokens.output", 0.0),
+            _number(get("latency_ms"), "latency_ms", NAN),
+            _number(get("ttft_ms"), "ttft_ms", NAN),
+            _number(decision.get("p"), "decision.p", NAN),
+            _number(decision.get("quality_bar"), "decision.quality_bar", NAN),
+        )
+        return row, cands
 
 
 def _verdict(rec: dict[str, Any]) -> int | None:
@@ -271,8 +277,9 @@ def load_records(paths: Iterable[Path], since: float | None = None) -> tuple[Rec
                     raise Malformed("not a JSON object")
                 kind = rec.get("type")
                 if kind == "request":
-                    rid = _text(rec, "id", required=True)
-                    assert rid is not None
+                    rid = rec.get("id")
+                    if type(rid) is not str:
+                        raise Malformed("id is not a string")
                     if not build.add(rec, since):
                         counts["window"] += 1
                         continue
@@ -283,8 +290,9 @@ def load_records(paths: Iterable[Path], since: float | None = None) -> tuple[Rec
                     build.index[rid] = len(build.keep)
                     build.keep.append(1)
                 elif kind == "feedback":
-                    rid = _text(rec, "request_id", required=True)
-                    assert rid is not None
+                    rid = rec.get("request_id")
+                    if type(rid) is not str:
+                        raise Malformed("request_id is not a string")
                     fbs += 1
                     verdict = _verdict(rec)
                     if verdict is None:
@@ -330,10 +338,10 @@ def _finish(build: _Builder, feedback: dict[str, int]) -> Records:
     cand_keep = np.repeat(keep, np.diff(offsets))
     counts = np.diff(offsets)[keep]
     cols: dict[str, Any] = {}
-    for key, col in build.cols.items():
-        dtype = {"d": np.float64, "i": np.int32, "b": np.int8}[col.typecode]
+    for (key, typecode), col in zip(COLUMNS, build.cols, strict=True):
+        dtype = {"d": np.float64, "i": np.int32, "b": np.int8}[typecode]
         values = np.frombuffer(col, dtype=dtype)[keep]
-        cols[key] = values.astype(bool) if key in _Builder.BOOLS else values
+        cols[key] = values.astype(bool) if typecode == "b" else values
     return Records(
         routes=build.vocab["route"].names(),
         models=build.vocab["model"].names(),
