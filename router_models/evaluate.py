@@ -91,7 +91,11 @@ def _multi_block(
     a: float,
 ) -> dict[str, Any]:
     table = routing.cost_table(rows, labels, prices)
-    block: dict[str, Any] = {"models": list(table.models), "left_out": list(table.left_out)}
+    block: dict[str, Any] = {
+        "models": list(table.models),
+        "left_out": list(table.left_out),
+        "rows_used": int(table.used.sum()),
+    }
     if len(table.models) < 2:
         block["note"] = "fewer than two priced models scored on every row"
         return block
@@ -137,7 +141,8 @@ def format_report(report: Mapping[str, Any]) -> str:
     if "routers" in multi:
         best, oracle = multi["best_single"], multi["oracle"]
         lines.append(
-            f"many models ({len(multi['models'])} priced; left out, no price or missing rows: "
+            f"many models ({len(multi['models'])} priced, {multi['rows_used']} rows; left out "
+            f"(no price, or scored on < {routing.MIN_COVERAGE:.0%} of rows): "
             f"{', '.join(multi['left_out']) or 'none'})"
         )
         lines.append(

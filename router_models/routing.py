@@ -22,6 +22,7 @@ from router_models.irt import sigmoid
 F64 = npt.NDArray[np.float64]
 BARS = tuple(round(0.05 * k, 2) for k in range(1, 20))
 CLEAR_GAP = 0.10
+MIN_COVERAGE = 0.99
 
 
 def skill_from_mean(d: F64, a: float, mean: float) -> float:
@@ -78,30 +79,32 @@ def gain_score(d: F64, a: float, labels: LabelMatrix, strong: str, weak: str) ->
 
 @dataclass(frozen=True, slots=True)
 class CostTable:
-    """Per-prompt costs and scores for the models that can be priced on every row."""
+    """Per-prompt costs and scores of the priced models scored on >= MIN_COVERAGE of rows,
+    over the rows where all of them are scored (`used`)."""
 
     models: tuple[str, ...]
-    cost: F64  # (prompts, models)
+    cost: F64  # (used prompts, models)
     score: F64
     left_out: tuple[str, ...]
+    used: npt.NDArray[np.bool_]
 
 
 def cost_table(rows: Sequence[Row], labels: LabelMatrix, prices: Mapping[str, Price]) -> CostTable:
-    kept, left_out = [], []
-    cols = []
-    for j, m in enumerate(labels.models):
-        if not labels.mask[:, j].all():
-            left_out.append(m)
-            continue
-        costs = [prompt_cost(r, m, prices) for r in rows]
-        if any(c is None for c in costs):
-            left_out.append(m)
-            continue
-        kept.append(m)
-        cols.append(np.array(costs, dtype=np.float64))
-    cost = np.stack(cols, axis=1) if cols else np.zeros((len(rows), 0))
-    score = labels.scores[:, [labels.models.index(m) for m in kept]]
-    return CostTable(tuple(kept), cost, score, tuple(left_out))
+    kept = [
+        m
+        for j, m in enumerate(labels.models)
+        if m in prices and labels.mask[:, j].mean() >= MIN_COVERAGE
+    ]
+    left_out = tuple(m for m in labels.models if m not in kept)
+    idx = [labels.models.index(m) for m in kept]
+    used: npt.NDArray[np.bool_] = np.asarray(
+        labels.mask[:, idx].all(axis=1) if idx else np.zeros(len(rows)), dtype=bool
+    )
+    picked = [r for r, u in zip(rows, used, strict=True) if u]
+    cost = np.array([[prompt_cost(r, m, prices) for m in kept] for r in picked], dtype=np.float64)
+    cost = cost.reshape(len(picked), len(kept))
+    score = labels.scores[used][:, idx]
+    return CostTable(tuple(kept), cost, score, left_out, used)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,7 @@ class MultiResult:
 
 
 def multi_result(d: F64, a: float, table: CostTable) -> MultiResult:
+    d = d[table.used]
     skills = np.array(
         [skill_from_mean(d, a, float(table.score[:, j].mean())) for j in range(len(table.models))]
     )
