@@ -2,7 +2,8 @@
 
 ``effgate fake-upstream --port P [--models a,b] [--latency-ms N] [--tokens-per-s N]
 [--reply-words N]``, or ``python -m gateway.fake_upstream``; in process: `FakeUpstream` on
-an event loop, or `serve_in_thread` (tests use ``tests.fakes.servers.serve_fake_upstream``).
+an event loop (`start` / `serve`), or in a daemon thread: ``ThreadedServer(FakeUpstream(cfg))``
+(tests use ``tests.fakes.servers.serve_fake_upstream``).
 
 Endpoints: POST /v1/chat/completions, /v1/completions, /v1/embeddings (JSON, and SSE when
 ``stream`` is true), GET /v1/models, GET /healthz. Admin (not counted in stats):
@@ -37,7 +38,6 @@ from gateway.fake_upstream_http import (
     Job,
     Request,
     Response,
-    ThreadedServer,
     head,
     new_event_loop,
 )
@@ -307,15 +307,9 @@ def _marker(body: dict[str, Any], kind: str) -> Fault | None:
     try:
         return _parse_marker(text)
     except FaultError as exc:
-        raise RequestError(400, str(exc), param="messages") from None
-
-
-def serve_in_thread(
-    config: FakeConfig | None = None, host: str = "127.0.0.1", port: int = 0
-) -> tuple[FakeUpstream, ThreadedServer]:
-    """Start a `FakeUpstream` on its own loop in a daemon thread; close the server when done."""
-    upstream = FakeUpstream(config)
-    return upstream, ThreadedServer(upstream, host, port)
+        raise RequestError(
+            400, str(exc), param="prompt" if kind == "completion" else "messages"
+        ) from None
 
 
 def _parser() -> argparse.ArgumentParser:

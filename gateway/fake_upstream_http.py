@@ -146,6 +146,10 @@ class Connection(asyncio.Protocol):
         old = self._headers.get(key)
         self._headers[key] = text if old is None else f"{old}, {text}"
 
+    def on_headers_complete(self) -> None:
+        if self._headers.get("expect", "").lower() == "100-continue":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 

@@ -170,7 +170,8 @@ def embeddings_json(body: Mapping[str, Any], model: str, default_dims: int) -> b
     inputs = [raw] if single else raw
     if not isinstance(inputs, list) or not inputs:
         raise RequestError(400, "input must be a string or a non-empty array", param="input")
-    dims = body.get("dimensions") or default_dims
+    dims = body.get("dimensions")
+    dims = default_dims if dims is None else dims
     if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= MAX_DIMENSIONS:
         raise RequestError(400, f"dimensions must be 1..{MAX_DIMENSIONS}", param="dimensions")
     encoding = body.get("encoding_format") or "float"

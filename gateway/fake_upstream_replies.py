@@ -18,7 +18,6 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import cycle, islice
 from typing import Any
 
 from gateway.fake_upstream_faults import MARKER
@@ -107,13 +106,23 @@ def split_pieces(text: str) -> list[str]:
     return _PIECE.findall(text)
 
 
+def reply_pieces(model: str, source: str, total: int, offset: int = 0, lead: str = "") -> list[str]:
+    """`total` pieces: ``"<model> says: "`` + `lead` + the source's words cycled from `offset`."""
+    if "[[fault:" in source:
+        source = MARKER.sub(" ", source)
+    words = source.split() or list(_FALLBACK_WORDS)
+    chosen = f"{model} says: {lead}".split()
+    need = total - len(chosen)
+    if need > 0:
+        start = offset % len(words)
+        ring = words[start:] + words[:start] if start else words
+        chosen += (ring * (need // len(ring) + 1))[:need]
+    chosen = chosen[:total]
+    return [chosen[0], *[" " + w for w in chosen[1:]]]
+
+
 def reply_words(model: str, source: str, total: int, offset: int = 0, lead: str = "") -> str:
-    """`total` words: ``"<model> says: "`` + `lead` + the source's words cycled from `offset`."""
-    words = MARKER.sub(" ", source).split() or list(_FALLBACK_WORDS)
-    start = offset % len(words)
-    body = cycle(words[start:] + words[:start])
-    prefix = f"{model} says: {lead}".split()
-    return " ".join(islice([*prefix, *islice(body, max(total - len(prefix), 0))], total))
+    return "".join(reply_pieces(model, source, total, offset, lead))
 
 
 def _limit(body: Mapping[str, Any]) -> int | None:
@@ -172,10 +181,12 @@ def plan_chat(body: Mapping[str, Any], model: str, words: int) -> Plan:
             choices.append(_choice(split_pieces(args), limit, "tool_calls", call))
             continue
         if last.get("role") == "tool":
-            text = reply_words(model, texts[-1], words, i, lead="the tool returned")
+            pieces = reply_pieces(model, texts[-1], words, i, lead="the tool returned")
         else:
-            text = reply_words(model, " ".join(texts), words, i)
-        choices.append(_choice(split_pieces(_format(body, text)), limit, "stop"))
+            pieces = reply_pieces(model, " ".join(texts), words, i)
+        if body.get("response_format") is not None:
+            pieces = split_pieces(_format(body, "".join(pieces)))
+        choices.append(_choice(pieces, limit, "stop"))
     return Plan(model, prompt_tokens, tuple(choices), *_stream_flags(body))
 
 
@@ -196,7 +207,7 @@ def plan_completion(body: Mapping[str, Any], model: str, words: int) -> Plan:
             raise RequestError(400, "prompt must be a string or token array(s)", param="prompt")
     limit, n = _limit(body), _n(body)
     choices = [
-        _choice(split_pieces(" " + reply_words(model, text, words, i)), limit, "stop")
+        _choice([" " + p.lstrip() for p in reply_pieces(model, text, words, i)], limit, "stop")
         for text in texts
         for i in range(n)
     ]

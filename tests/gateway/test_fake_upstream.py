@@ -19,7 +19,7 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
-from gateway.fake_upstream import FakeConfig, main
+from gateway.fake_upstream import FakeConfig, FakeUpstream, main
 from gateway.fake_upstream_faults import Fault, FaultError, parse_fault, parse_marker
 from gateway.fake_upstream_replies import sample_value, split_pieces
 from tests.fakes.servers import FakeUpstreamHandle, serve_fake_upstream
@@ -727,3 +727,82 @@ def test_cli_subprocess() -> None:
         out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert f"listening on http://127.0.0.1:{port}/v1" in out
+
+
+def test_serve_on_a_running_loop() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def run() -> dict[str, Any]:
+        task = asyncio.create_task(FakeUpstream(FakeConfig(reply_words=3)).serve(port=port))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/v1") as client:
+            for _ in range(200):
+                try:
+                    reply = await client.post("/chat/completions", json=chat())
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return dict(reply.json())
+
+    assert asyncio.run(run())["choices"][0]["message"]["content"] == "m-small says: hello"
+
+
+def test_slow_reader_gets_everything() -> None:
+    with serve_fake_upstream(reply_words=20000) as fake:
+        body = chat(stream=True, stream_options={"include_usage": True})
+        with (
+            httpx.Client(base_url=fake.base_url) as client,
+            client.stream("POST", "/chat/completions", json=body) as r,
+        ):
+            time.sleep(0.3)  # the server's write buffer fills and it must wait (pause_writing)
+            events = sse_events(r.read().decode())
+        usage = json.loads(events[-2])["usage"]
+        assert usage["completion_tokens"] == 20000 == len(events) - 4
+        assert fake.stats["disconnects"] == 0
+
+
+def test_client_leaving_during_latency_or_json_stall() -> None:
+    with serve_fake_upstream(latency_ms=2000) as fake, httpx.Client(timeout=0.1) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(f"{fake.base_url}/chat/completions", json=chat())
+        wait_until(lambda: fake.stats["disconnects"] == 1)
+    with serve_fake_upstream() as fake, httpx.Client(timeout=0.1) as client:
+        fake.set_faults({"kind": "stall", "ms": 2000})
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(f"{fake.base_url}/chat/completions", json=chat())
+        wait_until(lambda: fake.stats["disconnects"] == 1)
+
+
+def test_expect_continue(fake: FakeUpstreamHandle) -> None:
+    payload = orjson.dumps(chat())
+    with socket.create_connection(("127.0.0.1", fake.port)) as sock:
+        sock.settimeout(5)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(payload)
+        )
+        assert sock.recv(1024) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(payload)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 OK")
+
+
+def test_completions_and_embeddings_validation(http: httpx.Client) -> None:
+    ids = http.post("/completions", json={"model": "m-small", "prompt": [[5, 6], [7]], "n": 2})
+    assert ids.json()["usage"]["prompt_tokens"] == 3 and len(ids.json()["choices"]) == 4
+    bad_bodies: list[tuple[str, dict[str, Any], str]] = [
+        ("/completions", {"prompt": [{"x": 1}]}, "prompt"),
+        ("/completions", {"prompt": "[[fault:nope]]"}, "prompt"),
+        ("/embeddings", {"input": "x", "dimensions": 0}, "dimensions"),
+        ("/embeddings", {"input": "x", "encoding_format": "int8"}, "encoding_format"),
+        ("/embeddings", {"input": []}, "input"),
+    ]
+    for path, extra, param in bad_bodies:
+        r = http.post(path, json={"model": "m-small", **extra})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, extra
