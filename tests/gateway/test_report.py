@@ -20,6 +20,7 @@ from gateway.report_findings import FindingSettings, Impact, candidates, repick,
 from gateway.report_html import fmt
 from gateway.report_policy import load_hints, rule_name, scalar
 from gateway.report_stats import newcombe, percentiles, wilson
+from tests.gateway.conftest import chat
 from tests.gateway.report_fixtures import TINY_EXPECTED, parse_html, tiny_log
 
 DAY = 86400.0
@@ -436,3 +437,51 @@ def test_demo_cli_writes_rotated_records_and_a_valid_policy(tmp_path: Path, caps
     assert math.isclose(
         float(rec.cost.sum()), sum(s.n * s.cost_usd for s in demo.segments("planted"))
     )
+
+
+# ---------------------------------------------------------------- against the real gateway
+
+
+@pytest.mark.integration
+def test_report_reads_what_the_gateway_logs(
+    make_gateway: Any, policy: Any, small: Any, big: Any, tmp_path: Path, capsys: Any
+) -> None:
+    gw = make_gateway(policy(log_prompts=True), records_max_bytes=3000, records_backups=50)
+    ids: list[str] = []
+    with gw.http() as c:
+        for difficulty, count in ((-2.0, 6), (1.0, 4)):  # small clears 0.8 / only big does
+            gw.estimator.value = difficulty
+            for i in range(count):
+                body = chat(
+                    f"private prompt {difficulty} {i}", model="routed", metadata={"task": "qa"}
+                )
+                ids.append(
+                    c.post("/v1/chat/completions", json=body).headers["x-effgate-request-id"]
+                )
+        c.post("/v1/chat/completions", json=chat("[[fault:status=404]]"))
+        c.post("/v1/chat/completions", json=chat(model="nope"))
+        gw.records(at_least=12)
+        for rid in ids[:3]:
+            assert (
+                c.post("/v1/feedback", json={"request_id": rid, "accepted": True}).status_code
+                == 200
+            )
+        assert c.post("/v1/feedback", json={"request_id": ids[-1], "score": 0.2}).status_code == 200
+    logged = gw.records(at_least=16)
+    assert len(list(gw.records_dir.glob("records.jsonl.*"))) >= 1  # rotated
+    report = build(gw.records_dir)
+    rows = {(r.route, r.model): r for r in report.route_models}
+    assert (rows["routed", "small"].requests, rows["routed", "big"].requests) == (6, 4)
+    assert (rows["routed", "small"].with_feedback, rows["routed", "small"].accepted) == (3, 3)
+    assert (rows["routed", "big"].with_feedback, rows["routed", "big"].accepted) == (1, 0)
+    assert rows["auto", "small"].errors == 1 and rows[None, None].errors == 1
+    spend = sum(r["cost_usd"] or 0.0 for r in logged if r["type"] == "request")
+    assert report.overall.spend_usd == pytest.approx(spend) and spend > 0
+    assert report.inputs.malformed == 0 and report.inputs.feedback_records == 4
+    assert rows["routed", "big"].mean_predicted_p == pytest.approx(
+        next(r["decision"]["p"] for r in logged if r.get("id") == ids[-1])
+    )
+    out = tmp_path / "out"
+    assert run(capsys, "--records", gw.records_dir, "--out", out)[0] == 0
+    for name in ("report.html", "report.json"):
+        assert "private prompt" not in (out / name).read_text()
