@@ -1,0 +1,1 @@
+"""Benchmarks: what the gateway adds over calling the model server directly (docs/benchmarks.md)."""
