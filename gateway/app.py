@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from gateway.accountant import Accountant
 from gateway.errors import GatewayError, error_body
+from gateway.gpu import GPUCollector
 from gateway.health import Health
 from gateway.kv import KV, MemoryKV, RedisKV
 from gateway.metrics import CircuitCollector, Metrics
@@ -122,7 +123,7 @@ def create_app(
         pool.sync(policy)
         metrics.set_policy(policy.sha256, policy.version, policy.budget_daily_usd)
         registry.register(CircuitCollector(health.state, lambda: store.current.models.keys()))
-        _register_gpu(registry, store, metrics)
+        gpu = _register_gpu(registry, store, metrics)
         accountant = Accountant(
             metrics=metrics,
             health=health,
@@ -159,6 +160,7 @@ def create_app(
             await records.aclose()
             await pool.aclose()
             await store_kv.aclose()
+            gpu.close()
 
     app = FastAPI(
         title="effgate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
@@ -181,9 +183,9 @@ def _build_kv(settings: Settings, metrics: Metrics) -> KV:
     )
 
 
-def _register_gpu(registry: CollectorRegistry, store: PolicyStore, metrics: Metrics) -> None:
-    from gateway.gpu import GPUCollector
-
+def _register_gpu(
+    registry: CollectorRegistry, store: PolicyStore, metrics: Metrics
+) -> GPUCollector:
     def model_gpus() -> dict[str, tuple[int, ...]]:
         return {m.id: m.local_gpus for m in store.current.models.values() if m.local_gpus}
 
@@ -196,7 +198,9 @@ def _register_gpu(registry: CollectorRegistry, store: PolicyStore, metrics: Metr
                     totals[m] = totals.get(m, 0.0) + s.value
         return totals
 
-    registry.register(GPUCollector(model_gpus=model_gpus, output_tokens=output_tokens))
+    collector = GPUCollector(model_gpus=model_gpus, output_tokens=output_tokens)
+    registry.register(collector)
+    return collector
 
 
 def _on_sighup(reload: Callable[[], object]) -> Callable[[], None]:

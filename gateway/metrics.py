@@ -168,6 +168,13 @@ class Metrics:
             ["op"],
             registry=r,
         )
+        # series that only move on rare events start at 0, so dashboards show 0, not "No data"
+        for result in ("ok", "error"):
+            self.policy_reloads.labels(result)
+        for sink in ("buffer", "file", "redis"):
+            self.records_dropped.labels(sink)
+        for op in ("put", "get", "hit"):
+            self.store_fallbacks.labels(op)
         self._live_policy: tuple[str, str] | None = None
         self._pairs: dict[tuple[str, str], PairMetrics] = {}
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 import orjson
@@ -28,11 +28,16 @@ class JSONLFile:
         self.path = directory / "records.jsonl"
         self._max = max_bytes
         self._backups = backups
-        self._fh = self.path.open("ab")
+        self._fh = self._open()
+
+    def _open(self) -> BinaryIO:
+        # unbuffered: a failed write (disk full) must not leave bytes behind for close() to fail on
+        return self.path.open("ab", buffering=0)
 
     def write(self, lines: bytes) -> None:
-        self._fh.write(lines)
-        self._fh.flush()
+        view = memoryview(lines)
+        while view:  # a raw file may take part of a write; it raises rather than take nothing
+            view = view[self._fh.write(view) or len(view) :]
         if self._fh.tell() >= self._max:
             self._rotate()
 
@@ -46,7 +51,7 @@ class JSONLFile:
             self.path.replace(self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink()
-        self._fh = self.path.open("ab")
+        self._fh = self._open()
 
     def close(self) -> None:
         self._fh.close()
