@@ -121,10 +121,6 @@ def reply_pieces(model: str, source: str, total: int, offset: int = 0, lead: str
     return [chosen[0], *[" " + w for w in chosen[1:]]]
 
 
-def reply_words(model: str, source: str, total: int, offset: int = 0, lead: str = "") -> str:
-    return "".join(reply_pieces(model, source, total, offset, lead))
-
-
 def _limit(body: Mapping[str, Any]) -> int | None:
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)

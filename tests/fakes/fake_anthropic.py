@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from gateway.fake_upstream_http import Connection, Job, Request, Response
-from gateway.fake_upstream_replies import content_text, reply_words, split_pieces
+from gateway.fake_upstream_replies import content_text, reply_pieces
 
 
 def _error(status: int, kind: str, message: str) -> Response:
@@ -104,7 +104,7 @@ class FakeAnthropic:
             return _error(400, "invalid_request_error", "messages: Field required")
         texts = [content_text(body.get("system"))]
         texts += [content_text(m.get("content")) for m in messages if isinstance(m, dict)]
-        pieces = split_pieces(reply_words(model, " ".join(texts[1:]), self.words))
+        pieces = reply_pieces(model, " ".join(texts[1:]), self.words)
         stop = "max_tokens" if len(pieces) > limit else "end_turn"
         input_tokens = sum(len(t.split()) for t in texts)
         rid = f"msg_fake{next(self._ids):08d}"

@@ -769,7 +769,11 @@ def test_client_leaving_during_latency_or_json_stall() -> None:
     with serve_fake_upstream(latency_ms=2000) as fake, httpx.Client(timeout=0.1) as client:
         with pytest.raises(httpx.ReadTimeout):
             client.post(f"{fake.base_url}/chat/completions", json=chat())
-        wait_until(lambda: fake.stats["disconnects"] == 1)
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(f"{fake.base_url}/chat/completions", json=chat(stream=True))
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(f"{fake.base_url}/chat/completions", json=chat("[[fault:status=500]]"))
+        wait_until(lambda: fake.stats["disconnects"] == 3)
     with serve_fake_upstream() as fake, httpx.Client(timeout=0.1) as client:
         fake.set_faults({"kind": "stall", "ms": 2000})
         with pytest.raises(httpx.ReadTimeout):
@@ -806,3 +810,8 @@ def test_completions_and_embeddings_validation(http: httpx.Client) -> None:
     for path, extra, param in bad_bodies:
         r = http.post(path, json={"model": "m-small", **extra})
         assert r.status_code == 400 and r.json()["error"]["param"] == param, extra
+
+
+def test_port_in_use_is_reported(fake: FakeUpstreamHandle) -> None:
+    with pytest.raises(OSError):
+        serve_fake_upstream(port=fake.port)
