@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 from yaml.constructor import ConstructorError
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node, SequenceNode
 
 from policies.compile import CompiledPolicy, compile_policy
 from policies.errors import Issue, Loc, PolicyCompileError, PolicyLoadError, format_loc
@@ -52,11 +52,11 @@ class _StrictLoader(yaml.SafeLoader):
 
 def _index(node: Node | None, loc: Loc, out: dict[Loc, int]) -> None:
     if isinstance(node, MappingNode):
+        # keys are scalars here: the constructor has already refused unhashable ones
         for key_node, value_node in node.value:
-            if isinstance(key_node, ScalarNode):
-                key = (*loc, key_node.value)
-                out.setdefault(key, key_node.start_mark.line + 1)
-                _index(value_node, key, out)
+            key = (*loc, key_node.value)
+            out.setdefault(key, key_node.start_mark.line + 1)
+            _index(value_node, key, out)
     elif isinstance(node, SequenceNode):
         for i, item in enumerate(node.value):
             out.setdefault((*loc, i), item.start_mark.line + 1)

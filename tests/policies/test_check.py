@@ -95,6 +95,7 @@ def test_python_dash_m_policies(write, capsys, monkeypatch):
     assert module_main(["frobnicate"]) == 2
     assert capsys.readouterr().err.startswith("usage: python -m policies")
     monkeypatch.setattr(sys, "argv", ["python -m policies", "check", str(path)])
+    monkeypatch.delitem(sys.modules, "policies.__main__")  # run it fresh, as `python -m` does
     with pytest.raises(SystemExit) as info:
         runpy.run_module("policies", run_name="__main__")
     assert info.value.code == 0 and capsys.readouterr().out.startswith(f"OK {path} ")

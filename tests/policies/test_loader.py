@@ -186,3 +186,13 @@ def test_line_of_falls_back_to_ancestors_then_line_one():
     assert line_of(lines, ("a", "b", 7, "c")) == 2
     assert line_of(lines, ("zzz",)) == 1
     assert line_of(lines, ()) == 1
+
+
+def test_a_rule_must_set_something():
+    text = MINIMAL.replace(
+        "candidates: [small, big]\n", "candidates: [small, big]\n    rules:\n      - when: {}\n"
+    )
+    assert errors_of(text) == [
+        "policy.yaml:9: routes[0].rules[0]: a rule must set at least one of quality_bar, "
+        "candidates, model"
+    ]
