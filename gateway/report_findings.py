@@ -198,7 +198,8 @@ def effect(
 
 def usd(value: float) -> str:
     """Dollars: cents from $1 up, three significant digits below (request costs are tiny)."""
-    return f"${value:,.2f}" if abs(value) >= 1 else f"${value:.3g}"
+    sign, value = ("-" if value < 0 else ""), abs(value)
+    return f"{sign}${value:,.2f}" if value >= 1 else f"{sign}${value:.3g}"
 
 
 def describe(e: Effect, per: str) -> str:

@@ -52,7 +52,7 @@ def fmt(value: object, kind: Kind) -> str:
         return f"{number * 100:.1f}%"
     if kind == "p":
         return f"{number:.3f}"
-    if kind == "ms":
+    if kind == "ms" or abs(number) >= 1000:
         return f"{number:,.0f}"
     return f"{number:.4g}"
 

@@ -81,6 +81,21 @@ def test_percentiles_interpolate_and_skip_missing() -> None:
     assert percentiles(np.array([np.nan]), (50,)) == (None,)
 
 
+def test_cells_format_money_counts_and_missing_values() -> None:
+    assert (fmt(400750, "num"), fmt(0.875, "num"), fmt(1500.0, "num")) == (
+        "400,750",
+        "0.875",
+        "1,500",
+    )
+    assert (fmt(1234.5, "usd"), fmt(0.000315, "usd"), fmt(-0.5922, "usd")) == (
+        "$1,234.50",
+        "$0.000315",
+        "-$0.592",
+    )
+    assert fmt(None, "pct") == fmt(float("nan"), "usd") == "–"
+    assert fmt(0.6667, "pct") == "66.7%" and fmt(384.99, "ms") == "385"
+
+
 # ---------------------------------------------------------------- loading and tables
 
 
