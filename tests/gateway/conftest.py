@@ -65,38 +65,70 @@ def closed_port() -> int:
     return port
 
 
-@contextlib.contextmanager
-def serve_app(app: Any, *, loop: str = "asyncio") -> Iterator[str]:
-    """Serve an ASGI app with uvicorn on a free loopback port in a thread; yield its origin."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        loop=loop,
-        http="httptools",
-        lifespan="on",
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
+class ServedApp:
+    """An ASGI app under uvicorn (httptools) on a free loopback port, in a daemon thread."""
+
+    def __init__(self, app: Any, *, loop: str = "asyncio") -> None:
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.origin = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        config = uvicorn.Config(
+            app,
+            loop=loop,
+            http="httptools",
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+        self.stopped = False
+
+    def start(self) -> None:
+        self._thread.start()
         deadline = time.monotonic() + 20
-        while not server.started:
-            if not thread.is_alive():
+        while not self._server.started:
+            if not self._thread.is_alive():
+                self._sock.close()
                 raise RuntimeError("the app failed to start (see the log above)")
             assert time.monotonic() < deadline, "uvicorn did not start in 20 s"
             time.sleep(0.005)
-        yield f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        """Shut down; fails if the app's lifespan shutdown raised (resources left open)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self._server.should_exit = True
+        self._thread.join(timeout=15)
+        self._sock.close()
+        assert not self._thread.is_alive(), "uvicorn did not shut down"
+        lifespan = self._server.lifespan
+        assert not (lifespan.error_occurred or lifespan.shutdown_failed), (
+            "the app's lifespan shutdown failed (see the log above)"
+        )
+
+
+@contextlib.contextmanager
+def serve(app: Any, *, loop: str = "asyncio") -> Iterator[ServedApp]:
+    """Serve ``app`` until the block ends; ``.origin`` is its base URL."""
+    served = ServedApp(app, loop=loop)
+    served.start()
+    try:
+        yield served
     finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
-        assert not thread.is_alive(), "uvicorn did not shut down"
+        served.stop()
+
+
+@contextlib.contextmanager
+def serve_app(app: Any, *, loop: str = "asyncio") -> Iterator[str]:
+    """Serve ``app`` until the block ends; yield its origin (``http://127.0.0.1:PORT``)."""
+    with serve(app, loop=loop) as served:
+        yield served.origin
 
 
 @contextlib.contextmanager
@@ -212,13 +244,20 @@ def policy_dict(
 class Gateway:
     """One running gateway: where it listens and everything a test inspects."""
 
-    base_url: str
+    served: ServedApp
     app: FastAPI
     settings: Settings
     registry: CollectorRegistry
     estimator: StubEstimator
     policy_path: Path
     records_dir: Path
+
+    @property
+    def base_url(self) -> str:
+        return self.served.origin
+
+    def stop(self) -> None:
+        self.served.stop()
 
     @property
     def v1(self) -> str:
@@ -365,8 +404,8 @@ def make_gateway(tmp_path: Path, policy: PolicyFactory) -> Iterator[GatewayFacto
         app = create_app(
             cfg, registry=registry, upstream_factory=upstream_factory, estimator=est, kv=kv
         )
-        base = stack.enter_context(serve_app(app))
-        return Gateway(base, app, cfg, registry, est, policy_path, root / "records")
+        served = stack.enter_context(serve(app))
+        return Gateway(served, app, cfg, registry, est, policy_path, root / "records")
 
     with stack:
         yield make

@@ -191,6 +191,8 @@ def test_gateway_keeps_serving_when_redis_goes_away(
             assert feedback(c, after) == 200, "feedback joins requests served after the loss"
         assert c.get("/readyz").status_code == 200
     assert gw.metric("effgate_outcomes_total", outcome="accepted") == 3
+    assert gw.metric("effgate_store_fallbacks_total", op="put") >= 2
+    assert gw.metric("effgate_store_fallbacks_total", op="get") >= 2
 
 
 def test_rate_limit_is_shared_by_replicas_through_redis(

@@ -33,7 +33,7 @@ def split_at(stream: bytes, cuts: list[int]) -> list[bytes]:
     return [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(events(), min_size=1, max_size=8), st.lists(st.integers(0, 10_000), max_size=20))
 def test_same_events_under_any_rechunking(
     evs: list[tuple[bytes, list[bytes]]], cuts: list[int]
@@ -49,6 +49,7 @@ def test_same_events_under_any_rechunking(
     assert [event_data(e) for e in got] == [b"\n".join(d) for _, d in evs]
 
 
+@settings(max_examples=50, deadline=None)
 @given(st.lists(events(), min_size=1, max_size=4), st.integers(1, 200))
 def test_a_cut_stream_leaves_the_partial_event_pending(
     evs: list[tuple[bytes, list[bytes]]], keep: int
