@@ -32,6 +32,7 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key repeated in one mapping."""
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        """Build a mapping; ``ConstructorError`` at the second occurrence of a key."""
         seen: set[object] = set()
         for key_node, _ in node.value:
             if key_node.tag == _MERGE_TAG:

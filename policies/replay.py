@@ -37,12 +37,18 @@ class Estimator(Protocol):
     """What a replay needs from ``router_models.Estimator``."""
 
     @property
-    def skills(self) -> Mapping[str, float]: ...
+    def skills(self) -> Mapping[str, float]:
+        """Fitted skills of the models seen in training."""
+        ...
 
     @property
-    def discrimination(self) -> float: ...
+    def discrimination(self) -> float:
+        """The IRT discrimination ``a`` of P = sigmoid(a * (skill - difficulty))."""
+        ...
 
-    def difficulty(self, messages: Sequence[Any]) -> float: ...
+    def difficulty(self, messages: Sequence[Any]) -> float:
+        """How hard a chat request is, on the skills' scale."""
+        ...
 
 
 EstimatorLoader = Callable[[str | None], Estimator]
@@ -136,6 +142,7 @@ class Tally:
     no_eligible: Counter[str] = field(default_factory=Counter)
 
     def add(self, model: str, label: Label | None, cost: float, p: float | None) -> None:
+        """Count one prompt served by ``model`` (``label`` None: the data has no score)."""
         self.prompts += 1
         self.mix[model] += 1
         self.cost_usd += cost
@@ -149,6 +156,7 @@ class Tally:
             self.p_count += 1
 
     def summary(self, reference_cost: float) -> dict[str, Any]:
+        """The strategy's row of the report; savings are relative to ``reference_cost``."""
         n = self.prompts
         return {
             "strategy": self.name,
@@ -282,7 +290,9 @@ def main(
     parser.add_argument("--policy", required=True, metavar="FILE")
     parser.add_argument("--data", required=True, action="append", metavar="FILE.jsonl")
     parser.add_argument("--route", metavar="NAME", help="route to replay (default: auto)")
-    parser.add_argument("--map", action="append", default=[], metavar="DATA_MODEL=CATALOG_ID")
+    parser.add_argument(
+        "--map", action="extend", nargs="+", default=[], metavar="DATA_MODEL=CATALOG_ID"
+    )
     parser.add_argument("--artifact", metavar="DIR", help="estimator artifact (default: shipped)")
     parser.add_argument("--limit", type=int, metavar="N", help="replay the first N prompts")
     parser.add_argument("--json", metavar="OUT", help="also write the report as JSON")

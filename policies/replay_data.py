@@ -48,6 +48,7 @@ class Prompt:
 
     @property
     def chars(self) -> int:
+        """Characters over all turns (the basis of token estimates)."""
         return sum(len(turn) for turn in self.turns)
 
 

@@ -164,6 +164,7 @@ def test_map_route_and_limit(files):
         "plain",
         "--map",
         "data-big=other",
+        "data-small=small",
         "--limit",
         "2",
     ]
