@@ -112,6 +112,8 @@ def candidates(rec: Records, rows: NDArray[np.int64]) -> Candidates:
 def repick(cands: Candidates, bar: float | NDArray[np.float64]) -> NDArray[np.int64]:
     """The engine's choice under `bar` (one, or one per row); -1 where no candidate is usable."""
     ok = cands.usable()
+    if ok.shape[1] == 0:  # no request named a model at all
+        return np.full(ok.shape[0], -1, dtype=np.int64)
     above = ok & (cands.p >= np.reshape(bar, (-1, 1)) - 1e-9)
     cheapest = np.argmin(np.where(above, cands.cost, np.inf), axis=1)
     best = np.argmax(np.where(ok, cands.p, -np.inf), axis=1)

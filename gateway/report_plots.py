@@ -73,23 +73,26 @@ def _spend(fig: Figure, report: Report) -> None:
     fig.autofmt_xdate()
 
 
+def _nulls_last(name: str | None) -> tuple[bool, str]:
+    return name is None, name or ""
+
+
 def _mix(fig: Figure, report: Report) -> None:
     rows = report.route_models
-    routes = sorted({r.route or "" for r in rows})
-    models = sorted({r.model or "" for r in rows})
     if not rows:
         _empty(fig, "no requests")
         return
+    routes = sorted({r.route for r in rows}, key=_nulls_last)
+    models = sorted({r.model for r in rows}, key=_nulls_last)
+    totals = {route: sum(r.requests for r in rows if r.route == route) for route in routes}
     ax = fig.subplots()
-    totals = {route: sum(r.requests for r in rows if (r.route or "") == route) for route in routes}
     left = [0.0] * len(routes)
     for model in models:
         share = [
-            sum(r.requests for r in rows if (r.route or "") == route and r.model == model)
-            / totals[route]
+            sum(r.requests for r in rows if r.route == route and r.model == model) / totals[route]
             for route in routes
         ]
-        ax.barh([text(r or None) for r in routes], share, left=left, label=text(model))
+        ax.barh([text(r) for r in routes], share, left=left, label=text(model))
         left = [a + b for a, b in zip(left, share, strict=True)]
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of the route's requests")

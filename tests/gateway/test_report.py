@@ -401,6 +401,18 @@ def test_tiny_report_html_shows_the_hand_computed_row(
     assert "SECRET" not in (out / "report.html").read_text()
 
 
+def test_a_bare_single_request_still_renders_every_plot(tmp_path: Path, capsys: Any) -> None:
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"type": "request", "id": "a", "time": "2026-11-01T00:00:00Z"}))
+    out = tmp_path / "out"
+    rc, stdout, _ = run(capsys, "--records", path, "--out", out)
+    assert rc == 0 and "nothing found" in stdout and "per records' span" in stdout
+    doc = parse_html((out / "report.html").read_text())
+    assert len(doc.images) == 5 and all((out / src).stat().st_size > 0 for src in doc.images)
+    data = json.loads((out / "report.json").read_text())
+    assert data["span"]["monthly_factor"] is None and data["calibration"] == []
+
+
 # ---------------------------------------------------------------- CLI
 
 
