@@ -111,8 +111,8 @@ class Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
-            self.transport.write(_BAD_REQUEST)
-            self.transport.close()
+            self.write(_BAD_REQUEST)
+            self.cut()
             return
         self._answer_pending()
 
@@ -168,7 +168,7 @@ class Connection(asyncio.Protocol):
             if isinstance(outcome, Response):
                 self.send(outcome)
                 if not request.keep_alive:
-                    self.transport.close()
+                    self.cut()
             else:
                 self._job = asyncio.ensure_future(self._run(outcome, request))
 
@@ -181,7 +181,7 @@ class Connection(asyncio.Protocol):
         finally:
             self._job = None
         if not request.keep_alive:
-            self.transport.close()
+            self.cut()
         else:
             self._answer_pending()
 
@@ -221,7 +221,8 @@ class Connection(asyncio.Protocol):
         return not self.closed
 
     def cut(self) -> None:
-        """Close after flushing what was written: the client sees a truncated body."""
+        """Close after flushing what was written (mid-body: the client sees it truncated)."""
+        self.closed = True  # nothing more goes out, not even a pipelined request's answer
         self.transport.close()
 
     def reset(self) -> None:
@@ -229,6 +230,7 @@ class Connection(asyncio.Protocol):
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.closed = True
         self.transport.abort()
 
 
