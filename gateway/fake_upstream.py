@@ -5,8 +5,8 @@
 an event loop (`start` / `serve`), or in a daemon thread: ``ThreadedServer(FakeUpstream(cfg))``
 (tests use ``tests.fakes.servers.serve_fake_upstream``).
 
-Endpoints: POST /v1/chat/completions, /v1/completions, /v1/embeddings (JSON, and SSE when
-``stream`` is true), GET /v1/models, GET /healthz. Admin (not counted in stats):
+Endpoints: POST /v1/chat/completions and /v1/completions (JSON, or SSE when ``stream`` is
+true), POST /v1/embeddings, GET /v1/models, GET /healthz. Admin (not counted in stats):
 POST/GET/DELETE /_fake/faults (`FaultQueue`), GET /_fake/stats (`Stats`), POST /_fake/reset.
 Replies and token counts: see `gateway.fake_upstream_replies`. Faults: see
 `gateway.fake_upstream_faults`. A fault marker in the request wins over the admin queue,
@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -62,6 +62,7 @@ from gateway.fake_upstream_replies import (
 _HEALTH = Response(200, b'{"status":"ok"}')
 _MALFORMED: Any = object()  # the parsed body of a request whose body is not JSON
 _Route = Callable[[Request, Any], "Response | Job"]
+_Kind = Literal["chat", "completion", "embeddings"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +170,7 @@ class FakeUpstream:
         self.reset()
         return _json({"ok": True})
 
-    def _generate(self, _: Request, body: Any, kind: str) -> Response | Job:
+    def _generate(self, _: Request, body: Any, kind: _Kind) -> Response | Job:
         if body is _MALFORMED:
             raise RequestError(400, "request body is not valid JSON")
         if not isinstance(body, dict):
@@ -296,7 +297,7 @@ def _steps(plan: Plan) -> int:
     return max(len(c.pieces) for c in plan.choices)
 
 
-def _marker(body: dict[str, Any], kind: str) -> Fault | None:
+def _marker(body: dict[str, Any], kind: _Kind) -> Fault | None:
     if kind == "completion":
         prompt = body.get("prompt")
         text = prompt if isinstance(prompt, str) else ""

@@ -7,8 +7,12 @@ Counting rules (the fake's `usage` is exact under these rules, so tests can chec
 - A reply is split into *pieces*: each whitespace-separated word with the whitespace before it.
   Streams send one piece per chunk, and completion_tokens = pieces generated, summed over
   choices (for a tool call: pieces of its ``arguments`` JSON).
-- Text replies are ``"<model> says: "`` followed by the prompt's words, cycled, `reply_words`
-  words in all; a reply to a tool result says ``"the tool returned ..."`` and quotes it.
+- Text replies are ``"<model> says: "`` followed by the prompt's words, cycled (fault markers
+  left out), `reply_words` words in all; a reply to a tool result says ``"the tool returned
+  ..."`` and quotes it. ``response_format`` json_object wraps that text as ``{"answer": ...}``;
+  json_schema gets `sample_value` of the schema. Given ``tools`` (and tool_choice not "none",
+  last message not a tool result) the reply is one call to the chosen or first tool.
+- max_completion_tokens / max_tokens keep that many pieces (finish_reason "length").
 """
 
 from __future__ import annotations
