@@ -1,8 +1,8 @@
 """What the gateway adds: latency, time to first token, throughput, memory and start-up time.
 
-    python -m benchmarks.overhead [--requests N] [--duration S] [--concurrency 1,16]
-        [--saturation 64] [--rounds 3] [--skip-stream] [--skip-routed] [--peer litellm]
-        [--cores 1:0 | off] [--estimator DIR] [--json OUT] [--profile OUT.prof]
+    python -m benchmarks.overhead [--requests N] [--max-seconds S] [--concurrency 1,16]
+        [--saturation 64] [--duration S] [--rounds 3] [--skip-stream] [--skip-routed]
+        [--peer litellm] [--cores 1:0 | off] [--estimator DIR] [--json OUT] [--profile OUT]
 
 In one run it starts two fake upstreams (``fast`` for JSON, ``paced`` for streams), the gateway
 (``effgate serve`` with a generated policy) and, with ``--peer litellm``, the LiteLLM proxy, and
@@ -79,7 +79,14 @@ def _parser() -> argparse.ArgumentParser:
         help="closed-loop concurrency of the throughput runs; 0 skips them (default 64)",
     )
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    p.add_argument("--warmup", type=int, default=100, help="discarded requests per target")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=20.0,
+        help="time cap per target of each latency run, over all rounds; a slow target then "
+        "sends fewer than --requests (the n column says how many) (default 20)",
+    )
+    p.add_argument("--warmup", type=int, default=50, help="discarded requests per target")
     p.add_argument("--skip-stream", action="store_true")
     p.add_argument("--skip-routed", action="store_true")
     p.add_argument("--peer", choices=["litellm"], action="append", default=[])
@@ -156,7 +163,7 @@ class Bench:
             return {}
         _log(
             f"router_models.load_estimator() failed: {error}\n"
-            "  using a stand-in artifact with the default fit's shapes (benchmarks/standin.py)"
+            "  using a stand-in trained on synthetic data (benchmarks/standin.py)"
         )
         path = write_standin(self.work / "standin-estimator")
         self.estimator = {"artifact": str(path), "standin": True, "default_error": error}
@@ -223,7 +230,7 @@ class Bench:
             servers = {"direct": self.paced if sc.stream else self.fast, **self.servers}
             n = a.stream_requests if sc.stream else a.requests
             for c in conc:
-                budget = Budget(requests=n, rounds=a.rounds, warmup=a.warmup)
+                budget = Budget(n, a.max_seconds, rounds=a.rounds, warmup=a.warmup)
                 rows = await measure(sc, servers, c, budget, self.api_key)
                 (self.tables.stream if sc.stream else self.tables.latency).extend(rows)
         if a.saturation > 0:

@@ -1,25 +1,48 @@
 """A stand-in estimator artifact, for benchmark runs where the shipped one does not load.
 
 The gateway loads an estimator at start-up even to serve explicit models, so without a usable
-artifact nothing can be measured. The stand-in has the shapes of a default fit
-(``router_models.fit.FitParams``: dense ridge, hashed n-gram weights, 150 trees of depth 3), so
-scoring one request costs what the real artifact costs; its numbers are random, so which model a
-routed request picks is arbitrary (both go to the same fake upstream).
+artifact nothing can be measured. The stand-in is trained by ``effgate train`` (the public
+path, so it follows the artifact format wherever it goes) on a small synthetic data set: its
+structure, and so what scoring one request costs, is that of any default fit; its predictions
+mean nothing, so which model a routed request picks is arbitrary (both reach the same fake).
 """
 
 from __future__ import annotations
 
+import json
+import random
+import subprocess
+import sys
 from pathlib import Path
 
-import numpy as np
-
 from router_models import ArtifactError, load_estimator
-from router_models.artifact import save_artifact
-from router_models.estimator import Trees, Weights
-from router_models.features import HASH_SIZE, N_DENSE, N_GROUPS
-from router_models.fit import FitParams
 
-SKILLS = {"mock-small": 0.5, "mock-large": 2.0}
+WORDS = [
+    "explain",
+    "prove",
+    "theorem",
+    "write",
+    "code",
+    "function",
+    "summarize",
+    "translate",
+    "list",
+    "sort",
+    "compute",
+    "integral",
+    "derivative",
+    "poem",
+    "story",
+    "python",
+    "rust",
+    "bug",
+    "fix",
+    "review",
+    "design",
+    "test",
+    "cache",
+    "query",
+]
 
 
 def default_estimator_error() -> str | None:
@@ -31,26 +54,33 @@ def default_estimator_error() -> str | None:
     return None
 
 
-def write_standin(directory: Path, seed: int = 0) -> Path:
-    """Write a loadable artifact with default-fit shapes and random weights; returns its path."""
-    rng = np.random.default_rng(seed)
-    params = FitParams()
-    depth, n_trees = params.tree_depth, params.trees
-    n_internal = (1 << depth) - 1
-    weights = Weights(
-        dense_mean=rng.normal(size=N_DENSE),
-        dense_scale=np.abs(rng.normal(size=N_DENSE)) + 0.5,
-        dense_coef=rng.normal(scale=0.1, size=N_DENSE),
-        hashed_coef=rng.normal(scale=0.01, size=(N_GROUPS, HASH_SIZE)).astype(np.float32),
-        intercept=0.0,
-        trees=Trees(
-            feature=rng.integers(0, N_DENSE, size=(n_trees, n_internal)).astype(np.int64),
-            threshold=rng.normal(size=(n_trees, n_internal)),
-            leaf=rng.normal(scale=0.01, size=(n_trees, 1 << depth)),
-            depth=depth,
-        ),
-    )
-    meta = {"notes": ["benchmark stand-in: random weights with default-fit shapes"]}
-    save_artifact(directory, weights, skills=SKILLS, discrimination=1.5, metadata=meta)
-    load_estimator(directory)  # fail here, not in the gateway, if the format moved on
-    return directory
+def synthetic_rows(n: int, seed: int = 0) -> list[dict[str, object]]:
+    """Rows of the shared training format: longer prompts fail the small model more often."""
+    rng = random.Random(seed)
+    rows: list[dict[str, object]] = []
+    for i in range(n):
+        length = rng.randint(3, 60)
+        prompt = " ".join(rng.choice(WORDS) for _ in range(length))
+        hard = length / 60
+        scores = {
+            "mock-small": {"score": float(rng.random() > hard)},
+            "mock-large": {"score": float(rng.random() > hard / 3)},
+        }
+        rows.append(
+            {"id": f"s{i}", "source": "bench", "task": "t", "prompt": prompt, "models": scores}
+        )
+    return rows
+
+
+def write_standin(directory: Path, rows: int = 40, seed: int = 0) -> Path:
+    """Train an artifact on synthetic rows into ``directory/artifact``; returns its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = directory / "synthetic.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_rows(rows, seed)))
+    out = directory / "artifact"
+    cmd = [sys.executable, "-m", "gateway.cli", "train", "--data", str(data), "--out", str(out)]
+    done = subprocess.run([*cmd, "--seed", str(seed)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"effgate train failed ({done.returncode}): {done.stderr[-2000:]}")
+    load_estimator(out)  # fail here, not in the gateway
+    return out

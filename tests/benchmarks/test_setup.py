@@ -14,7 +14,7 @@ import yaml
 from benchmarks import peer_litellm
 from benchmarks.procs import cpu_set, parse_cores, pinning_available, session_cpu_s, spawn
 from benchmarks.scenarios import Scenario, litellm_config, policy_yaml, scenarios
-from benchmarks.standin import write_standin
+from benchmarks.standin import synthetic_rows, write_standin
 from policies.loader import build_policy
 from router_models import load_estimator
 
@@ -57,7 +57,9 @@ def test_litellm_config_points_both_names_at_the_fakes() -> None:
     assert peer_litellm.ENV["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
 
 
-def test_standin_artifact_loads(tmp_path: Path) -> None:
+def test_standin_artifact_is_trained_and_loads(tmp_path: Path) -> None:
+    rows = synthetic_rows(40)
+    assert len({r["id"] for r in rows}) == 40
     est = load_estimator(write_standin(tmp_path / "a"))
     d = est.difficulty([{"role": "user", "content": "prove that sqrt(2) is irrational"}])
     assert isinstance(d, float)
