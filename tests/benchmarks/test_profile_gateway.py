@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import gateway.app  # noqa: F401  (imported here, unprofiled: profiling the import is slow)
 from benchmarks.profile_gateway import main, profile_serve, summary
 
 
