@@ -430,7 +430,7 @@ def test_hang_until_client_gives_up(fake: FakeUpstreamHandle, http: httpx.Client
     started = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
         http.post("/chat/completions", json=chat(), timeout=0.3)
-    assert time.monotonic() - started >= 0.3
+    assert time.monotonic() - started >= 0.29
     wait_until(lambda: fake.stats["disconnects"] == 1)
 
 
@@ -507,17 +507,18 @@ def test_marker_wins_over_queue(fake: FakeUpstreamHandle, http: httpx.Client) ->
 
 
 def test_stall_and_slow_first_byte(fake: FakeUpstreamHandle, http: httpx.Client) -> None:
-    fake.set_faults({"kind": "stall", "after_chunks": 2, "ms": 300})
+    fake.set_faults({"kind": "stall", "after_chunks": 2, "ms": 600})
     stamps: list[float] = []
     lines: list[str] = []
+    started = time.monotonic()
     with http.stream("POST", "/chat/completions", json=chat(stream=True)) as r:
         for line in r.iter_lines():
             if line:
-                stamps.append(time.monotonic())
+                stamps.append(time.monotonic() - started)
                 lines.append(line)
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    assert gaps[1] >= 0.29 and max(gaps[:1] + gaps[2:]) < 0.2
-    assert lines[-1] == "data: [DONE]"
+    # two chunks, then the stall (bounds from the request start survive a busy machine)
+    assert stamps[1] < 0.4 and stamps[2] >= 0.6
+    assert lines[-1] == "data: [DONE]" and len(lines) == 16 + 3
     fake.set_faults({"kind": "stall", "after_chunks": 1, "ms": 2000})
     with (
         pytest.raises(httpx.ReadTimeout),
@@ -610,10 +611,10 @@ def test_latency_and_pacing() -> None:
                 if line:
                     stamps.append(time.monotonic() - started)
         assert stamps[0] >= 0.08
-        assert stamps[-1] - stamps[0] >= 6 / 50 - 0.005
+        assert stamps[-1] >= 0.08 + 6 / 50 - 0.005  # server-paced: 6 tokens at 50/s
         started = time.monotonic()
         out = httpx.post(f"{fake.base_url}/chat/completions", json=chat()).json()
-        assert time.monotonic() - started >= 0.08 + 6 / 50
+        assert time.monotonic() - started >= 0.08 + 6 / 50 - 0.005
         assert out["usage"]["completion_tokens"] == 6
 
 
