@@ -3,13 +3,16 @@
     python benchmarks/estimator.py [--artifact DIR] [--data FILE.jsonl ...] [--n 5000]
 
 Typical requests are real prompts from the shared data files (a system prompt plus the
-user turn) when present, else generated ones. Budget: p99 <= 0.3 ms, load < 1 s.
+user turn) when present, else generated ones; percentiles are reported per prompt-length
+bucket (short < 300, typical 300 to 2,000, long > 2,000 characters) beside the machine's
+load average. Budget: p99 <= 0.3 ms on a typical request, load < 1 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -48,6 +51,10 @@ def _requests(paths: list[Path], n: int, seed: int) -> list[list[dict[str, Any]]
     return [[SYSTEM, {"role": "user", "content": rng.choice(prompts)}] for _ in range(n)]
 
 
+def _bucket(chars: int) -> str:
+    return "short" if chars < 300 else "typical" if chars <= 2000 else "long"
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--artifact", type=Path)
@@ -64,27 +71,37 @@ def main(argv: list[str]) -> int:
     requests = _requests(args.data or list(DEFAULT_DATA), args.n, args.seed)
     for messages in requests[:200]:  # warm up
         est.difficulty(messages)
-    times = []
+    times: dict[str, list[float]] = {"short": [], "typical": [], "long": [], "all": []}
     for messages in requests:
         t0 = time.perf_counter()
         est.difficulty(messages)
-        times.append(time.perf_counter() - t0)
-    times.sort()
+        elapsed = time.perf_counter() - t0
+        times["all"].append(elapsed)
+        times[_bucket(len(messages[1]["content"]))].append(elapsed)
     chars = sorted(len(m[1]["content"]) for m in requests)
 
-    def pct(q: float) -> float:
-        return times[min(len(times) - 1, int(q * len(times)))] * 1e3
+    def pct(xs: list[float], q: float) -> float:
+        return xs[min(len(xs) - 1, int(q * len(xs)))] * 1e3
 
+    buckets = {}
+    for name, xs in times.items():
+        xs.sort()
+        if xs:
+            buckets[name] = {
+                "n": len(xs),
+                "p50": round(pct(xs, 0.50), 4),
+                "p90": round(pct(xs, 0.90), 4),
+                "p99": round(pct(xs, 0.99), 4),
+                "mean": round(statistics.fmean(xs) * 1e3, 4),
+            }
     result = {
         "import_and_load_s": round(load_s, 3),
-        "requests": len(times),
+        "requests": len(times["all"]),
         "median_prompt_chars": chars[len(chars) // 2],
-        "difficulty_ms": {
-            "p50": round(pct(0.50), 4),
-            "p90": round(pct(0.90), 4),
-            "p99": round(pct(0.99), 4),
-            "mean": round(statistics.fmean(times) * 1e3, 4),
-        },
+        "buckets_chars": {"short": "< 300", "typical": "300 to 2,000", "long": "> 2,000"},
+        "difficulty_ms": buckets,
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
     }
     print(json.dumps(result, indent=1))
     return 0

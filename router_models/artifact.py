@@ -40,7 +40,6 @@ def _weight_arrays(w: Weights) -> dict[str, np.ndarray[Any, Any]]:
         "dense_mean": w.dense_mean,
         "dense_scale": w.dense_scale,
         "dense_coef": w.dense_coef,
-        "hashed_coef": w.hashed_coef.astype(np.float32),
         "scalars": np.array([w.intercept, w.scale, w.shift]),
     }
     if w.trees is not None:
@@ -119,7 +118,6 @@ def _read_weights(directory: Path, meta: Mapping[str, Any]) -> Weights:
             dense_mean=arrays["dense_mean"].astype(np.float64),
             dense_scale=arrays["dense_scale"].astype(np.float64),
             dense_coef=arrays["dense_coef"].astype(np.float64),
-            hashed_coef=arrays["hashed_coef"].astype(np.float32),
             intercept=float(scalars[0]),
             scale=float(scalars[1]),
             shift=float(scalars[2]),

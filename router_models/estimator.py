@@ -1,8 +1,7 @@
 """The run-time difficulty estimator: features -> difficulty -> P(acceptable), numpy only.
 
 difficulty = scale * raw + shift, where raw is a linear model on standardised dense
-features plus hashed n-gram weights (each group's sum divided by sqrt of its count),
-plus an optional ensemble of small regression trees on the dense features. The trees are
+features plus an optional ensemble of small regression trees on them. The trees are
 stored as flat arrays and walked for all trees at once, level by level.
 """
 
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from router_models.features import N_DENSE, N_GROUPS, Features, extract
+from router_models.features import N_DENSE, Features, extract
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -62,7 +61,6 @@ class Weights:
     dense_mean: F64
     dense_scale: F64
     dense_coef: F64
-    hashed_coef: npt.NDArray[np.float32]  # (N_GROUPS, HASH_SIZE)
     intercept: float
     scale: float = 1.0
     shift: float = 0.0
@@ -71,9 +69,6 @@ class Weights:
     def raw(self, features: Features) -> float:
         z = (features.dense - self.dense_mean) / self.dense_scale
         total = self.intercept + float(z @ self.dense_coef)
-        for group, ids in enumerate(features.hashed):
-            if ids.size:
-                total += float(self.hashed_coef[group, ids].sum()) / math.sqrt(ids.size)
         if self.trees is not None:
             total += self.trees.predict(z)
         return total
@@ -91,9 +86,8 @@ def _check_shapes(w: Weights) -> None:
     for name, shape in shapes.items():
         if shape != (N_DENSE,):
             raise ValueError(f"{name} has shape {shape}, expected ({N_DENSE},)")
-    if w.hashed_coef.ndim != 2 or w.hashed_coef.shape[0] != N_GROUPS:
-        raise ValueError(f"hashed_coef has shape {w.hashed_coef.shape}")
-    if not (np.all(w.dense_scale > 0) and np.isfinite(w.hashed_coef).all()):
+    finite = np.isfinite(w.dense_coef).all() and np.isfinite(w.dense_mean).all()
+    if not (np.all(w.dense_scale > 0) and finite):
         raise ValueError("non-positive scale or non-finite weights")
     t = w.trees
     if t is not None:

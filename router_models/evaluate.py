@@ -19,7 +19,8 @@ import numpy.typing as npt
 
 from router_models import routing
 from router_models.artifact import ArtifactError, load_estimator
-from router_models.data import DataError, Price, Row, label_matrix, load_dataset
+from router_models.data import DataError, LabelMatrix, Price, Row, label_matrix, load_dataset
+from router_models.irt import fit_irt
 
 F64 = npt.NDArray[np.float64]
 
@@ -27,6 +28,26 @@ F64 = npt.NDArray[np.float64]
 def _pair_block(score: F64, ys: F64, yw: F64) -> dict[str, float]:
     res = routing.pair_result(score, ys, yw)
     return {"apgr": round(res.apgr, 4), "cpt50": round(res.cpt50, 4), "cpt80": round(res.cpt80, 4)}
+
+
+def _pair_routers(
+    sub: LabelMatrix, strong: str, weak: str, scores: Mapping[str, F64], a: float, oracle_a: float
+) -> dict[str, dict[str, float]]:
+    """APGR/CPT of each router on the rows where both models are scored (`sub`)."""
+    ys = sub.scores[:, sub.models.index(strong)]
+    yw = sub.scores[:, sub.models.index(weak)]
+    out = {}
+    for name, score in scores.items():
+        out[name] = _pair_block(score, ys, yw)
+        if name in GAIN_OF:
+            sa = oracle_a if name.startswith("oracle") else a
+            gain = routing.gain_score(routing.standardise(score), sa, sub, strong, weak)
+            out[GAIN_OF[name]] = _pair_block(gain, ys, yw)
+    return out
+
+
+# routers whose IRT gain P(strong ok) - P(weak ok) is reported beside their raw score
+GAIN_OF = {"estimator": "estimator_gain", "length": "length_irt", "oracle_irt": "oracle_irt_gain"}
 
 
 def evaluate_rows(
@@ -44,40 +65,63 @@ def evaluate_rows(
     a = discrimination
     length = np.log1p(np.array([r.prompt_chars for r in rows], dtype=np.float64))
     rand = np.random.default_rng(seed).random(len(rows))
+    # the ceiling of one scalar difficulty: IRT fitted on this file's own labels
+    oracle = fit_irt(labels)
+    raw = {
+        "estimator": difficulty,
+        "length": length,
+        "random": rand,
+        "oracle_irt": oracle.difficulty,
+    }
+    report: dict[str, Any] = {"rows": len(rows), "discrimination": round(a, 4)}
+    if strong is None or weak is None:
+        strong, weak = routing.default_pair(labels, prices)
+        rule = (
+            f"strong = best mean among models scored on >= {routing.MIN_COVERAGE:.0%} of rows; "
+            f"weak = cheapest priced model >= {routing.PAIR_GAP} below it"
+        )
+    else:
+        rule = "given"
+    for m in (strong, weak):
+        if m not in labels.models:
+            raise DataError(f"model {m!r} is not scored in this file")
+    sel = routing.both_scored(labels, strong, weak)
+    if sel.sum() < 10:
+        raise DataError(f"only {int(sel.sum())} rows score both {strong!r} and {weak!r}")
+
+    def on(rows_sel: npt.NDArray[np.bool_]) -> tuple[LabelMatrix, dict[str, F64]]:
+        sub = LabelMatrix(labels.models, labels.scores[rows_sel], labels.mask[rows_sel])
+        return sub, {k: v[rows_sel] for k, v in raw.items()}
+
+    sub, scores = on(sel)
+    report["pair"] = {
+        "strong": strong,
+        "weak": weak,
+        "rows": int(sel.sum()),
+        "strong_mean": round(float(sub.scores[:, sub.models.index(strong)].mean()), 4),
+        "weak_mean": round(float(sub.scores[:, sub.models.index(weak)].mean()), 4),
+        "choice": rule,
+        "score": "estimator: raw difficulty; *_gain / length_irt: P(strong ok) - P(weak ok); "
+        "length: log chars; oracle_irt: IRT difficulty fitted on this file's labels",
+        "routers": _pair_routers(sub, strong, weak, scores, a, oracle.discrimination),
+    }
+    table = []
+    for other in routing.pair_candidates(labels, strong, prices):
+        sub, scores = on(routing.both_scored(labels, strong, other))
+        res = _pair_routers(sub, strong, other, scores, a, oracle.discrimination)
+        table.append(
+            {
+                "weak": other,
+                "weak_mean": round(float(sub.scores[:, sub.models.index(other)].mean()), 4),
+                "strong_mean": round(float(sub.scores[:, sub.models.index(strong)].mean()), 4),
+                **{k: v["apgr"] for k, v in res.items()},
+            }
+        )
+    report["pair_table"] = table
     routers = {
         "estimator": difficulty,
         "length": routing.standardise(length),
         "random": routing.standardise(rand),
-    }
-    report: dict[str, Any] = {"rows": len(rows), "discrimination": round(a, 4)}
-    if strong is None or weak is None:
-        strong, weak = routing.default_pair(labels)
-        rule = f"strongest on every row; weak = best >= {routing.CLEAR_GAP} below it"
-    else:
-        rule = "given"
-    for m in (strong, weak):
-        if m not in labels.models or not labels.mask[:, labels.models.index(m)].all():
-            raise DataError(f"model {m!r} is not scored on every row")
-    ys = labels.scores[:, labels.models.index(strong)]
-    yw = labels.scores[:, labels.models.index(weak)]
-    report["pair"] = {
-        "strong": strong,
-        "weak": weak,
-        "strong_mean": round(float(ys.mean()), 4),
-        "weak_mean": round(float(yw.mean()), 4),
-        "choice": rule,
-        "score": "estimator, length_irt: P(strong ok) - P(weak ok); length: log chars; random",
-        "routers": {
-            "estimator": _pair_block(
-                routing.gain_score(difficulty, a, labels, strong, weak), ys, yw
-            ),
-            "estimator_difficulty": _pair_block(difficulty, ys, yw),
-            "length": _pair_block(length, ys, yw),
-            "length_irt": _pair_block(
-                routing.gain_score(routers["length"], a, labels, strong, weak), ys, yw
-            ),
-            "random": _pair_block(rand, ys, yw),
-        },
     }
     report["multi"] = _multi_block(rows, labels, prices, routers, a)
     return report
@@ -137,6 +181,14 @@ def format_report(report: Mapping[str, Any]) -> str:
     lines.append(f"  {'router':<22}{'APGR':>8}{'CPT50':>8}{'CPT80':>8}")
     for name, r in pair["routers"].items():
         lines.append(f"  {name:<22}{r['apgr']:>8.3f}{r['cpt50']:>8.3f}{r['cpt80']:>8.3f}")
+    table = report.get("pair_table", [])
+    if table:
+        cols = ("estimator", "estimator_gain", "length", "random", "oracle_irt", "oracle_irt_gain")
+        lines.append(f"pair table (APGR), strong = {pair['strong']}:")
+        lines.append(f"  {'weak (mean)':<40}" + "".join(f"{c[:14]:>15}" for c in cols))
+        for t in table:
+            name = f"{t['weak']} ({t['weak_mean']})"
+            lines.append(f"  {name:<40}" + "".join(f"{t[c]:>15.3f}" for c in cols))
     multi = report["multi"]
     if "routers" in multi:
         best, oracle = multi["best_single"], multi["oracle"]

@@ -1,9 +1,9 @@
 """Request features for the difficulty estimator: cheap, deterministic, numpy only.
 
 A request (OpenAI chat messages) becomes one `Features`: a small dense vector of
-structure signals (length, numbers, maths, code, answer form, turns, tools, language)
-and hashed word / word-bigram / character-4-gram ids. The hash is crc32 plus numpy
-arithmetic, identical at training and at run time, so weights can ship as plain arrays.
+structure signals (length, numbers, maths, code, answer form, reasoning load, turns,
+tools, language). Topic n-grams were dropped in version 5: under leave-task-out
+validation they did not help (docs/estimator.md), and they cost most of the latency.
 Bump `FEATURE_VERSION` whenever anything here changes what a request maps to.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,16 +18,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-FEATURE_VERSION = "4"
-HASH_BITS = 18
-HASH_SIZE = 1 << HASH_BITS
-# n-grams look at this much text at most (head and tail); lengths still count everything
-NGRAM_TEXT_CAP = 6000
-_MASK = np.uint64(HASH_SIZE - 1)
-_BIGRAM_MUL = np.uint64(0x9E3779B1)
-_CHAR_PRIMES = (np.uint64(1), np.uint64(257), np.uint64(65_537), np.uint64(16_777_259))
-_SEED_BIGRAM = np.uint64(0x5BD1E995)
-_SEED_CHAR = np.uint64(0x27D4EB2F)
+FEATURE_VERSION = "5"
+# the pattern passes read at most this much text (head and tail); lengths count everything
+TEXT_CAP = 6000
 
 _WORD = re.compile(rb"[a-z0-9_\x80-\xff]+")
 _NUMBER = re.compile(rb"\d+")
@@ -94,15 +86,13 @@ DENSE_NAMES: tuple[str, ...] = (
     "n_tool_messages",
 )
 N_DENSE = len(DENSE_NAMES)
-N_GROUPS = 3  # word unigrams, word bigrams, char 4-grams
 
 
 @dataclass(frozen=True, slots=True)
 class Features:
-    """One request's features: `dense` (len N_DENSE), hashed ids per n-gram group."""
+    """One request's features: `dense`, a vector of len N_DENSE (see DENSE_NAMES)."""
 
     dense: npt.NDArray[np.float64]
-    hashed: tuple[npt.NDArray[np.int64], ...]
 
 
 def _part_text(part: Any) -> str:
@@ -147,26 +137,6 @@ def prompt_text(messages: Iterable[Any]) -> str:
     return "\n".join(texts)
 
 
-def _hash_words(words: list[bytes]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    if not words:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
-    h = np.fromiter(map(zlib.crc32, words), dtype=np.uint64, count=len(words))
-    uni = (h & _MASK).astype(np.int64)
-    bi = (((h[:-1] * _BIGRAM_MUL) ^ h[1:] ^ _SEED_BIGRAM) & _MASK).astype(np.int64)
-    return uni, bi
-
-
-def _hash_chars(data: bytes) -> npt.NDArray[np.int64]:
-    b = np.frombuffer(data, dtype=np.uint8).astype(np.uint64)
-    if b.size < 4:
-        return np.zeros(0, dtype=np.int64)
-    p0, p1, p2, p3 = _CHAR_PRIMES
-    h = b[:-3] * p3 + b[1:-2] * p2 + b[2:-1] * p1 + b[3:] * p0
-    out: npt.NDArray[np.int64] = (((h * _BIGRAM_MUL) ^ _SEED_CHAR) & _MASK).astype(np.int64)
-    return out
-
-
 def _log(x: float) -> float:
     return math.log1p(x)
 
@@ -186,12 +156,10 @@ def extract(messages: Sequence[Any]) -> Features:
     n_images = sum(_count_images(m.get("content")) for m in dicts)
     has_tools = any(m.get("tool_calls") for m in dicts) or "tool" in roles
 
-    sample = text if len(text) <= NGRAM_TEXT_CAP else text[:4000] + "\n" + text[-2000:]
+    sample = text if len(text) <= TEXT_CAP else text[:4000] + "\n" + text[-2000:]
     raw = sample.encode("utf-8", "replace")
     lowered = raw.lower()
     words = _WORD.findall(lowered)
-    uni, bi = _hash_words(words)
-    chars = _hash_chars(lowered)
 
     n_chars = len(text)
     n_words = max(len(words), 1)
@@ -248,4 +216,4 @@ def extract(messages: Sequence[Any]) -> Features:
         ),
         dtype=np.float64,
     )
-    return Features(dense=dense, hashed=(uni, bi, chars))
+    return Features(dense=dense)

@@ -1,9 +1,11 @@
 """Learn features -> difficulty with scikit-learn, exported as plain arrays (`Weights`).
 
-Two stages, so that signals which transfer across domains speak first: (1) a ridge line
-plus small gradient-boosted trees on the standardised dense structure features, (2) a
-strongly regularised ridge on hashed n-grams fitted to what stage 1 leaves unexplained.
-sklearn is imported here only; the run-time estimator never needs it.
+A ridge line plus small gradient-boosted trees on the standardised dense structure
+features, fitted to the IRT difficulty. The fitted score is then divided by its spread on
+the training prompts and blended with standardised prompt length at a fixed weight
+(`FitParams.length_weight`), so length, the baseline that transfers across domains, is
+always one input. All choices here were made by leave-task-out validation on the training
+files (docs/estimator.md). sklearn is imported here only; run time never needs it.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp
 
 from router_models.data import Row
 from router_models.estimator import Trees, Weights
-from router_models.features import HASH_SIZE, N_DENSE, N_GROUPS, extract
+from router_models.features import DENSE_NAMES, N_DENSE, extract
 
 F64 = npt.NDArray[np.float64]
+LENGTH = DENSE_NAMES.index("log_chars")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,39 +32,25 @@ class FitParams:
     tree_depth: int = 3
     learning_rate: float = 0.05
     min_leaf: int = 40
-    hashed_alpha: float = 30.0
-    group_weights: tuple[float, ...] = (1.0, 0.5, 0.5)
+    # weight of standardised log length beside the unit-spread fitted score
+    length_weight: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
 class FeatureMatrix:
     dense: F64  # (n, N_DENSE)
-    hashed: sp.csr_matrix  # (n, N_GROUPS * HASH_SIZE), each group's row sums to sqrt(count)
 
     def take(self, idx: npt.NDArray[np.int64]) -> FeatureMatrix:
-        return FeatureMatrix(self.dense[idx], self.hashed[idx])
+        return FeatureMatrix(self.dense[idx])
 
 
 def featurize(rows: Sequence[Row], progress: Any = None) -> FeatureMatrix:
     dense = np.zeros((len(rows), N_DENSE))
-    indptr, indices, values = [0], [], []
     for i, row in enumerate(rows):
-        feats = extract(row.messages)
-        dense[i] = feats.dense
-        for g, ids in enumerate(feats.hashed):
-            if ids.size:
-                indices.append(ids + g * HASH_SIZE)
-                values.append(np.full(ids.size, 1.0 / np.sqrt(ids.size)))
-        indptr.append(indptr[-1] + sum(ids.size for ids in feats.hashed))
+        dense[i] = extract(row.messages).dense
         if progress is not None:
             progress.update(1)
-    cat_idx = np.concatenate(indices) if indices else np.zeros(0, np.int64)
-    cat_val = np.concatenate(values) if values else np.zeros(0)
-    hashed = sp.csr_matrix(
-        (cat_val, cat_idx, np.array(indptr)), shape=(len(rows), N_GROUPS * HASH_SIZE)
-    )
-    hashed.sum_duplicates()
-    return FeatureMatrix(dense=dense, hashed=hashed)
+    return FeatureMatrix(dense=dense)
 
 
 def _export_trees(estimators: Any, depth: int, learning_rate: float) -> Trees:
@@ -91,7 +79,7 @@ def _export_trees(estimators: Any, depth: int, learning_rate: float) -> Trees:
 
 
 def fit_weights(fm: FeatureMatrix, target: F64, params: FitParams, seed: int) -> Weights:
-    """Fit both stages on (features, difficulty) and return raw-scale weights."""
+    """Fit ridge + trees on (features, difficulty), blend in length; raw-scale weights."""
     from sklearn.ensemble import GradientBoostingRegressor
     from sklearn.linear_model import Ridge
 
@@ -100,6 +88,8 @@ def fit_weights(fm: FeatureMatrix, target: F64, params: FitParams, seed: int) ->
     scale = np.where(scale > 1e-9, scale, 1.0)
     z = (fm.dense - mean) / scale
     ridge = Ridge(alpha=params.dense_alpha).fit(z, target)
+    coef = np.asarray(ridge.coef_, dtype=np.float64)
+    intercept = float(ridge.intercept_)
     pred = ridge.predict(z)
     trees = None
     if params.trees > 0:
@@ -114,24 +104,19 @@ def fit_weights(fm: FeatureMatrix, target: F64, params: FitParams, seed: int) ->
         gbm.fit(z, target - pred)
         trees = _export_trees(gbm.estimators_[:, 0], params.tree_depth, params.learning_rate)
         # GradientBoostingRegressor starts from the mean residual
-        intercept_gbm = float(np.asarray(gbm.init_.constant_).ravel()[0])
-        pred = pred + intercept_gbm + trees.predict_many(z)
-    else:
-        intercept_gbm = 0.0
-    hashed_coef = np.zeros((N_GROUPS, HASH_SIZE), dtype=np.float32)
-    hashed_intercept = 0.0
-    if params.hashed_alpha > 0 and fm.hashed.nnz:
-        gw = np.repeat(np.asarray(params.group_weights, dtype=np.float64), HASH_SIZE)
-        x = fm.hashed @ sp.diags(gw)
-        lex = Ridge(alpha=params.hashed_alpha, solver="sparse_cg", tol=1e-6).fit(x, target - pred)
-        hashed_coef = (lex.coef_ * gw).reshape(N_GROUPS, HASH_SIZE).astype(np.float32)
-        hashed_intercept = float(lex.intercept_)
+        intercept += float(np.asarray(gbm.init_.constant_).ravel()[0])
+        pred = intercept + z @ coef + trees.predict_many(z)
+    spread = float(pred.std())
+    k = 1.0 / spread if spread > 1e-9 else 1.0
+    coef = coef * k
+    coef[LENGTH] += params.length_weight  # z[:, LENGTH] is standardised log length
+    if trees is not None:
+        trees = Trees(trees.feature, trees.threshold, trees.leaf * k, trees.depth)
     return Weights(
         dense_mean=mean,
         dense_scale=scale,
-        dense_coef=np.asarray(ridge.coef_, dtype=np.float64),
-        hashed_coef=hashed_coef,
-        intercept=float(ridge.intercept_) + intercept_gbm + hashed_intercept,
+        dense_coef=coef,
+        intercept=intercept * k,
         trees=trees,
     )
 
@@ -139,7 +124,6 @@ def fit_weights(fm: FeatureMatrix, target: F64, params: FitParams, seed: int) ->
 def predict_raw(weights: Weights, fm: FeatureMatrix) -> F64:
     z = (fm.dense - weights.dense_mean) / weights.dense_scale
     out: F64 = weights.intercept + z @ weights.dense_coef
-    out = out + fm.hashed @ weights.hashed_coef.astype(np.float64).ravel()
     if weights.trees is not None:
         out = out + weights.trees.predict_many(z)
     return out

@@ -3,8 +3,9 @@
 A router is a difficulty per prompt. Models' skills are calibrated on the file from each
 model's overall mean score only (one number per model, as an operator would read it off a
 leaderboard): s_m solves mean_i sigmoid(a*(s_m - d_i)) = mean score of m.
-Strong/weak score = P(strong acceptable) - P(weak acceptable), the expected gain of the
-strong call; a raw score (length as RouteLLM uses it) can be evaluated as given.
+Strong/weak: the default score is the raw difficulty (higher = send to the strong model);
+P(strong acceptable) - P(weak acceptable), the expected gain of the strong call, is
+reported beside it. Length is evaluated raw, as RouteLLM uses it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from router_models.irt import sigmoid
 
 F64 = npt.NDArray[np.float64]
 BARS = tuple(round(0.05 * k, 2) for k in range(1, 20))
-CLEAR_GAP = 0.10
+PAIR_GAP = 0.15
 MIN_COVERAGE = 0.99
 
 
@@ -38,17 +39,65 @@ def skill_from_mean(d: F64, a: float, mean: float) -> float:
     return (lo + hi) / 2.0
 
 
-def default_pair(labels: LabelMatrix) -> tuple[str, str]:
-    """Strongest model on every row, and the best one at least CLEAR_GAP below it."""
-    full = [j for j in range(len(labels.models)) if labels.mask[:, j].all()]
-    if len(full) < 2:
-        raise ValueError("need two models scored on every row for a strong/weak pair")
-    means = {j: float(labels.scores[:, j].mean()) for j in full}
-    ranked = sorted(full, key=lambda j: (-means[j], labels.models[j]))
-    strong = ranked[0]
-    lower = [j for j in ranked[1:] if means[strong] - means[j] >= CLEAR_GAP - 1e-12]
-    weak = lower[0] if lower else ranked[-1]
-    return labels.models[strong], labels.models[weak]
+def _means(labels: LabelMatrix) -> dict[str, float]:
+    """Mean score of every model scored on >= MIN_COVERAGE of the rows (on its own rows)."""
+    out = {}
+    for j, m in enumerate(labels.models):
+        seen = labels.mask[:, j]
+        if seen.mean() >= MIN_COVERAGE - 1e-12:
+            out[m] = float(labels.scores[seen, j].mean())
+    return out
+
+
+def default_pair(labels: LabelMatrix, prices: Mapping[str, Price]) -> tuple[str, str]:
+    """RouteLLM-style pair, by rule and never by router results.
+
+    Strong: the best-mean model among those scored on >= MIN_COVERAGE of rows. Weak: the
+    cheapest priced one (input + output USD per Mtok; ties to the higher mean) whose mean
+    is at least PAIR_GAP below; if none is priced, the best one at least PAIR_GAP below;
+    if none is that far below, the weakest.
+    """
+    means = _means(labels)
+    if len(means) < 2:
+        raise ValueError(f"need two models scored on >= {MIN_COVERAGE:.0%} of rows for a pair")
+    strong = min(means, key=lambda m: (-means[m], m))
+    below = [m for m in means if means[strong] - means[m] >= PAIR_GAP - 1e-12]
+    priced = [m for m in below if m in prices]
+    if priced:
+
+        def price(m: str) -> tuple[float, float, str]:
+            p = prices[m]
+            return (p.input_usd_per_mtok + p.output_usd_per_mtok, -means[m], m)
+
+        return strong, min(priced, key=price)
+    if below:
+        return strong, min(below, key=lambda m: (-means[m], m))
+    return strong, min(means, key=lambda m: (means[m], m))
+
+
+def pair_candidates(
+    labels: LabelMatrix, strong: str, prices: Mapping[str, Price], limit: int = 8
+) -> list[str]:
+    """Weak partners for the pair table: every priced covered model >= 0.05 below
+    `strong`; if none is priced, at most `limit` spread evenly over the mean-score range."""
+    means = _means(labels)
+    below = sorted(
+        (m for m in means if means.get(strong, 0.0) - means[m] >= 0.05 - 1e-12),
+        key=lambda m: (-means[m], m),
+    )
+    priced = [m for m in below if m in prices]
+    if priced:
+        return priced
+    if len(below) <= limit:
+        return below
+    picks = np.unique(np.round(np.linspace(0, len(below) - 1, limit)).astype(np.int64))
+    return [below[int(k)] for k in picks]
+
+
+def both_scored(labels: LabelMatrix, strong: str, weak: str) -> npt.NDArray[np.bool_]:
+    js, jw = labels.models.index(strong), labels.models.index(weak)
+    out: npt.NDArray[np.bool_] = labels.mask[:, js] & labels.mask[:, jw]
+    return out
 
 
 @dataclass(frozen=True, slots=True)

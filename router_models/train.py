@@ -5,13 +5,14 @@
 
 With --records, each request record that carries a prompt and feedback is one
 (prompt, model, score) label. Those labels are added to the base artifact's training data
-when its files are still present with the same sha256, else used alone; skills of models
+when its files are found under --data-dir with the same sha256, else used alone; skills of models
 the base artifact knows stay anchored at its values. Deterministic for a fixed seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -39,20 +40,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--records", type=Path)
     p.add_argument("--base", type=Path, help="artifact to extend (default: the shipped one)")
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("."),
+        help="where --records retraining looks for the base artifact's training files "
+        "(metadata.json stores their names relative to their data directory)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-fraction", type=float, default=0.15)
     return p
 
 
-def _base_data(meta: dict[str, Any]) -> tuple[list[Path], list[str]]:
-    """Base training files that still exist unchanged, and notes on the ones that do not."""
+def data_entries(paths: Sequence[Path]) -> list[dict[str, str]]:
+    """Training files as names relative to their common directory, with sha256."""
+    if not paths:
+        return []
+    resolved = [p.resolve() for p in paths]
+    root = Path(os.path.commonpath([p.parent for p in resolved]))
+    return [{"file": p.relative_to(root).as_posix(), "sha256": sha256_file(p)} for p in resolved]
+
+
+def _base_data(meta: dict[str, Any], data_dir: Path) -> tuple[list[Path], list[str]]:
+    """Base training files found unchanged under data_dir, and notes on the others."""
     usable, notes = [], []
     for entry in meta.get("training_data", []):
-        path = Path(str(entry.get("path", "")))
-        if path.is_file() and sha256_file(path) == entry.get("sha256"):
+        name = str(entry.get("file", ""))
+        path = data_dir / name
+        if name and path.is_file() and sha256_file(path) == entry.get("sha256"):
             usable.append(path)
         else:
-            notes.append(f"base data {path} missing or changed; not reused")
+            notes.append(f"base data {name!r} missing or changed under {data_dir}; not reused")
     return usable, notes
 
 
@@ -95,7 +113,7 @@ def main(argv: list[str]) -> int:
         if args.records is not None:
             base = load_estimator(args.base)
             anchors, anchor_a = base.skills, base.discrimination
-            reused, notes = _base_data(base.metadata)
+            reused, notes = _base_data(base.metadata, args.data_dir)
             data_paths = [*reused, *(p for p in data_paths if p not in reused)]
         dataset = load_dataset(data_paths) if data_paths else Dataset(rows=())
         rows = list(dataset.rows)
@@ -130,8 +148,8 @@ def main(argv: list[str]) -> int:
         rows, test_idx, trained.test_difficulty, trained.discrimination, dict(dataset.prices)
     )
     meta = {
-        "training_data": [{"path": str(p), "sha256": sha256_file(p)} for p in data_paths],
-        "records": None if summary is None else {"path": str(args.records), **asdict(summary)},
+        "training_data": data_entries(data_paths),
+        "records": None if summary is None else {"name": args.records.name, **asdict(summary)},
         "anchored_skills": sorted(anchors),
         "seed": args.seed,
         "params": asdict(FitParams()),

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-from router_models.features import DENSE_NAMES, HASH_SIZE, N_DENSE, extract, prompt_text
+from router_models.features import DENSE_NAMES, N_DENSE, extract, prompt_text
 
 
 def _dense(messages) -> dict[str, float]:
@@ -53,16 +55,12 @@ def test_odd_messages_never_raise():
         feats = extract(messages)  # type: ignore[arg-type]
         assert feats.dense.shape == (N_DENSE,)
         assert np.isfinite(feats.dense).all()
-        for ids in feats.hashed:
-            assert ids.dtype == np.int64
-            assert ((ids >= 0) & (ids < HASH_SIZE)).all()
 
 
-def test_empty_and_none_content_have_no_ngrams():
+def test_empty_and_none_content_measure_nothing():
     for messages in ([{"role": "user", "content": ""}], [{"role": "user", "content": None}]):
-        feats = extract(messages)
-        assert all(ids.size == 0 for ids in feats.hashed)
-        assert _dense(messages)["log_chars"] == 0.0
+        dense = _dense(messages)
+        assert dense["log_chars"] == dense["log_words"] == dense["log_numbers"] == 0.0
 
 
 def test_structure_signals():
@@ -87,17 +85,18 @@ def test_structure_signals():
     assert cjk["cjk_frac"] > 0.5 and cjk["non_ascii_frac"] > 0.5
 
 
-def test_deterministic_and_case_insensitive_ngrams():
-    a = extract([{"role": "user", "content": "The Quick brown fox"}])
-    b = extract([{"role": "user", "content": "the quick BROWN fox"}])
-    for x, y in zip(a.hashed, b.hashed, strict=True):
-        assert x.tolist() == y.tolist()
-    assert extract([{"role": "user", "content": "x y z w"}]).hashed[1].size == 3
+def test_deterministic():
+    msg = [{"role": "user", "content": "The Quick brown fox jumps over 3.5 lazy dogs?"}]
+    assert extract(msg).dense.tolist() == extract(msg).dense.tolist()
 
 
 def test_huge_input_is_capped_but_measured():
     text = "word " * 400_000
+    start = time.perf_counter()
     feats = extract([{"role": "user", "content": text}])
+    elapsed = time.perf_counter() - start
     dense = dict(zip(DENSE_NAMES, feats.dense.tolist(), strict=True))
     assert dense["log_chars"] == np.log1p(len(text))
-    assert feats.hashed[0].size < 2_000  # n-grams read a bounded head and tail
+    # pattern passes read a bounded head and tail: 2 MB costs about what 6 kB does
+    assert dense["log_words"] < np.log1p(2_000)
+    assert elapsed < 0.05

@@ -96,3 +96,35 @@ def test_brier_and_reliability():
     assert metrics.brier(p, y) == pytest.approx((0.0025 + 0.9025 + 0.0025 + 0.0025) / 4)
     table = metrics.reliability(p, y)
     assert [(b["n"], b["observed"]) for b in table] == [(2, 0.5), (2, 1.0)]
+
+
+def _labels(means: dict[str, float], n: int = 200, missing: dict[str, int] | None = None):
+    from router_models.data import LabelMatrix
+
+    names = tuple(means)
+    scores = np.array([[float(i < means[m] * n) for m in names] for i in range(n)])
+    mask = np.ones_like(scores, dtype=bool)
+    for m, k in (missing or {}).items():
+        mask[:k, names.index(m)] = False
+    return LabelMatrix(names, scores, mask)
+
+
+def test_default_pair_rule():
+    from router_models.data import Price
+    from router_models.routing import default_pair
+
+    means = {"top": 0.9, "sparse": 0.95, "near": 0.8, "cheap_lo": 0.3, "cheap_hi": 0.6, "dear": 0.5}
+    # "sparse" is scored on 90% of rows only, so it cannot be the strong model
+    labels = _labels(means, missing={"sparse": 20})
+    prices = {
+        "top": Price(5.0, 15.0),
+        "near": Price(0.01, 0.01),  # cheapest of all, but not 0.15 below the strong model
+        "cheap_lo": Price(0.1, 0.2),
+        "cheap_hi": Price(0.2, 0.1),  # same total price: the higher mean wins the tie
+        "dear": Price(1.0, 1.0),
+    }
+    assert default_pair(labels, prices) == ("top", "cheap_hi")
+    # nothing priced: the best model at least 0.15 below
+    assert default_pair(labels, {}) == ("top", "cheap_hi")
+    # nothing 0.15 below: the weakest covered model
+    assert default_pair(_labels({"a": 0.9, "b": 0.85, "c": 0.8}), {}) == ("a", "c")
