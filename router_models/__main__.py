@@ -1,4 +1,5 @@
-"""`python -m router_models train|eval ...`: the same mains `effgate train|eval` dispatch to."""
+"""`python -m router_models train|eval|select ...`: train and eval are the mains `effgate
+train|eval` dispatch to; select is the leave-task-out recipe comparison."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("train", "eval"):
-        print("usage: python -m router_models {train,eval} ...", file=sys.stderr)
+    if not argv or argv[0] not in ("train", "eval", "select"):
+        print("usage: python -m router_models {train,eval,select} ...", file=sys.stderr)
         return 2
+    if argv[0] == "select":
+        from router_models.selection import main as select_main
+
+        return select_main(argv[1:])
     if argv[0] == "train":
         from router_models.train import main as train_main
 

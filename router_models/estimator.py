@@ -77,6 +77,46 @@ class Weights:
         return self.scale * self.raw(features) + self.shift
 
 
+class _Compiled:
+    """Weights folded for scoring one request: the standardisation, scale and shift are
+    folded into the linear coefficients and tree thresholds, and the trees are flat 1-D
+    arrays, so a call costs one dot product and `depth` gathers on prebuilt index arrays."""
+
+    __slots__ = ("coef", "depth", "feature", "intercept", "leaf", "leaf_base", "node_base", "thr")
+
+    def __init__(self, w: Weights) -> None:
+        coef_z = w.dense_coef / w.dense_scale
+        self.coef: F64 = w.scale * coef_z
+        self.intercept = w.scale * (w.intercept - float(w.dense_mean @ coef_z)) + w.shift
+        t = w.trees
+        n_trees = 0 if t is None else t.feature.shape[0]
+        self.depth = 0 if t is None or n_trees == 0 else t.depth
+        if t is None or self.depth == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            self.feature, self.node_base, self.leaf_base = empty, empty, empty
+            self.thr: F64 = np.zeros(0)
+            self.leaf: F64 = np.zeros(0)
+            return
+        n_internal = t.feature.shape[1]
+        self.feature = t.feature.ravel()
+        # z <= thr, z = (x - mean) / scale  <=>  x <= thr * scale + mean
+        self.thr = (t.threshold * w.dense_scale[t.feature] + w.dense_mean[t.feature]).ravel()
+        self.leaf = (w.scale * t.leaf).ravel()
+        self.node_base = np.arange(n_trees, dtype=np.int64) * n_internal
+        # leaf k of tree i sits at i * 2**depth + (node - n_internal)
+        self.leaf_base = np.arange(n_trees, dtype=np.int64) * (1 << t.depth) - n_internal
+
+    def difficulty(self, dense: F64) -> float:
+        total = self.intercept + float(dense @ self.coef)
+        if self.depth:
+            node = np.zeros(self.node_base.shape[0], dtype=np.int64)
+            for _ in range(self.depth):
+                idx = self.node_base + node
+                node = 2 * node + 1 + (dense[self.feature[idx]] > self.thr[idx])
+            total += float(self.leaf[self.leaf_base + node].sum())
+        return total
+
+
 def _check_shapes(w: Weights) -> None:
     shapes = {
         "dense_mean": w.dense_mean.shape,
@@ -105,7 +145,7 @@ def _check_shapes(w: Weights) -> None:
 class Estimator:
     """Difficulty of a chat request, and the chance a model of a given skill handles it."""
 
-    __slots__ = ("_skills", "_weights", "discrimination", "metadata")
+    __slots__ = ("_compiled", "_skills", "_weights", "discrimination", "metadata")
 
     def __init__(
         self,
@@ -119,6 +159,7 @@ class Estimator:
         if not (math.isfinite(discrimination) and discrimination > 0):
             raise ValueError(f"discrimination must be positive, got {discrimination!r}")
         self._weights = weights
+        self._compiled = _Compiled(weights)
         self._skills = {str(k): float(v) for k, v in skills.items()}
         self.discrimination = float(discrimination)
         self.metadata: dict[str, Any] = dict(metadata or {})
@@ -133,7 +174,7 @@ class Estimator:
 
     def difficulty(self, messages: Sequence[Any]) -> float:
         """One scalar per request; higher is harder (skill units)."""
-        return self._weights.difficulty(extract(messages))
+        return self._compiled.difficulty(extract(messages).dense)
 
     def difficulties(self, batch: Sequence[Sequence[Any]]) -> F64:
         return np.array([self.difficulty(m) for m in batch], dtype=np.float64)

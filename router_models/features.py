@@ -168,10 +168,11 @@ def extract(messages: Sequence[Any]) -> Features:
     n_upper = len(raw) - len(raw.translate(None, _UPPER))
     n_non_ascii = len(raw) - len(raw.translate(None, _HIGH))
     n_punct = len(raw) - len(raw.translate(None, _PUNCT))
-    n_numbers = len(_NUMBER.findall(raw))
+    n_numbers = len(_NUMBER.findall(raw)) if n_digits else 0
     n_lines = text.count("\n") + 1 if text else 0
     n_sentences = len(_SENTENCE.findall(raw)) + 1
     n_options = len(_OPTION.findall(lowered))
+    has_latex = b"\\" in raw or b"$" in raw
     distinct = set(words)
     stripped = raw.rstrip()
     dense = np.array(
@@ -187,8 +188,8 @@ def extract(messages: Sequence[Any]) -> Features:
             n_punct / n_sample,
             _log(n_numbers),
             min(n_numbers / n_words, 2.0),
-            _log(len(_DECIMAL.findall(raw))),
-            _log(len(_LATEX.findall(lowered))),
+            _log(len(_DECIMAL.findall(raw)) if n_digits else 0),
+            _log(len(_LATEX.findall(lowered)) if has_latex else 0),
             _log(len(_OPERATOR.findall(raw))),
             _log(sum(raw.count(mark) for mark in _CODE_MARKS)),
             len(_INDENTED.findall(raw)) / max(n_lines, 1),

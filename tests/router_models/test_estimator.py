@@ -133,3 +133,17 @@ def test_shipped_artifact_copy_loads(tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(default_artifact_dir(), copy)
     assert load_estimator(copy).difficulty(MSG) == load_estimator().difficulty(MSG)
+
+
+def test_folded_fast_path_matches_the_plain_weights():
+    from router_models.features import extract
+
+    est = load_estimator()
+    assert est.weights.trees is not None
+    for text in ("hi", "Compute 3.5 * $x^2$ for x = 7?", "A. one\nB. two\n" * 20, "word " * 900):
+        msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+        assert est.difficulty(msgs) == pytest.approx(
+            est.weights.difficulty(extract(msgs)), abs=1e-9
+        )
+    bare = Estimator(_weights(), skills={"m": 0.0}, discrimination=1.0)  # no trees
+    assert bare.difficulty(MSG) == pytest.approx(_weights().difficulty(extract(MSG)), abs=1e-9)

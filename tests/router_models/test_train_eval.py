@@ -241,3 +241,20 @@ def test_irt_recovers_order_and_calibration_is_consistent():
     assert anchored.skills["a"] == 5.0 and anchored.discrimination == 1.0
     with pytest.raises(ValueError):
         fit_irt(labels, anchors={"a": 5.0})
+
+
+def test_select_compares_recipes_leave_task_out(tmp_path, capsys):
+    from router_models.__main__ import main as cli
+    from router_models.selection import group_folds
+
+    folds = group_folds(["a"] * 5 + ["b"] * 3 + ["c"] * 3 + ["d"], k=2)
+    assert folds.tolist() == [0] * 5 + [1] * 3 + [1] * 3 + [0]  # whole tasks, balanced
+    rows = [
+        json.loads(x) for x in write_dataset(tmp_path / "s.jsonl", n=120).read_text().splitlines()
+    ]
+    for i, row in enumerate(rows):
+        row["task"] = f"t{i % 4}"
+    (tmp_path / "s.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert cli(["select", "--data", str(tmp_path / "s.jsonl"), "--folds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 task folds" in out and "ridge+trees+len0.5" in out and "oracle IRT" in out
