@@ -220,3 +220,19 @@ def test_error_responses_carry_the_effgate_headers(
     assert set(err) == {"message", "type", "param", "code"}
     if case in ("upstream_5xx", "unreachable", "timeout"):
         assert r.headers["x-effgate-model"] == "small"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: errors raised from pipeline.forward (502/504) get x-effgate-model/route but "
+    "not x-effgate-upstream-ms, so the middleware default '0' hides the time spent upstream",
+)
+def test_timeout_errors_report_the_time_spent_upstream(
+    make_gateway: GatewayFactory, policy: PolicyFactory, small: FakeUpstreamHandle
+) -> None:
+    fast = {"connect_s": 1.0, "first_byte_s": 0.3, "idle_s": 0.3, "total_s": 0.3}
+    gw = make_gateway(policy(small={"max_retries": 0, "timeouts": fast}))
+    with gw.http() as c:
+        r = c.post("/v1/chat/completions", json=chat("[[fault:hang]]", model="small"))
+    assert r.status_code == 504
+    assert float(r.headers["x-effgate-upstream-ms"]) >= 250

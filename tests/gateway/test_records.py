@@ -213,4 +213,4 @@ def test_gateway_rotates_and_loses_nothing(
             ids.append(r.headers["x-effgate-request-id"])
     recs = gw.records(at_least=12)
     assert [r["id"] for r in recs] == ids
-    assert len(list(gw.records_dir.glob("records.jsonl.*"))) >= 3
+    assert len(list(gw.records_dir.glob("records.jsonl.*"))) >= 2  # rotated at least twice
