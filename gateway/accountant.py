@@ -6,7 +6,6 @@ queued, not written, and the summary put is a scheduled task, so none of it dela
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from typing import Any
@@ -49,7 +48,6 @@ class Accountant:
         self.kv = kv
         self.records = records
         self.ttl_s = ttl_s
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def finish(self, ex: Exchange) -> None:
         m = self.metrics
@@ -83,16 +81,7 @@ class Accountant:
         self.records.emit(record)
         if ex.model is not None:
             summary = orjson.dumps({"route": route, "model": model, "time": record["time"]})
-            self._spawn(self.kv.put("req:" + ex.request_id, summary, self.ttl_s))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def drain(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.kv.put_later("req:" + ex.request_id, summary, self.ttl_s)
 
     def record(self, ex: Exchange, latency_s: float) -> dict[str, Any]:
         d = ex.decision

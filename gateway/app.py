@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from gateway.accountant import Accountant
@@ -24,7 +25,7 @@ from gateway.middleware import RequestContextMiddleware
 from gateway.records import JSONLFile, RecordLog
 from gateway.routes import router
 from gateway.settings import Settings
-from gateway.state import AppState, DifficultyEstimator
+from gateway.state import AppState
 from gateway.tokens import TokenCounter
 from gateway.upstream_pool import Factory, UpstreamPool, default_factory
 from policies.compile import CompiledPolicy
@@ -50,21 +51,21 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return Response(body, 400, media_type="application/json")
 
 
-async def _unhandled(request: Request, exc: Exception) -> Response:
-    rid = getattr(request.state, "request_id", "?")
-    log.error("unhandled error in request %s", rid, exc_info=exc)
-    body = error_body(
-        f"The gateway hit an internal error (request {rid}).", "server_error", "internal_error"
-    )
-    return Response(body, 500, media_type="application/json")
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (unknown path or method), OpenAI-shaped."""
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    body = error_body(message, "invalid_request_error", code)
+    return Response(body, exc.status_code, exc.headers, media_type="application/json")
 
 
-def _load_estimator(settings: Settings) -> DifficultyEstimator:
-    from router_models import load_estimator
+def load_estimator(settings: Settings) -> Any:
+    """The estimator ``settings`` name (the shipped default when none)."""
+    import router_models
 
     path = str(settings.estimator_path) if settings.estimator_path else None
-    est: DifficultyEstimator = load_estimator(path)
-    return est
+    return router_models.load_estimator(path)
 
 
 def create_app(
@@ -78,11 +79,11 @@ def create_app(
     """Build the gateway app. Seams (registry, upstream factory, estimator, kv) are for tests."""
     settings = settings or Settings()
     registry = registry or CollectorRegistry()
+    metrics = Metrics(registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        metrics = Metrics(registry)
-        est = estimator or _load_estimator(settings)
+        est = estimator or load_estimator(settings)
         skills = dict(getattr(est, "skills", {}))
         discrimination = float(getattr(est, "discrimination", 1.0))
         health = Health(failures=settings.circuit_failures, cooldown_s=settings.circuit_cooldown_s)
@@ -156,7 +157,6 @@ def create_app(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            await accountant.drain()
             await records.aclose()
             await pool.aclose()
             await store_kv.aclose()
@@ -168,8 +168,9 @@ def create_app(
     app.include_router(router)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unhandled)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    # outermost: request id, default headers, in-flight gauge, and the catch-all 500
+    app.add_middleware(RequestContextMiddleware, in_flight=metrics.in_flight)
     return app
 
 

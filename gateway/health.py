@@ -74,6 +74,12 @@ class Health:
             return
         c.failures, c.opened_at, c.probing = 0, None, False
 
+    def release(self, model: str) -> None:
+        """A probe ended with no verdict (the client left): let the next request probe."""
+        c = self._circuits.get(model)
+        if c is not None:
+            c.probing = False
+
     def failure(self, model: str) -> None:
         c = self._circuits.setdefault(model, _Circuit())
         c.failures += 1

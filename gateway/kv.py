@@ -9,6 +9,7 @@ replica served, until Redis is back.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -20,6 +21,10 @@ log = logging.getLogger("effgate.kv")
 
 class KV(Protocol):
     async def put(self, key: str, value: bytes, ttl_s: int) -> None: ...
+
+    def put_later(self, key: str, value: bytes, ttl_s: int) -> None:
+        """Store now as far as this process's reads go; persist off the caller's path."""
+        ...
 
     async def get(self, key: str) -> bytes | None: ...
 
@@ -40,6 +45,9 @@ class MemoryKV:
         self._clock = clock
 
     async def put(self, key: str, value: bytes, ttl_s: int) -> None:
+        self.put_later(key, value, ttl_s)
+
+    def put_later(self, key: str, value: bytes, ttl_s: int) -> None:
         self._data[key] = (self._clock() + ttl_s, value)
         self._data.move_to_end(key)
         while len(self._data) > self._max:
@@ -87,6 +95,9 @@ class RedisKV:
         self._fallback = MemoryKV()
         self._on_fallback = on_fallback
         self._last_log = 0.0
+        # written by put_later, visible to get at once, flushed to Redis by one task
+        self._pending: dict[str, tuple[bytes, int]] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     def _failed(self, op: str, exc: BaseException) -> None:
         if self._on_fallback is not None:
@@ -103,7 +114,28 @@ class RedisKV:
             self._failed("put", exc)
             await self._fallback.put(key, value, ttl_s)
 
+    def put_later(self, key: str, value: bytes, ttl_s: int) -> None:
+        self._pending[key] = (value, ttl_s)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key, (value, ttl_s) in batch.items():
+                        pipe.set(self._prefix + key, value, ex=ttl_s)
+                    await pipe.execute()
+            except self._errors as exc:
+                self._failed("put", exc)
+                for key, (value, ttl_s) in batch.items():
+                    await self._fallback.put(key, value, ttl_s)
+
     async def get(self, key: str) -> bytes | None:
+        pending = self._pending.get(key)
+        if pending is not None:
+            return pending[0]
         try:
             value: bytes | None = await self._redis.get(self._prefix + key)
         except self._errors as exc:
@@ -136,4 +168,6 @@ class RedisKV:
             return False
 
     async def aclose(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
         await self._redis.aclose()

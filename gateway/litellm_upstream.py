@@ -131,4 +131,6 @@ class LitellmUpstream:
         return _LitellmStream(resp, self.name)
 
     async def aclose(self) -> None:
-        return None
+        if LitellmUpstream._module is not None:
+            # litellm caches its own HTTP clients per provider; close them with the gateway
+            await LitellmUpstream._module.close_litellm_async_clients()

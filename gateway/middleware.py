@@ -8,12 +8,17 @@ the handler set none (errors raised before a routing decision).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from prometheus_client import Gauge
+
+from gateway.errors import error_body
+
+log = logging.getLogger("effgate")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -61,13 +66,37 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        counted = self.in_flight is not None and scope["path"].startswith("/v1/")
-        if counted:
-            assert self.in_flight is not None
-            self.in_flight.inc()
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send_with_headers(message)
+
+        gauge = self.in_flight if scope["path"].startswith("/v1/") else None
+        if gauge is not None:
+            gauge.inc()
         try:
-            await self.app(scope, receive, send_with_headers)
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            # the one catch-all: log the traceback, send a generic body with the request id
+            log.exception("unhandled error in request %s", request_id)
+            if started:
+                raise
+            body = error_body(
+                f"The gateway hit an internal error (request {request_id}).",
+                "server_error",
+                "internal_error",
+            )
+            await send_with_headers(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
         finally:
-            if counted:
-                assert self.in_flight is not None
-                self.in_flight.dec()
+            if gauge is not None:
+                gauge.dec()

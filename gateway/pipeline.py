@@ -246,6 +246,9 @@ async def forward(
             t0 = time.perf_counter()
             try:
                 result = await _call(state, ex, upstream, entry, out_body, path, include_usage)
+            except asyncio.CancelledError:
+                state.health.release(model_id)  # the client left: no verdict on the upstream
+                raise
             except (UpstreamStatusError, GatewayError) as exc:
                 elapsed = time.perf_counter() - t0
                 ex.upstream_s += elapsed
@@ -253,6 +256,7 @@ async def forward(
                 state.metrics.upstream_errors.labels(model_id, error_kind(exc)).inc()
                 last = exc
                 if isinstance(exc, UpstreamStatusError) and not exc.retryable:
+                    state.health.success(model_id)  # it answered: alive, the request was bad
                     raise PassThrough(exc, model_id) from None
                 state.health.failure(model_id)
                 if is_retryable(exc) and attempt < entry.max_retries:

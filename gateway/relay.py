@@ -103,6 +103,7 @@ class RelayResponse(Response):
         self.done = False
         self.usage: Usage | None = None
         self.content_events = 0
+        self.completed = False
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
         ex = self.ex
@@ -117,14 +118,23 @@ class RelayResponse(Response):
                     tg.cancel_scope.cancel()
             if ex.outcome == "cancelled":
                 return
+            # account before the last byte: a client that sends feedback the moment its
+            # stream ends must find the request already known
+            await self._complete()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:  # the client went away while we were sending
             ex.outcome = "cancelled"
         finally:
-            with anyio.CancelScope(shield=True):
-                await self.stream.aclose()
-                self._settle()
-                self.on_finish(ex)
+            await self._complete()
+
+    async def _complete(self) -> None:
+        if self.completed:
+            return
+        self.completed = True
+        with anyio.CancelScope(shield=True):
+            await self.stream.aclose()
+            self._settle()
+            self.on_finish(self.ex)
 
     async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
         while True:

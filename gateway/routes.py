@@ -124,7 +124,13 @@ async def _serve(
         return Response(p.error.body, p.error.status, headers, media_type=JSON)
     except GatewayError as exc:
         ex.status, ex.outcome, ex.error = exc.status, _outcome(exc.status), exc.message
-        exc.extra_headers.update({"x-effgate-model": ex.model_id, "x-effgate-route": ex.route})
+        exc.extra_headers.update(
+            {
+                "x-effgate-model": ex.model_id,
+                "x-effgate-route": ex.route,
+                "x-effgate-upstream-ms": f"{ex.upstream_s * 1000:.1f}",
+            }
+        )
         state.accountant.finish(ex)
         raise
     if result is None:
@@ -183,6 +189,7 @@ async def embeddings(request: Request) -> Response | RelayResponse:
 async def route_explain(request: Request) -> Response:
     state = _state(request)
     ex = Exchange(request.state.request_id, "default", state.policies.current)
+    ex.tenant = await _tenant(state, request)
     body = await _body(request, state.settings.max_body_bytes)
     req = _validate(ChatCompletionRequest, body)
     inp = route_input(state, ex, req, body, request.headers)
@@ -208,12 +215,16 @@ async def feedback(request: Request) -> Response:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
-    return Response(models_body(_state(request).policies.current), media_type=JSON)
+    state = _state(request)
+    await _tenant(state, request)
+    return Response(models_body(state.policies.current), media_type=JSON)
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(request: Request, model_id: str) -> Response:
-    policy = _state(request).policies.current
+    state = _state(request)
+    await _tenant(state, request)
+    policy = state.policies.current
     for item in orjson.loads(models_body(policy))["data"]:
         if item["id"] == model_id:
             return Response(orjson.dumps(item), media_type=JSON)

@@ -1,28 +1,53 @@
 """``effgate serve``: the app under uvicorn with uvloop and httptools, one worker per process.
 
 One worker because Prometheus' multiprocess mode disables custom collectors (the GPU and
-circuit collectors): scale with replicas instead.
+circuit collectors): scale with replicas instead. The estimator and the policy are loaded and
+checked before the server starts, so a broken file is a clear message and exit status 2,
+not a traceback from inside the lifespan.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGINT/SIGTERM after a graceful shutdown; we return normally (exit 0)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {
+            sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="effgate serve", description=__doc__)
+    parser = argparse.ArgumentParser(prog="effgate serve", description=__doc__.split("\n")[0])
     parser.add_argument("--policy", type=Path, help="policy YAML (default: EFFGATE_POLICY_PATH)")
     parser.add_argument("--host", help="listen address (default: EFFGATE_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="listen port (default: EFFGATE_PORT or 8080)")
     args = parser.parse_args(argv)
 
-    from gateway.app import create_app
+    from pydantic import ValidationError
+
+    from gateway.app import create_app, load_estimator
     from gateway.settings import Settings
-    from policies.store import PolicyLoadError
+    from policies.errors import PolicyLoadError
+    from policies.loader import load_policy
+    from router_models import ArtifactError
 
     overrides: dict[str, object] = {}
     if args.policy is not None:
@@ -31,14 +56,25 @@ def main(argv: list[str]) -> int:
         overrides["host"] = args.host
     if args.port is not None:
         overrides["port"] = args.port
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        print(f"effgate serve: invalid EFFGATE_* settings:\n{exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not Path(settings.policy_path).exists():
-        print(f"effgate: policy file not found: {settings.policy_path}")
+    try:
+        estimator = load_estimator(settings)
+        load_policy(
+            settings.policy_path,
+            skills=dict(estimator.skills),
+            discrimination=float(estimator.discrimination),
+        )
+    except (ArtifactError, PolicyLoadError, OSError) as exc:
+        print(f"effgate serve: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings)
+    app = create_app(settings, estimator=estimator)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -50,10 +86,6 @@ def main(argv: list[str]) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
     )
-    server = uvicorn.Server(config)
-    try:
-        server.run()
-    except PolicyLoadError as exc:
-        print(f"effgate: {exc}")
-        return 2
-    return 0
+    server = _Server(config)
+    server.run()
+    return 0 if server.started else 1

@@ -487,10 +487,6 @@ def test_errors_through_raw_http_are_never_tracebacks(gateway: Gateway) -> None:
         assert err["param"] is not None and err["param"].startswith("messages.0")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: no handler for starlette HTTPException: 404/405 bodies are {'detail': ...}",
-)
 def test_unknown_path_and_method_are_openai_shaped(gateway: Gateway) -> None:
     with httpx.Client(base_url=gateway.base_url) as c:
         missing = c.post("/v1/responses", json={"model": "auto", "input": "hi"})

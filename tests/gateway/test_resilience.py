@@ -428,12 +428,6 @@ def test_a_failed_probe_reopens_the_circuit(
     assert requests_to(small) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a half-open probe answered with a 4xx pass-through never reports back, "
-    "so the circuit stays open forever (pipeline.forward raises PassThrough before "
-    "health.success/failure)",
-)
 def test_a_probe_answered_with_4xx_does_not_wedge_the_circuit(
     make_gateway: GatewayFactory,
     policy: PolicyFactory,
@@ -452,11 +446,6 @@ def test_a_probe_answered_with_4xx_does_not_wedge_the_circuit(
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a half-open probe cancelled by the client never reports back, so the "
-    "circuit stays open forever (no health.success/failure on cancellation)",
-)
 def test_a_probe_cancelled_by_the_client_does_not_wedge_the_circuit(
     make_gateway: GatewayFactory,
     policy: PolicyFactory,
