@@ -14,6 +14,7 @@ import orjson
 
 from gateway.accounting import Usage, cost_usd
 from gateway.exchange import Exchange
+from gateway.explain import candidate_rows
 from gateway.health import Health
 from gateway.kv import KV
 from gateway.metrics import Metrics
@@ -127,16 +128,7 @@ class Accountant:
                 "quality_bar": d.quality_bar,
                 "rule": d.rule,
                 "fallbacks": list(d.fallbacks),
-                "candidates": [
-                    {
-                        "model": c.model,
-                        "p": c.p,
-                        "expected_cost_usd": c.expected_cost_usd,
-                        "eligible": c.eligible,
-                        "reason": c.reason,
-                    }
-                    for c in d.candidates
-                ],
+                "candidates": candidate_rows(d),
             }
         if ex.prompt is not None:
             rec["prompt"] = ex.prompt

@@ -68,15 +68,20 @@ def explain_body(policy: CompiledPolicy, inp: RouteInput, d: Decision) -> bytes:
             "prompt_tokens": inp.prompt_tokens,
             "needs": sorted(inp.needs),
             "task": inp.task,
-            "candidates": [
-                {
-                    "model": c.model,
-                    "p": c.p,
-                    "expected_cost_usd": c.expected_cost_usd,
-                    "eligible": c.eligible,
-                    "reason": c.reason,
-                }
-                for c in d.candidates
-            ],
+            "candidates": candidate_rows(d),
         }
     )
+
+
+def candidate_rows(d: Decision) -> list[dict[str, Any]]:
+    """The decision table as plain rows (explain bodies and request records share it)."""
+    return [
+        {
+            "model": c.model,
+            "p": c.p,
+            "expected_cost_usd": c.expected_cost_usd,
+            "eligible": c.eligible,
+            "reason": c.reason,
+        }
+        for c in d.candidates
+    ]
