@@ -402,6 +402,7 @@ def test_429_upstream_on_every_candidate(
     assert small.stats["requests"]["/v1/chat/completions"] == 2
     assert big.stats["requests"]["/v1/chat/completions"] == 2
     assert info.value.response.headers["x-effgate-model"] == "big"
+    assert info.value.response.headers["retry-after"] == "0", "the upstream's, passed on"
 
 
 def test_429_own_rate_limit(make_gateway: GatewayFactory, small: FakeUpstreamHandle) -> None:
