@@ -1,5 +1,8 @@
 """A cheap closed-loop HTTP/1.1 load generator: keep-alive connections, pre-built request bytes.
 
+    python -m benchmarks.loadgen --port P --model small [--stream] [--requests N | --duration S]
+        [--concurrency C]      # e.g. to drive a gateway while py-spy records it
+
 Each connection is one ``asyncio.Protocol`` that parses responses with httptools (C) and writes
 its next request from the parser's message-complete callback: no task, future or coroutine per
 request, so the client costs far less per request than the servers it measures. A run opens its
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import httptools
+import orjson
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,3 +218,39 @@ async def first_success(
             return time.monotonic()
         await asyncio.sleep(poll_s)
     raise TimeoutError(f"no successful answer from {host}:{port} within {timeout_s:g} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    import uvloop
+
+    from benchmarks.report import Stats
+    from benchmarks.scenarios import Scenario
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.loadgen")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--model", default="small", help="model name sent (default small)")
+    p.add_argument("--stream", action="store_true")
+    p.add_argument("--requests", type=int)
+    p.add_argument("--duration", type=float)
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--api-key", default="sk-bench")
+    args = p.parse_args(argv)
+    body = Scenario("stream" if args.stream else "json", "passthrough").body("direct")
+    body = body.replace(b'"model":"mock-small"', b'"model":' + orjson.dumps(args.model))
+    request = build_request("127.0.0.1", args.port, "/v1/chat/completions", body, args.api_key)
+    sample = uvloop.run(
+        run("127.0.0.1", args.port, request, concurrency=args.concurrency,
+            requests=args.requests, duration_s=args.duration or (None if args.requests else 10.0))
+    )  # fmt: skip
+    s = Stats.of([sample])
+    print(f"n={s.count} errors={s.errors} p50={s.p50_ms:.3f} ms p99={s.p99_ms:.3f} ms "
+          f"first p50={s.first_p50_ms:.3f} ms {s.rps:.0f} req/s")  # fmt: skip
+    return 0 if s.errors == 0 else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from benchmarks.loadgen import Sample, build_request, first_success, run
+from benchmarks.loadgen import Sample, build_request, first_success, main, run
 from benchmarks.procs import free_port
 from tests.fakes.servers import FakeUpstreamHandle, serve_fake_upstream
 
@@ -82,3 +82,12 @@ def test_refused_connection_raises_and_first_success_times_out() -> None:
 def test_first_success_returns_once_served(fake: FakeUpstreamHandle) -> None:
     t = asyncio.run(first_success("127.0.0.1", fake.port, _request(fake.port), timeout_s=5))
     assert t > 0
+
+
+def test_command_line(fake: FakeUpstreamHandle, capsys: pytest.CaptureFixture[str]) -> None:
+    port = str(fake.port)
+    assert main(["--port", port, "--model", "m", "--requests", "5", "--concurrency", "2"]) == 0
+    assert capsys.readouterr().out.startswith("n=5 errors=0 ")
+    assert main(["--port", port, "--model", "m", "--stream", "--requests", "2"]) == 0
+    assert main(["--port", port, "--model", "nope", "--requests", "2"]) == 1
+    assert "n=0 errors=2" in capsys.readouterr().out
