@@ -40,11 +40,20 @@ def litellm() -> Any:
 
 def test_litellm_json(anthropic: FakeAnthropicHandle, litellm: Any) -> None:
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"}]
-    out = asyncio.run(
-        litellm.acompletion(
-            model=MODEL, api_base=anthropic.base_url, api_key=KEY, messages=messages, max_tokens=64
-        )
-    )
+
+    async def run() -> Any:
+        try:
+            return await litellm.acompletion(
+                model=MODEL,
+                api_base=anthropic.base_url,
+                api_key=KEY,
+                messages=messages,
+                max_tokens=64,
+            )
+        finally:  # litellm caches its HTTP clients: close them on the loop that opened them
+            await litellm.close_litellm_async_clients()
+
+    out = asyncio.run(run())
     content = out.choices[0].message.content
     assert content.startswith("claude-3-5-haiku-20241022 says: hi there hi there")
     assert out.choices[0].finish_reason == "stop"
@@ -66,7 +75,10 @@ def test_litellm_stream(anthropic: FakeAnthropicHandle, litellm: Any) -> None:
             stream=True,
             stream_options={"include_usage": True},
         )
-        return [chunk async for chunk in stream]
+        try:
+            return [chunk async for chunk in stream]
+        finally:
+            await litellm.close_litellm_async_clients()
 
     chunks = asyncio.run(run())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
