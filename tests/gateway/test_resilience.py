@@ -565,3 +565,60 @@ async def test_many_concurrent_streams(gateway: Gateway, small: FakeUpstreamHand
     assert all(t.startswith("mock-small says: stream number") for t in texts)
     assert small.stats["requests"][CHAT] == 20
     wait_until(lambda: gateway.metric("effgate_requests_total", outcome="ok") == 20)
+
+
+def test_headers_then_no_first_chunk_times_out_and_falls_back(
+    make_gateway: GatewayFactory,
+    policy: PolicyFactory,
+    small: FakeUpstreamHandle,
+    big: FakeUpstreamHandle,
+) -> None:
+    # stall=0: the 200 and its headers arrive at once, the first event never does in time
+    gw = make_gateway(policy(small={"timeouts": fast(first_byte_s=0.3)}))
+    small.set_faults({"kind": "stall", "after_chunks": 0, "ms": 3000})
+    with gw.http() as c:
+        r = c.post(CHAT, json=chat(stream=True))
+    assert r.status_code == 200 and r.headers["x-effgate-model"] == "big"
+    assert gw.metric("effgate_upstream_errors_total", upstream="small", kind="timeout") == 1
+    wait_until(lambda: small.stats["disconnects"] == 1, what="the silent upstream was closed")
+
+
+def test_empty_stream_falls_back(
+    make_gateway: GatewayFactory, policy: PolicyFactory, big: FakeUpstreamHandle
+) -> None:
+    with serve_scripted(b"", "text/event-stream") as (upstream, url):
+        gw = make_gateway(policy(small_url=url, small={"max_retries": 0}))
+        with gw.http() as c:
+            r = c.post(CHAT, json=chat(stream=True))
+    assert r.status_code == 200 and r.headers["x-effgate-model"] == "big"
+    assert len(upstream.requests) == 1
+    assert gw.metric("effgate_upstream_errors_total", upstream="small", kind="protocol") == 1
+
+
+def test_retries_stop_once_the_circuit_opens(
+    make_gateway: GatewayFactory,
+    policy: PolicyFactory,
+    small: FakeUpstreamHandle,
+    big: FakeUpstreamHandle,
+) -> None:
+    gw = make_gateway(policy(small={"max_retries": 3}), circuit_failures=1)
+    small.set_faults({"kind": "status", "status": 503, "count": 10})
+    with gw.http() as c:
+        r = c.post(CHAT, json=chat())
+    assert r.headers["x-effgate-model"] == "big"
+    assert requests_to(small) == 1, "no retry into an open circuit"
+
+
+def test_json_dumps_spacing_is_rewritten_too(
+    make_gateway: GatewayFactory, policy: PolicyFactory
+) -> None:
+    import json
+
+    chunk = {**TOP, "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    body = ("data: " + json.dumps(chunk) + "\n\ndata: [DONE]\n\n").encode()
+    assert b'"model": "mock-small"' in body
+    with serve_scripted(body, "text/event-stream") as (_, url):
+        gw = make_gateway(policy(small_url=url))
+        with gw.http() as c:
+            r = c.post(CHAT, json=chat(model="small", stream=True))
+    assert orjson.loads(sse_data(r.content)[0])["model"] == "small"

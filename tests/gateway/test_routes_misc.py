@@ -107,11 +107,6 @@ def test_healthz_and_readyz(gateway: Gateway) -> None:
     assert ready.json() == {"status": "ready", "policy_sha256": sha}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: app.py lifespan opens the records file (and builds the KV and pool) before "
-    "PolicyStore, and a PolicyLoadError leaves them open",
-)
 @pytest.mark.anyio
 async def test_a_bad_policy_fails_startup_and_closes_what_it_opened(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
@@ -381,3 +376,47 @@ def test_embeddings_pass_through(gateway: Gateway, small: FakeUpstreamHandle) ->
     }
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="auto-nope", input="x")
+
+
+# -- what the decision needs from the request ------------------------------------------------
+
+IMAGE: Any = [
+    {"type": "text", "text": "what is in this picture?"},
+    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+]
+
+
+def test_capabilities_steer_the_route(
+    make_gateway: GatewayFactory,
+    policy: PolicyFactory,
+    small: FakeUpstreamHandle,
+    big: FakeUpstreamHandle,
+) -> None:
+    gw = make_gateway(policy(small={"capabilities": ["streaming", "tools", "json_schema"]}))
+    with gw.http() as c:
+        routed = c.post(
+            CHAT, json={"model": "auto", "messages": [{"role": "user", "content": IMAGE}]}
+        )
+        direct = c.post(
+            CHAT, json={"model": "small", "messages": [{"role": "user", "content": IMAGE}]}
+        )
+    assert routed.status_code == 200 and routed.headers["x-effgate-model"] == "big"
+    assert big.stats["recent"][-1]["body"]["messages"][0]["content"] == IMAGE
+    assert direct.status_code == 400
+    assert direct.json()["error"]["type"] == "invalid_request_error"
+    assert small.stats["requests_total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [("x-effgate-max-cost-usd", "0.0000001"), ("x-effgate-quality-bar", "-1"),
+     ("x-effgate-quality-bar", "nan"), ("x-effgate-max-cost-usd", "cheap")],
+)  # fmt: skip
+def test_request_headers_are_validated(
+    gateway: Gateway, small: FakeUpstreamHandle, header: str, value: str
+) -> None:
+    with gateway.http() as c:
+        r = c.post(CHAT, json=chat(model="routed"), headers={header: value})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert small.stats["requests_total"] == 0
