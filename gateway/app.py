@@ -88,6 +88,20 @@ def create_app(
         discrimination = float(getattr(est, "discrimination", 1.0))
         health = Health(failures=settings.circuit_failures, cooldown_s=settings.circuit_cooldown_s)
         pool = UpstreamPool(upstream_factory or default_factory(settings.pool_timeout_s))
+
+        def on_reload(result: str, policy: CompiledPolicy | None, error: str | None) -> None:
+            metrics.policy_reloads.labels(result).inc()
+            if policy is not None:
+                pool.sync(policy)
+                metrics.set_policy(policy.sha256, policy.version, policy.budget_daily_usd)
+                log.info("policy loaded: %s (sha256 %s)", policy.path, policy.sha256[:12])
+            else:
+                log.error("policy reload failed, keeping the running policy: %s", error)
+
+        store = PolicyStore(
+            settings.policy_path, skills=skills, discrimination=discrimination, on_reload=on_reload
+        )
+        # the policy first: a file that does not load must leave nothing open behind it
         store_kv = kv or _build_kv(settings, metrics)
         redis_client = (
             store_kv.client
@@ -108,18 +122,6 @@ def create_app(
             on_drop=lambda sink: metrics.records_dropped.labels(sink).inc(),
         )
 
-        def on_reload(result: str, policy: CompiledPolicy | None, error: str | None) -> None:
-            metrics.policy_reloads.labels(result).inc()
-            if policy is not None:
-                pool.sync(policy)
-                metrics.set_policy(policy.sha256, policy.version, policy.budget_daily_usd)
-                log.info("policy loaded: %s (sha256 %s)", policy.path, policy.sha256[:12])
-            else:
-                log.error("policy reload failed, keeping the running policy: %s", error)
-
-        store = PolicyStore(
-            settings.policy_path, skills=skills, discrimination=discrimination, on_reload=on_reload
-        )
         policy = store.current
         pool.sync(policy)
         metrics.set_policy(policy.sha256, policy.version, policy.budget_daily_usd)
