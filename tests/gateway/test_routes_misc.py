@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from gateway.app import create_app
 from gateway.settings import Settings
 from policies.store import PolicyLoadError
-from tests.fakes.servers import FakeUpstreamHandle
+from tests.fakes.servers import FakeUpstreamHandle, serve_fake_upstream
 from tests.gateway.conftest import (
     Gateway,
     GatewayFactory,
@@ -420,3 +420,23 @@ def test_request_headers_are_validated(
     assert r.status_code == 400, r.text
     assert r.json()["error"]["type"] == "invalid_request_error"
     assert small.stats["requests_total"] == 0
+
+
+def test_reload_moves_new_requests_and_lets_in_flight_ones_finish(
+    make_gateway: GatewayFactory, policy: PolicyFactory, small: FakeUpstreamHandle
+) -> None:
+    slow = {"connect_s": 1.0, "first_byte_s": 5.0, "idle_s": 5.0, "total_s": 10.0}
+    gw = make_gateway(policy(small={"timeouts": slow}), policy_poll_s=0.05)
+    with serve_fake_upstream(models=("mock-small",)) as replacement, gw.http() as c:
+        body = chat("[[fault:stall=2,ms=1000]]", model="small", stream=True)
+        with c.stream("POST", CHAT, json=body) as r:
+            chunks = r.iter_raw()
+            first = next(chunks)  # in flight on the old upstream
+            gw.write_policy(policy(small={"timeouts": slow}, small_url=replacement.base_url))
+            new_sha = hashlib.sha256(gw.policy_path.read_bytes()).hexdigest()
+            wait_until(lambda: c.get("/readyz").json()["policy_sha256"] == new_sha, what="reload")
+            assert c.post(CHAT, json=chat(model="small")).status_code == 200
+            rest = first + b"".join(chunks)
+        assert rest.endswith(b"data: [DONE]\n\n"), "the in-flight stream finished"
+        assert replacement.stats["requests"][CHAT] == 1
+    assert small.stats["requests"][CHAT] == 1
