@@ -178,7 +178,7 @@ def create_app(
 
 def _build_kv(settings: Settings, metrics: Metrics) -> KV:
     if settings.redis_url is None:
-        return MemoryKV()
+        return MemoryKV(max_items=settings.feedback_max_items)
     return RedisKV(
         settings.redis_url.get_secret_value(),
         timeout_s=settings.redis_timeout_s,

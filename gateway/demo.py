@@ -43,6 +43,7 @@ def main(argv: list[str]) -> int:
     from gateway.settings import Settings
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     os.environ.setdefault("EFFGATE_RECORDS_DIR", "records")
     settings = Settings(policy_path=args.policy, host=args.host, port=args.port)
 

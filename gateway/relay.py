@@ -11,6 +11,7 @@ stalls past the idle deadline or ends without ``[DONE]`` ends with one OpenAI-sh
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -151,18 +152,21 @@ class RelayResponse(Response):
             await send({"type": "http.response.body", "body": out, "more_body": True})
             ex.ttft_s = time.perf_counter() - ex.started
         it = self.chunks.__aiter__()
+        loop = asyncio.get_running_loop()
         try:
-            while not self.done:
-                with anyio.fail_after(self.idle_s):
+            # one deadline for the whole stream, pushed back after every chunk: the idle gap
+            async with asyncio.timeout(self.idle_s) as deadline:
+                while not self.done:
                     try:
                         chunk = await it.__anext__()
                     except StopAsyncIteration:
                         break
-                out = self._events(chunk)
-                if out:
-                    if ex.ttft_s is None:
-                        ex.ttft_s = time.perf_counter() - ex.started
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                    out = self._events(chunk)
+                    if out:
+                        if ex.ttft_s is None:
+                            ex.ttft_s = time.perf_counter() - ex.started
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                    deadline.reschedule(loop.time() + self.idle_s)
         except TimeoutError:
             await self._fail(send, "timeout", f"upstream stalled for more than {self.idle_s:g} s")
             return

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-import anyio
 import orjson
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,7 +26,7 @@ from gateway.exchange import Exchange, Outcome
 from gateway.explain import explain_body, models_body
 from gateway.pipeline import PassThrough, Reply, forward, make_decision, route_input
 from gateway.protocol import ChatCompletionRequest, EmbeddingRequest, FeedbackRequest
-from gateway.relay import RelayResponse, unwrap_group
+from gateway.relay import RelayResponse
 from gateway.state import AppState
 
 router = APIRouter()
@@ -84,20 +84,32 @@ async def _tenant(state: AppState, request: Request) -> str:
 
 
 async def _until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
-    """Run ``work``; if the client disconnects first, cancel it (closing the upstream call)."""
-    result: list[T] = []
+    """Run ``work``; if the client disconnects first, cancel it (closing the upstream call).
 
-    async def watch(scope: anyio.CancelScope) -> None:
+    A plain asyncio task watches ``receive()``: a tenth of the cost of a task group, and this
+    runs on every request.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
         while (await request.receive())["type"] != "http.disconnect":
             pass
-        scope.cancel()
+        gone = True
+        task.cancel()
 
-    with unwrap_group():
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch, tg.cancel_scope)
-            result.append(await work)
-            tg.cancel_scope.cancel()
-    return result[0] if result else None
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+        return None
+    finally:
+        watcher.cancel()
 
 
 def _outcome(status: int) -> Outcome:

@@ -64,6 +64,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # httpx logs every request at INFO: a line per upstream call on the hot path
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         estimator = load_estimator(settings)
         load_policy(

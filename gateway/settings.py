@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     redis_timeout_s: float = 0.25
     feedback_ttl_s: int = 7 * 24 * 3600
+    # in-process store only (no Redis): at most this many request summaries, oldest evicted
+    feedback_max_items: int = Field(200_000, gt=0)
     records_dir: Path | None = Path("records")
     records_max_bytes: int = 64 * 1024 * 1024
     records_backups: int = 10

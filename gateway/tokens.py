@@ -25,34 +25,50 @@ def _bundled_tiktoken_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
-class TokenCounter:
-    """Counts tokens with cl100k (a good approximation for most chat models)."""
+def _load_encoding() -> Any | None:
+    if "TIKTOKEN_CACHE_DIR" not in os.environ and (d := _bundled_tiktoken_dir()) is not None:
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(d)
+    try:
+        import tiktoken
 
-    def __init__(self, encoding: Any | None = None) -> None:
+        return tiktoken.get_encoding("cl100k_base")
+    except Exception as exc:  # no offline encoding file: fall back to the estimate
+        log.warning("tiktoken encoding unavailable (%s); estimating tokens as chars/4", exc)
+        return None
+
+
+class TokenCounter:
+    """Counts tokens with cl100k (a good approximation for most chat models).
+
+    The encoding (0.4 s and about 40 MB) loads on the first exact count, which most
+    processes never need: upstreams send usage, and prompts are rarely near a window.
+    """
+
+    def __init__(self, encoding: Any | None = None, *, lazy: bool = False) -> None:
         self._enc = encoding
+        self._pending = lazy and encoding is None
 
     @classmethod
     def load(cls) -> TokenCounter:
-        if "TIKTOKEN_CACHE_DIR" not in os.environ and (d := _bundled_tiktoken_dir()) is not None:
-            os.environ["TIKTOKEN_CACHE_DIR"] = str(d)
-        try:
-            import tiktoken
+        return cls(lazy=True)
 
-            return cls(tiktoken.get_encoding("cl100k_base"))
-        except Exception as exc:  # no offline encoding file: fall back to the estimate
-            log.warning("tiktoken encoding unavailable (%s); estimating tokens as chars/4", exc)
-            return cls(None)
+    def _encoding(self) -> Any | None:
+        if self._pending:
+            self._pending = False
+            self._enc = _load_encoding()
+        return self._enc
 
     @property
     def exact(self) -> bool:
-        return self._enc is not None
+        return self._encoding() is not None
 
     def count(self, text: str) -> int:
         if not text:
             return 0
-        if self._enc is None:
+        enc = self._encoding()
+        if enc is None:
             return estimate(text)
-        return len(self._enc.encode(text, disallowed_special=()))
+        return len(enc.encode(text, disallowed_special=()))
 
     def estimate_prompt(self, text: str, messages: list[Any], exact_above: int) -> int:
         """Prompt tokens of a chat request: its text plus a few tokens of framing per message.
