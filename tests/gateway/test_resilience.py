@@ -363,112 +363,6 @@ def test_client_disconnect_before_the_first_byte_closes_the_upstream(
     )
 
 
-# -- circuit breaker -------------------------------------------------------------------------
-
-
-def circuit(gw: Gateway, model: str) -> float:
-    return gw.scrape()[("effgate_circuit_state", frozenset({("upstream", model)}))]
-
-
-def test_circuit_opens_after_repeated_failures(
-    make_gateway: GatewayFactory,
-    policy: PolicyFactory,
-    small: FakeUpstreamHandle,
-    big: FakeUpstreamHandle,
-) -> None:
-    gw = make_gateway(policy(small={"max_retries": 0}), circuit_failures=3)
-    small.set_faults({"kind": "status", "status": 503, "count": 10})
-    with gw.http() as c:
-        for i in range(3):
-            assert circuit(gw, "small") == 0, i
-            r = c.post(CHAT, json=chat())
-            assert r.status_code == 200 and r.headers["x-effgate-model"] == "big"
-        assert circuit(gw, "small") == 2
-        assert circuit(gw, "big") == 0
-        r = c.post(CHAT, json=chat())  # small is skipped by the decision, not tried
-        assert r.headers["x-effgate-model"] == "big"
-    assert requests_to(small) == 3 and requests_to(big) == 4
-    assert gw.metric("effgate_fallbacks_total") == 3
-    rec = gw.records(at_least=4)[-1]
-    small_row = [c for c in rec["decision"]["candidates"] if c["model"] == "small"]
-    assert small_row[0]["reason"] == "circuit" and not small_row[0]["eligible"]
-
-
-def test_circuit_half_opens_after_cooldown_and_a_good_probe_closes_it(
-    make_gateway: GatewayFactory,
-    policy: PolicyFactory,
-    small: FakeUpstreamHandle,
-    big: FakeUpstreamHandle,
-) -> None:
-    gw = make_gateway(policy(small={"max_retries": 0}), circuit_failures=1, circuit_cooldown_s=0.3)
-    small.set_faults({"kind": "status", "status": 503, "count": 1})
-    with gw.http() as c:
-        assert c.post(CHAT, json=chat()).headers["x-effgate-model"] == "big"
-        assert circuit(gw, "small") == 2
-        wait_until(lambda: circuit(gw, "small") == 1, what="half-open")
-        r = c.post(CHAT, json=chat())
-    assert r.headers["x-effgate-model"] == "small"
-    assert circuit(gw, "small") == 0
-
-
-def test_a_failed_probe_reopens_the_circuit(
-    make_gateway: GatewayFactory,
-    policy: PolicyFactory,
-    small: FakeUpstreamHandle,
-    big: FakeUpstreamHandle,
-) -> None:
-    gw = make_gateway(policy(small={"max_retries": 0}), circuit_failures=1, circuit_cooldown_s=1.0)
-    small.set_faults({"kind": "status", "status": 503, "count": 2})
-    with gw.http() as c:
-        c.post(CHAT, json=chat())
-        wait_until(lambda: circuit(gw, "small") == 1, what="half-open")
-        assert c.post(CHAT, json=chat()).headers["x-effgate-model"] == "big"
-        assert circuit(gw, "small") == 2  # open again, for another cooldown
-        assert c.post(CHAT, json=chat()).headers["x-effgate-model"] == "big"
-    assert requests_to(small) == 2
-
-
-def test_a_probe_answered_with_4xx_does_not_wedge_the_circuit(
-    make_gateway: GatewayFactory,
-    policy: PolicyFactory,
-    small: FakeUpstreamHandle,
-    big: FakeUpstreamHandle,
-) -> None:
-    gw = make_gateway(policy(small={"max_retries": 0}), circuit_failures=1, circuit_cooldown_s=0.2)
-    small.set_faults({"kind": "status", "status": 503, "count": 1})
-    with gw.http() as c:
-        c.post(CHAT, json=chat())
-        wait_until(lambda: circuit(gw, "small") == 1, what="half-open")
-        # the probe reaches small, which answers (so it is up) with a client error
-        assert c.post(CHAT, json=marker("status=400")).status_code == 400
-        time.sleep(0.3)  # longer than the cooldown
-        r = c.post(CHAT, json=chat(model="small"))
-    assert r.status_code == 200, r.text
-
-
-def test_a_probe_cancelled_by_the_client_does_not_wedge_the_circuit(
-    make_gateway: GatewayFactory,
-    policy: PolicyFactory,
-    small: FakeUpstreamHandle,
-    big: FakeUpstreamHandle,
-) -> None:
-    gw = make_gateway(policy(small={"max_retries": 0}), circuit_failures=1, circuit_cooldown_s=0.2)
-    small.set_faults({"kind": "status", "status": 503, "count": 1})
-    with gw.http() as c:
-        c.post(CHAT, json=chat())
-        wait_until(lambda: circuit(gw, "small") == 1, what="half-open")
-    with (
-        httpx.Client(base_url=gw.base_url, timeout=0.3) as impatient,
-        pytest.raises(httpx.ReadTimeout),
-    ):
-        impatient.post(CHAT, json=marker("slow_first_byte=3000"))  # the probe
-    wait_until(lambda: small.stats["disconnects"] == 1, what="the probe was closed")
-    time.sleep(0.3)  # longer than the cooldown
-    with gw.http() as c:
-        r = c.post(CHAT, json=chat(model="small"))
-    assert r.status_code == 200, r.text
-
-
 # -- what the relay does with unusual but valid upstream streams ------------------------------
 
 TOP = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "mock-small"}
@@ -593,20 +487,6 @@ def test_empty_stream_falls_back(
     assert r.status_code == 200 and r.headers["x-effgate-model"] == "big"
     assert len(upstream.requests) == 1
     assert gw.metric("effgate_upstream_errors_total", upstream="small", kind="protocol") == 1
-
-
-def test_retries_stop_once_the_circuit_opens(
-    make_gateway: GatewayFactory,
-    policy: PolicyFactory,
-    small: FakeUpstreamHandle,
-    big: FakeUpstreamHandle,
-) -> None:
-    gw = make_gateway(policy(small={"max_retries": 3}), circuit_failures=1)
-    small.set_faults({"kind": "status", "status": 503, "count": 10})
-    with gw.http() as c:
-        r = c.post(CHAT, json=chat())
-    assert r.headers["x-effgate-model"] == "big"
-    assert requests_to(small) == 1, "no retry into an open circuit"
 
 
 def test_json_dumps_spacing_is_rewritten_too(
