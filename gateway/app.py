@@ -87,7 +87,9 @@ def create_app(
         skills = dict(getattr(est, "skills", {}))
         discrimination = float(getattr(est, "discrimination", 1.0))
         health = Health(failures=settings.circuit_failures, cooldown_s=settings.circuit_cooldown_s)
-        pool = UpstreamPool(upstream_factory or default_factory(settings.pool_timeout_s))
+        pool = UpstreamPool(
+            upstream_factory or default_factory(settings.pool_timeout_s, settings.http_client)
+        )
 
         def on_reload(result: str, policy: CompiledPolicy | None, error: str | None) -> None:
             metrics.policy_reloads.labels(result).inc()

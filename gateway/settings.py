@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     api_keys: dict[str, str] = Field(default_factory=dict)
     rate_limit_rpm: int | None = Field(None, gt=0)  # per tenant; None = unlimited
 
+    # the client for OpenAI-compatible upstreams (aiohttp: about a fifth of httpx's CPU per call)
+    http_client: Literal["aiohttp", "httpx"] = "aiohttp"
     # upstream connection pool defaults (per model, a policy may override)
     pool_timeout_s: float = 5.0
     retry_backoff_s: float = 0.05

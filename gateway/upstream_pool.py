@@ -30,10 +30,16 @@ def upstream_key(entry: ModelEntry) -> tuple[object, ...]:
     )
 
 
-def default_factory(pool_timeout_s: float) -> Factory:
+def default_factory(pool_timeout_s: float, http_client: str = "aiohttp") -> Factory:
+    """Upstreams by provider: OpenAI-compatible ones over aiohttp (or httpx), others litellm."""
+
     def build(entry: ModelEntry) -> Upstream:
         if entry.provider == "openai":
-            return HTTPUpstream(entry, pool_timeout_s=pool_timeout_s)
+            if http_client == "httpx":
+                return HTTPUpstream(entry, pool_timeout_s=pool_timeout_s)
+            from gateway.aiohttp_upstream import AiohttpUpstream
+
+            return AiohttpUpstream(entry)
         from gateway.litellm_upstream import LitellmUpstream  # only when a policy names one
 
         return LitellmUpstream(entry)

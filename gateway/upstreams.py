@@ -23,7 +23,7 @@ ErrorKind = Literal[
     "connect", "timeout", "status_429", "status_4xx", "status_5xx", "stream_cut", "protocol"
 ]
 
-_PASS_HEADERS = ("retry-after", "x-request-id", "openai-processing-ms")
+PASS_HEADERS = ("retry-after", "x-request-id", "openai-processing-ms")
 MAX_ERROR_BODY = 64 * 1024
 
 
@@ -134,7 +134,7 @@ class _HTTPStream:
 
 
 def _picked_headers(resp: httpx.Response) -> dict[str, str]:
-    return {k: v for k in _PASS_HEADERS if (v := resp.headers.get(k)) is not None}
+    return {k: v for k in PASS_HEADERS if (v := resp.headers.get(k)) is not None}
 
 
 async def _bounded_body(resp: httpx.Response, limit: int = MAX_ERROR_BODY) -> bytes:
