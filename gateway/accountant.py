@@ -81,7 +81,9 @@ class Accountant:
         record = self.record(ex, latency)
         self.records.emit(record)
         if ex.model is not None:
-            summary = orjson.dumps({"route": route, "model": model, "time": record["time"]})
+            summary = orjson.dumps(
+                {"route": route, "model": model, "time": record["time"], "tenant": ex.tenant}
+            )
             self.kv.put_later("req:" + ex.request_id, summary, self.ttl_s)
 
     def record(self, ex: Exchange, latency_s: float) -> dict[str, Any]:
@@ -135,9 +137,10 @@ class Accountant:
         return rec
 
     async def feedback(
-        self, request_id: str, accepted: bool | None, score: float | None
+        self, request_id: str, accepted: bool | None, score: float | None, tenant: str
     ) -> dict[str, Any] | None:
-        """Join feedback to a served request; None when the id is unknown or expired.
+        """Join feedback to a served request; None when the id is unknown, expired or not the
+        caller's (a tenant may only rate its own requests).
 
         The last verdict is what the records (and so the report) keep. Prometheus counters
         cannot be taken back, so the outcome counters count each request's first verdict once;
@@ -147,6 +150,8 @@ class Accountant:
         if raw is None:
             return None
         summary = orjson.loads(raw)
+        if summary.get("tenant", tenant) != tenant:
+            return None  # another tenant's request: as unknown as one that never existed
         if accepted is None and score is not None:
             accepted = score >= 0.5
         prev = await self.kv.get("fb:" + request_id)

@@ -26,7 +26,7 @@ from gateway.accounting import Usage, usage_from
 from gateway.errors import GatewayError, error_body
 from gateway.exchange import Exchange
 from gateway.sse import DONE_EVENT, EventSplitter, encode_event, event_data
-from gateway.upstreams import Stream, error_kind
+from gateway.upstreams import ProtocolFailed, Stream, error_kind
 
 Send = Callable[[dict[str, Any]], Any]
 Receive = Callable[[], Any]
@@ -171,7 +171,9 @@ class RelayResponse(Response):
             await self._fail(send, "timeout", f"upstream stalled for more than {self.idle_s:g} s")
             return
         except GatewayError as exc:
-            await self._fail(send, error_kind(exc), exc.message)
+            # a transport failure after the first byte is a cut stream, whatever broke
+            kind = "stream_cut" if isinstance(exc, ProtocolFailed) else error_kind(exc)
+            await self._fail(send, kind, exc.message)
             return
         if not self.done:
             await self._fail(send, "stream_cut", "upstream closed the stream before it finished")

@@ -64,7 +64,8 @@ def _validate(model: type[M], data: Any) -> M:
         raise InvalidRequest(f"Invalid request: {err['msg']}", param=param) from None
 
 
-async def _tenant(state: AppState, request: Request) -> str:
+async def _tenant(state: AppState, request: Request, *, count: bool = True) -> str:
+    """The caller's tenant (401 without a valid key); ``count`` charges the rate limit."""
     keys = state.settings.api_keys
     tenant = "default"
     if keys:
@@ -75,7 +76,7 @@ async def _tenant(state: AppState, request: Request) -> str:
             raise Unauthorized("Incorrect API key provided.")
         tenant = found
     rpm = state.settings.rate_limit_rpm
-    if rpm is not None and await state.kv.hit("tenant:" + tenant, 60) > rpm:
+    if count and rpm is not None and await state.kv.hit("tenant:" + tenant, 60) > rpm:
         raise RateLimited(
             f"Rate limit of {rpm} requests per minute reached.",
             retry_after_s=max(1, 60 - int(time.time()) % 60),
@@ -212,11 +213,11 @@ async def route_explain(request: Request) -> Response:
 @router.post("/v1/feedback")
 async def feedback(request: Request) -> Response:
     state = _state(request)
-    await _tenant(state, request)
+    tenant = await _tenant(state, request, count=False)
     fb = _validate(FeedbackRequest, await _body(request, 64 * 1024))
     if fb.accepted is None and fb.score is None:
         raise InvalidRequest("Send `accepted`, `score`, or both.", param="accepted")
-    result = await state.accountant.feedback(fb.request_id, fb.accepted, fb.score)
+    result = await state.accountant.feedback(fb.request_id, fb.accepted, fb.score, tenant)
     if result is None:
         raise RequestNotFound(
             f"No request `{fb.request_id}` is known (unknown, or older than the retention).",

@@ -74,7 +74,7 @@ class _Spec(BaseModel):
 
 
 class BudgetSpec(_Spec):
-    """Spend limits; the gateway enforces them and exports ``effgate_budget_usd``."""
+    """Spend limits: exported as ``effgate_budget_usd`` for the budget-burn alert (not enforced)."""
 
     daily_usd: Positive
 
