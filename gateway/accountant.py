@@ -154,10 +154,12 @@ class Accountant:
             return None  # another tenant's request: as unknown as one that never existed
         if accepted is None and score is not None:
             accepted = score >= 0.5
-        prev = await self.kv.get("fb:" + request_id)
-        await self.kv.put("fb:" + request_id, orjson.dumps([accepted, score]), self.ttl_s)
+        # atomic: of two verdicts racing in, exactly one is the first and counts
+        first = await self.kv.put_if_absent(
+            "fb:" + request_id, orjson.dumps([accepted, score]), self.ttl_s
+        )
         route, model = summary["route"], summary["model"]
-        if prev is None:
+        if first:
             outcome = "accepted" if accepted else "rejected"
             self.metrics.outcomes.labels(route, model, outcome).inc()
             if score is not None:
@@ -178,5 +180,5 @@ class Accountant:
             "score": score,
             "route": route,
             "model": model,
-            "first": prev is None,
+            "first": first,
         }

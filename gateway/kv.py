@@ -28,6 +28,10 @@ class KV(Protocol):
 
     async def get(self, key: str) -> bytes | None: ...
 
+    async def put_if_absent(self, key: str, value: bytes, ttl_s: int) -> bool:
+        """Store ``value`` only if ``key`` holds nothing; True when this call stored it."""
+        ...
+
     async def hit(self, key: str, window_s: int) -> int: ...
 
     async def aclose(self) -> None: ...
@@ -61,6 +65,13 @@ class MemoryKV:
             del self._data[key]
             return None
         return item[1]
+
+    async def put_if_absent(self, key: str, value: bytes, ttl_s: int) -> bool:
+        # no await between the check and the write: atomic on the event loop
+        if await self.get(key) is not None:
+            return False
+        self.put_later(key, value, ttl_s)
+        return True
 
     async def hit(self, key: str, window_s: int) -> int:
         """Count one hit in the current fixed window; returns the count so far."""
@@ -142,6 +153,14 @@ class RedisKV:
             self._failed("get", exc)
             return await self._fallback.get(key)
         return value if value is not None else await self._fallback.get(key)
+
+    async def put_if_absent(self, key: str, value: bytes, ttl_s: int) -> bool:
+        try:
+            stored = await self._redis.set(self._prefix + key, value, ex=ttl_s, nx=True)
+        except self._errors as exc:
+            self._failed("put", exc)
+            return await self._fallback.put_if_absent(key, value, ttl_s)
+        return bool(stored)
 
     async def hit(self, key: str, window_s: int) -> int:
         window = int(time.time() // window_s)
