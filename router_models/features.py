@@ -22,8 +22,6 @@ FEATURE_VERSION = "5"
 # the pattern passes read at most this much text (head and tail); lengths count everything
 TEXT_CAP = 6000
 
-_WORD = re.compile(rb"[a-z0-9_\x80-\xff]+")
-_NUMBER = re.compile(rb"\d+")
 _DECIMAL = re.compile(rb"\d[.,]\d")
 _LATEX = re.compile(rb"\\[a-z]+|\$")
 _OPERATOR = re.compile(rb"[=+^*/<>]")
@@ -45,6 +43,12 @@ _DIGITS = b"0123456789"
 _UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _HIGH = bytes(range(128, 256))
 _PUNCT = b",.;:!?()[]{}\"'-"
+# bytes.translate + split finds the runs of [a-z0-9_\x80-\xff]+ (words, in lowered text) and
+# of \d+ (numbers), as re.findall would, several times faster
+_WORD_TABLE = bytes(
+    b if (97 <= b <= 122 or 48 <= b <= 57 or b == 95 or b >= 128) else 32 for b in range(256)
+)
+_NUMBER_TABLE = bytes(b if 48 <= b <= 57 else 32 for b in range(256))
 
 DENSE_NAMES: tuple[str, ...] = (
     "log_chars",
@@ -159,7 +163,7 @@ def extract(messages: Sequence[Any]) -> Features:
     sample = text if len(text) <= TEXT_CAP else text[:4000] + "\n" + text[-2000:]
     raw = sample.encode("utf-8", "replace")
     lowered = raw.lower()
-    words = _WORD.findall(lowered)
+    words = lowered.translate(_WORD_TABLE).split()
 
     n_chars = len(text)
     n_words = max(len(words), 1)
@@ -168,7 +172,7 @@ def extract(messages: Sequence[Any]) -> Features:
     n_upper = len(raw) - len(raw.translate(None, _UPPER))
     n_non_ascii = len(raw) - len(raw.translate(None, _HIGH))
     n_punct = len(raw) - len(raw.translate(None, _PUNCT))
-    n_numbers = len(_NUMBER.findall(raw)) if n_digits else 0
+    n_numbers = len(raw.translate(_NUMBER_TABLE).split()) if n_digits else 0
     n_lines = text.count("\n") + 1 if text else 0
     n_sentences = len(_SENTENCE.findall(raw)) + 1
     n_options = len(_OPTION.findall(lowered))
@@ -180,7 +184,7 @@ def extract(messages: Sequence[Any]) -> Features:
             _log(n_chars),
             _log(len(words)),
             _log(n_lines),
-            sum(len(w) for w in words) / n_words,
+            sum(map(len, words)) / n_words,
             n_digits / n_sample,
             n_upper / n_sample,
             min(n_non_ascii / n_sample, 1.0),
