@@ -23,7 +23,7 @@ from gateway.kv import KV, MemoryKV, RedisKV
 from gateway.metrics import CircuitCollector, Metrics
 from gateway.middleware import RequestContextMiddleware
 from gateway.records import JSONLFile, RecordLog
-from gateway.routes import router
+from gateway.routes import ROUTES
 from gateway.settings import Settings
 from gateway.state import AppState
 from gateway.tokens import TokenCounter
@@ -169,7 +169,7 @@ def create_app(
     app = FastAPI(
         title="effgate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
-    app.include_router(router)
+    app.router.routes.extend(ROUTES)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
