@@ -54,6 +54,3 @@ class Settings(BaseSettings):
     records_backups: int = 10
     records_buffer: int = 10_000
     records_redis_stream: str | None = None
-    metrics_tenant_cap: int = (
-        0  # >0: a tenant label for at most this many tenants, the rest "other"
-    )

@@ -58,10 +58,6 @@ class TokenCounter:
             self._enc = _load_encoding()
         return self._enc
 
-    @property
-    def exact(self) -> bool:
-        return self._encoding() is not None
-
     def count(self, text: str) -> int:
         if not text:
             return 0

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from gateway.health import CLOSED, HALF_OPEN, OPEN, Health
+from tests.fakes.clock import FakeClock
 from tests.fakes.servers import FakeUpstreamHandle
 from tests.gateway.conftest import Gateway, GatewayFactory, PolicyFactory, chat, wait_until
 
@@ -27,21 +28,13 @@ def marker(fault: str) -> dict[str, object]:
     return chat(f"[[fault:{fault}]] hello there world")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def health(clock: Clock) -> Health:
+def health(clock: FakeClock) -> Health:
     return Health(failures=3, cooldown_s=30.0, clock=clock)
 
 
@@ -65,7 +58,7 @@ def test_a_success_resets_the_count(health: Health) -> None:
     assert health.state("m") == CLOSED
 
 
-def test_half_open_after_cooldown_lets_one_probe_through(health: Health, clock: Clock) -> None:
+def test_half_open_after_cooldown_lets_one_probe_through(health: Health, clock: FakeClock) -> None:
     for _ in range(3):
         health.failure("m")
     clock.now += 29.9
@@ -78,7 +71,7 @@ def test_half_open_after_cooldown_lets_one_probe_through(health: Health, clock: 
     assert not health.acquire("m")
 
 
-def test_a_good_probe_closes(health: Health, clock: Clock) -> None:
+def test_a_good_probe_closes(health: Health, clock: FakeClock) -> None:
     for _ in range(3):
         health.failure("m")
     clock.now += 30
@@ -89,7 +82,7 @@ def test_a_good_probe_closes(health: Health, clock: Clock) -> None:
     assert health.state("m") == CLOSED, "the failure count started again from zero"
 
 
-def test_a_bad_probe_reopens_for_a_full_cooldown(health: Health, clock: Clock) -> None:
+def test_a_bad_probe_reopens_for_a_full_cooldown(health: Health, clock: FakeClock) -> None:
     for _ in range(3):
         health.failure("m")
     clock.now += 30
@@ -102,7 +95,9 @@ def test_a_bad_probe_reopens_for_a_full_cooldown(health: Health, clock: Clock) -
     assert health.state("m") == HALF_OPEN
 
 
-def test_more_failures_while_open_do_not_extend_the_cooldown(health: Health, clock: Clock) -> None:
+def test_more_failures_while_open_do_not_extend_the_cooldown(
+    health: Health, clock: FakeClock
+) -> None:
     for _ in range(3):
         health.failure("m")
     clock.now += 20
@@ -116,7 +111,7 @@ def test_success_on_an_unknown_model_is_harmless(health: Health) -> None:
     assert health.state("never-seen") == CLOSED
 
 
-def test_output_average_is_an_ewma(clock: Clock) -> None:
+def test_output_average_is_an_ewma(clock: FakeClock) -> None:
     health = Health(clock=clock, ewma_alpha=0.5)
     assert health.avg_output_tokens("auto", "m") is None
     health.observe_output("auto", "m", 100)

@@ -5,23 +5,16 @@ from __future__ import annotations
 import pytest
 
 from gateway.kv import KV, MemoryKV
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes.clock import FakeClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(1_000_000.0)
 
 
 @pytest.fixture
-def kv(clock: Clock) -> MemoryKV:
+def kv(clock: FakeClock) -> MemoryKV:
     return MemoryKV(clock=clock)
 
 
@@ -31,7 +24,7 @@ def test_memory_kv_is_a_kv(kv: MemoryKV) -> None:
 
 
 @pytest.mark.anyio
-async def test_values_expire_after_their_ttl(kv: MemoryKV, clock: Clock) -> None:
+async def test_values_expire_after_their_ttl(kv: MemoryKV, clock: FakeClock) -> None:
     await kv.put("a", b"1", 10)
     assert await kv.get("a") == b"1"
     clock.now += 9.99
@@ -42,7 +35,7 @@ async def test_values_expire_after_their_ttl(kv: MemoryKV, clock: Clock) -> None
 
 
 @pytest.mark.anyio
-async def test_put_replaces_value_and_ttl(kv: MemoryKV, clock: Clock) -> None:
+async def test_put_replaces_value_and_ttl(kv: MemoryKV, clock: FakeClock) -> None:
     await kv.put("a", b"1", 10)
     clock.now += 8
     await kv.put("a", b"2", 10)
@@ -51,7 +44,7 @@ async def test_put_replaces_value_and_ttl(kv: MemoryKV, clock: Clock) -> None:
 
 
 @pytest.mark.anyio
-async def test_hits_count_within_a_fixed_window(kv: MemoryKV, clock: Clock) -> None:
+async def test_hits_count_within_a_fixed_window(kv: MemoryKV, clock: FakeClock) -> None:
     clock.now = 60 * 1000  # the start of a window
     assert [await kv.hit("t", 60) for _ in range(3)] == [1, 2, 3]
     assert await kv.hit("other", 60) == 1
@@ -62,7 +55,7 @@ async def test_hits_count_within_a_fixed_window(kv: MemoryKV, clock: Clock) -> N
 
 
 @pytest.mark.anyio
-async def test_oldest_entries_are_evicted_past_the_bound(clock: Clock) -> None:
+async def test_oldest_entries_are_evicted_past_the_bound(clock: FakeClock) -> None:
     kv = MemoryKV(max_items=2, clock=clock)
     await kv.put("a", b"1", 100)
     await kv.put("b", b"2", 100)
