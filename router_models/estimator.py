@@ -19,6 +19,8 @@ from router_models.features import N_DENSE, Features, extract
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+# the run-time walk indexes a table of 2**(2**depth - 1) decision patterns per depth
+MAX_TREE_DEPTH = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,43 +79,59 @@ class Weights:
         return self.scale * self.raw(features) + self.shift
 
 
+def _leaf_table(depth: int) -> npt.NDArray[np.intp]:
+    """Leaf index of a complete tree for every pattern of its internal nodes' decisions.
+
+    Bit k of a pattern is node k's decision (1 = go right); only the `depth` nodes on the
+    path matter, so all 2**(2**depth - 1) patterns map to one of 2**depth leaves."""
+    n_internal = (1 << depth) - 1
+    table = np.zeros(1 << n_internal, dtype=np.intp)
+    for pattern in range(1 << n_internal):
+        node = 0
+        for _ in range(depth):
+            node = 2 * node + 1 + ((pattern >> node) & 1)
+        table[pattern] = node - n_internal
+    return table
+
+
 class _Compiled:
     """Weights folded for scoring one request: the standardisation, scale and shift are
-    folded into the linear coefficients and tree thresholds, and the trees are flat 1-D
-    arrays, so a call costs one dot product and `depth` gathers on prebuilt index arrays."""
+    folded into the linear coefficients and tree thresholds. Every internal node of every
+    tree is compared in one vectorised pass; each tree's decisions, read as a bit pattern,
+    index a table of leaves, so a call costs one dot product and a handful of numpy calls
+    whatever the number of trees (depth <= MAX_TREE_DEPTH keeps the table small)."""
 
-    __slots__ = ("coef", "depth", "feature", "intercept", "leaf", "leaf_base", "node_base", "thr")
+    __slots__ = ("coef", "feature", "intercept", "leaf", "leaf_base", "pow2", "table", "thr")
 
     def __init__(self, w: Weights) -> None:
         coef_z = w.dense_coef / w.dense_scale
         self.coef: F64 = w.scale * coef_z
         self.intercept = w.scale * (w.intercept - float(w.dense_mean @ coef_z)) + w.shift
         t = w.trees
-        n_trees = 0 if t is None else t.feature.shape[0]
-        self.depth = 0 if t is None or n_trees == 0 else t.depth
-        if t is None or self.depth == 0:
-            empty = np.zeros(0, dtype=np.int64)
-            self.feature, self.node_base, self.leaf_base = empty, empty, empty
+        if t is None or t.feature.shape[0] == 0 or t.depth == 0:
+            self.feature = np.zeros(0, dtype=np.int64)
             self.thr: F64 = np.zeros(0)
             self.leaf: F64 = np.zeros(0)
+            self.leaf_base = np.zeros(0, dtype=np.intp)
+            self.pow2: F64 = np.zeros(0)
+            self.table = np.zeros(0, dtype=np.intp)
             return
-        n_internal = t.feature.shape[1]
+        n_trees, n_internal = t.feature.shape
         self.feature = t.feature.ravel()
         # z <= thr, z = (x - mean) / scale  <=>  x <= thr * scale + mean
         self.thr = (t.threshold * w.dense_scale[t.feature] + w.dense_mean[t.feature]).ravel()
         self.leaf = (w.scale * t.leaf).ravel()
-        self.node_base = np.arange(n_trees, dtype=np.int64) * n_internal
-        # leaf k of tree i sits at i * 2**depth + (node - n_internal)
-        self.leaf_base = np.arange(n_trees, dtype=np.int64) * (1 << t.depth) - n_internal
+        self.leaf_base = np.arange(n_trees, dtype=np.intp) * (1 << t.depth)
+        # (n_trees * n_internal,) decisions -> (n_trees,) patterns by one matrix product
+        self.pow2 = 2.0 ** np.arange(n_internal, dtype=np.float64)
+        self.table = _leaf_table(t.depth)
 
     def difficulty(self, dense: F64) -> float:
         total = self.intercept + float(dense @ self.coef)
-        if self.depth:
-            node = np.zeros(self.node_base.shape[0], dtype=np.int64)
-            for _ in range(self.depth):
-                idx = self.node_base + node
-                node = 2 * node + 1 + (dense[self.feature[idx]] > self.thr[idx])
-            total += float(self.leaf[self.leaf_base + node].sum())
+        if self.table.size:
+            right = (dense[self.feature] > self.thr).reshape(-1, self.pow2.shape[0])
+            pattern = (right @ self.pow2).astype(np.intp)
+            total += float(self.leaf[self.leaf_base + self.table[pattern]].sum())
         return total
 
 
@@ -131,6 +149,8 @@ def _check_shapes(w: Weights) -> None:
         raise ValueError("non-positive scale or non-finite weights")
     t = w.trees
     if t is not None:
+        if not 1 <= t.depth <= MAX_TREE_DEPTH:
+            raise ValueError(f"tree depth {t.depth} is outside 1..{MAX_TREE_DEPTH}")
         n_internal = (1 << t.depth) - 1
         if t.feature.shape != (t.feature.shape[0], n_internal) or t.threshold.shape != (
             t.feature.shape

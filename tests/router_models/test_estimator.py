@@ -14,6 +14,15 @@ from router_models.estimator import Weights, p_from
 from router_models.features import FEATURE_VERSION, N_DENSE
 
 MSG = [{"role": "user", "content": "Compute the integral of x^2 from 0 to 3."}]
+TEXTS = (
+    "hi",
+    "Compute 3.5 * $x^2$ for x = 7?",
+    "A. one\nB. two\n" * 20,
+    "word " * 900,
+    "def f(x):\n    return x == 1;\n",
+    "Which city? Who wrote it? Explain why.",
+    "",
+)
 
 
 def test_shipped_artifact_loads_and_scores():
@@ -147,3 +156,47 @@ def test_folded_fast_path_matches_the_plain_weights():
         )
     bare = Estimator(_weights(), skills={"m": 0.0}, discrimination=1.0)  # no trees
     assert bare.difficulty(MSG) == pytest.approx(_weights().difficulty(extract(MSG)), abs=1e-9)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_tree_pattern_table_matches_the_level_walk(depth):
+    """Random trees of each supported depth: the one-pass pattern lookup and the level-by-level
+    walk (Trees.predict) reach the same leaves, including values exactly on a threshold."""
+    from router_models.estimator import Trees
+    from router_models.features import extract
+
+    rng = np.random.default_rng(depth)
+    n_trees, n_internal = 40, (1 << depth) - 1
+    dense = np.array([extract([{"role": "user", "content": t}]).dense for t in TEXTS])
+    feature = rng.integers(0, N_DENSE, size=(n_trees, n_internal))
+    # thresholds drawn from the observed values, so some comparisons are exact ties
+    threshold = dense[rng.integers(0, len(TEXTS), size=feature.shape), feature]
+    leaf = rng.normal(size=(n_trees, 1 << depth))
+    trees = Trees(feature=feature, threshold=threshold, leaf=leaf, depth=depth)
+    w = Weights(
+        dense_mean=np.zeros(N_DENSE),
+        dense_scale=np.ones(N_DENSE),
+        dense_coef=np.zeros(N_DENSE),
+        intercept=0.25,
+        trees=trees,
+    )
+    est = Estimator(w, skills={"m": 0.0}, discrimination=1.0)
+    for text, row in zip(TEXTS, dense, strict=True):
+        want = 0.25 + trees.predict(row)
+        assert est.difficulty([{"role": "user", "content": text}]) == pytest.approx(want, abs=1e-12)
+
+
+def test_refuses_trees_deeper_than_the_runtime_supports():
+    from router_models.estimator import MAX_TREE_DEPTH, Trees
+
+    depth = MAX_TREE_DEPTH + 1
+    n_internal = (1 << depth) - 1
+    trees = Trees(
+        feature=np.zeros((2, n_internal), dtype=np.int64),
+        threshold=np.zeros((2, n_internal)),
+        leaf=np.zeros((2, 1 << depth)),
+        depth=depth,
+    )
+    w = Weights(np.zeros(N_DENSE), np.ones(N_DENSE), np.zeros(N_DENSE), 0.0, trees=trees)
+    with pytest.raises(ValueError, match="tree depth"):
+        Estimator(w, skills={}, discrimination=1.0)
