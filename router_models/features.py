@@ -22,16 +22,11 @@ FEATURE_VERSION = "5"
 # the pattern passes read at most this much text (head and tail); lengths count everything
 TEXT_CAP = 6000
 
-_DECIMAL = re.compile(rb"\d[.,]\d")
 _LATEX = re.compile(rb"\\[a-z]+|\$")
-_OPERATOR = re.compile(rb"[=+^*/<>]")
 _OPTION = re.compile(rb"^\s*\(?[a-j][.):]\s", re.MULTILINE)
 _LIST = re.compile(rb"^\s*(?:[-*]|\d+[.)])\s", re.MULTILINE)
 _INDENTED = re.compile(rb"^(?: {2,}|\t)\S", re.MULTILINE)
-_SENTENCE = re.compile(rb"[.!?](?:\s|$)")
-_CAPITALISED = re.compile(rb"[a-z,;] [A-Z][a-z]")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
-_CODE_MARKS = (b"```", b"def ", b"return", b"{", b";\n", b">>>", b"import ", b"()", b"==")
 _REASONING = frozenset(
     b"calculate compute many much solve prove determine find estimate derive evaluate "
     b"simplify probability total remainder integer equation step steps sum product".split()
@@ -49,6 +44,19 @@ _WORD_TABLE = bytes(
     b if (97 <= b <= 122 or 48 <= b <= 57 or b == 95 or b >= 128) else 32 for b in range(256)
 )
 _NUMBER_TABLE = bytes(b if 48 <= b <= 57 else 32 for b in range(256))
+# r"[a-z,;] [A-Z][a-z]": a-z -> "a", ",;" -> ",", A-Z -> "A"
+_CASE_TABLE = bytes(
+    97 if 97 <= b <= 122 else 44 if b in b",;" else 65 if 65 <= b <= 90 else b for b in range(256)
+)
+# Fixed-width patterns counted with bytes.count after mapping each character class to one
+# byte: the same leftmost, non-overlapping matches as re.findall on the original pattern.
+_OPERATORS = b"=+^*/<>"  # [=+^*/<>]
+# r"\d[.,]\d": digits -> "0", "," -> "."; then count "0.0"
+_DECIMAL_TABLE = bytes(48 if 48 <= b <= 57 else 46 if b == 44 else b for b in range(256))
+# r"[.!?](?:\s|$)": whitespace -> " ", "!?" -> "."; then count ". " plus a final "."
+_SENTENCE_TABLE = bytes(
+    32 if b in b" \t\n\r\x0b\x0c" else 46 if b in b"!?" else b for b in range(256)
+)
 
 DENSE_NAMES: tuple[str, ...] = (
     "log_chars",
@@ -141,6 +149,35 @@ def prompt_text(messages: Iterable[Any]) -> str:
     return "\n".join(texts)
 
 
+def _capitalised(raw: bytes) -> int:
+    """len(re.findall(rb"[a-z,;] [A-Z][a-z]", raw)), by a fast search for " Aa" in the
+    class-mapped text and the same leftmost, non-overlapping acceptance as the regex."""
+    mapped = raw.translate(_CASE_TABLE)
+    count, free, i = 0, 0, mapped.find(b" Aa", 1)
+    while i > 0:
+        if i - 1 >= free and mapped[i - 1] in (97, 44):
+            count += 1
+            free = i + 3
+        i = mapped.find(b" Aa", i + 1)
+    return count
+
+
+def _code_marks(raw: bytes) -> int:
+    """Occurrences of ``` / def / return / { / ;newline / >>> / import / () / ==."""
+    c = raw.count
+    return (
+        c(b"```")
+        + c(b"def ")
+        + c(b"return")
+        + c(b"{")
+        + c(b";\n")
+        + c(b">>>")
+        + c(b"import ")
+        + c(b"()")
+        + c(b"==")
+    )
+
+
 def _log(x: float) -> float:
     return math.log1p(x)
 
@@ -163,7 +200,8 @@ def extract(messages: Sequence[Any]) -> Features:
     sample = text if len(text) <= TEXT_CAP else text[:4000] + "\n" + text[-2000:]
     raw = sample.encode("utf-8", "replace")
     lowered = raw.lower()
-    words = lowered.translate(_WORD_TABLE).split()
+    word_bytes = lowered.translate(_WORD_TABLE)
+    words = word_bytes.split()
 
     n_chars = len(text)
     n_words = max(len(words), 1)
@@ -174,7 +212,8 @@ def extract(messages: Sequence[Any]) -> Features:
     n_punct = len(raw) - len(raw.translate(None, _PUNCT))
     n_numbers = len(raw.translate(_NUMBER_TABLE).split()) if n_digits else 0
     n_lines = text.count("\n") + 1 if text else 0
-    n_sentences = len(_SENTENCE.findall(raw)) + 1
+    ends = raw.translate(_SENTENCE_TABLE)
+    n_sentences = ends.count(b". ") + ends.endswith(b".") + 1
     n_options = len(_OPTION.findall(lowered))
     has_latex = b"\\" in raw or b"$" in raw
     distinct = set(words)
@@ -184,7 +223,7 @@ def extract(messages: Sequence[Any]) -> Features:
             _log(n_chars),
             _log(len(words)),
             _log(n_lines),
-            sum(map(len, words)) / n_words,
+            (len(word_bytes) - word_bytes.count(b" ")) / n_words,
             n_digits / n_sample,
             n_upper / n_sample,
             min(n_non_ascii / n_sample, 1.0),
@@ -192,10 +231,10 @@ def extract(messages: Sequence[Any]) -> Features:
             n_punct / n_sample,
             _log(n_numbers),
             min(n_numbers / n_words, 2.0),
-            _log(len(_DECIMAL.findall(raw)) if n_digits else 0),
+            _log(raw.translate(_DECIMAL_TABLE).count(b"0.0") if n_digits else 0),
             _log(len(_LATEX.findall(lowered)) if has_latex else 0),
-            _log(len(_OPERATOR.findall(raw))),
-            _log(sum(raw.count(mark) for mark in _CODE_MARKS)),
+            _log(len(raw) - len(raw.translate(None, _OPERATORS))),
+            _log(_code_marks(raw)),
             len(_INDENTED.findall(raw)) / max(n_lines, 1),
             _log(n_options),
             float(n_options >= 2),
@@ -204,7 +243,7 @@ def extract(messages: Sequence[Any]) -> Features:
             float(stripped.endswith(b"?")),
             _log(n_sentences),
             min(n_words / n_sentences, 200.0) / 10.0,
-            len(_CAPITALISED.findall(raw)) / n_words,
+            _capitalised(raw) / n_words,
             len(distinct) / n_words,
             _log(len(distinct & _REASONING)),
             float(bool(words) and words[0] in _KNOWLEDGE),
