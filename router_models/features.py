@@ -22,10 +22,12 @@ FEATURE_VERSION = "5"
 # the pattern passes read at most this much text (head and tail); lengths count everything
 TEXT_CAP = 6000
 
-_LATEX = re.compile(rb"\\[a-z]+|\$")
-_OPTION = re.compile(rb"^\s*\(?[a-j][.):]\s", re.MULTILINE)
-_LIST = re.compile(rb"^\s*(?:[-*]|\d+[.)])\s", re.MULTILINE)
-_INDENTED = re.compile(rb"^(?: {2,}|\t)\S", re.MULTILINE)
+# Line-start patterns, unanchored: `_line_matches` tries them only where a multiline "^"
+# could match, with re.findall's leftmost, non-overlapping acceptance.
+_OPTION = re.compile(rb"\s*\(?[a-j][.):]\s")  # on lowered text
+_LIST = re.compile(rb"\s*(?:[-*]|\d+[.)])\s")
+_INDENTED = re.compile(rb"(?: {2,}|\t)\S")
+_ANCHORED = {p: re.compile(b"^" + p.pattern, re.MULTILINE) for p in (_OPTION, _LIST, _INDENTED)}
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 _REASONING = frozenset(
     b"calculate compute many much solve prove determine find estimate derive evaluate "
@@ -44,6 +46,8 @@ _WORD_TABLE = bytes(
     b if (97 <= b <= 122 or 48 <= b <= 57 or b == 95 or b >= 128) else 32 for b in range(256)
 )
 _NUMBER_TABLE = bytes(b if 48 <= b <= 57 else 32 for b in range(256))
+# r"\\[a-z]+|\$" (on lowered text): every "$", and every backslash before a letter
+_LATEX_TABLE = bytes(97 if 97 <= b <= 122 else b for b in range(256))
 # r"[a-z,;] [A-Z][a-z]": a-z -> "a", ",;" -> ",", A-Z -> "A"
 _CASE_TABLE = bytes(
     97 if 97 <= b <= 122 else 44 if b in b",;" else 65 if 65 <= b <= 90 else b for b in range(256)
@@ -149,6 +153,27 @@ def prompt_text(messages: Iterable[Any]) -> str:
     return "\n".join(texts)
 
 
+def _line_starts(raw: bytes) -> list[int]:
+    starts, i = [0], raw.find(b"\n")
+    while i >= 0:
+        starts.append(i + 1)
+        i = raw.find(b"\n", i + 1)
+    return starts
+
+
+def _line_matches(pattern: re.Pattern[bytes], raw: bytes, starts: list[int]) -> int:
+    """len(re.findall(b"^" + pattern, raw, re.MULTILINE)) when `starts` are raw's line
+    starts; the findall itself when lines are short (trying each start costs more then)."""
+    if len(starts) * 32 > len(raw):
+        return len(_ANCHORED[pattern].findall(raw))
+    count, free, match = 0, 0, pattern.match
+    for start in starts:
+        if start >= free and (m := match(raw, start)) is not None:
+            count += 1
+            free = m.end()
+    return count
+
+
 def _capitalised(raw: bytes) -> int:
     """len(re.findall(rb"[a-z,;] [A-Z][a-z]", raw)), by a fast search for " Aa" in the
     class-mapped text and the same leftmost, non-overlapping acceptance as the regex."""
@@ -214,7 +239,8 @@ def extract(messages: Sequence[Any]) -> Features:
     n_lines = text.count("\n") + 1 if text else 0
     ends = raw.translate(_SENTENCE_TABLE)
     n_sentences = ends.count(b". ") + ends.endswith(b".") + 1
-    n_options = len(_OPTION.findall(lowered))
+    starts = _line_starts(raw)
+    n_options = _line_matches(_OPTION, lowered, starts)
     has_latex = b"\\" in raw or b"$" in raw
     distinct = set(words)
     stripped = raw.rstrip()
@@ -232,13 +258,15 @@ def extract(messages: Sequence[Any]) -> Features:
             _log(n_numbers),
             min(n_numbers / n_words, 2.0),
             _log(raw.translate(_DECIMAL_TABLE).count(b"0.0") if n_digits else 0),
-            _log(len(_LATEX.findall(lowered)) if has_latex else 0),
+            _log(lowered.count(b"$") + lowered.translate(_LATEX_TABLE).count(b"\\a"))
+            if has_latex
+            else 0.0,
             _log(len(raw) - len(raw.translate(None, _OPERATORS))),
             _log(_code_marks(raw)),
-            len(_INDENTED.findall(raw)) / max(n_lines, 1),
+            _line_matches(_INDENTED, raw, starts) / max(n_lines, 1),
             _log(n_options),
             float(n_options >= 2),
-            _log(len(_LIST.findall(raw))),
+            _log(_line_matches(_LIST, raw, starts)),
             _log(raw.count(b"?")),
             float(stripped.endswith(b"?")),
             _log(n_sentences),

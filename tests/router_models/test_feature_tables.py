@@ -9,12 +9,18 @@ from hypothesis import strategies as st
 
 from router_models.features import (
     _DECIMAL_TABLE,
+    _INDENTED,
+    _LATEX_TABLE,
+    _LIST,
     _NUMBER_TABLE,
     _OPERATORS,
+    _OPTION,
     _SENTENCE_TABLE,
     _WORD_TABLE,
     _capitalised,
     _code_marks,
+    _line_matches,
+    _line_starts,
 )
 
 WORD = re.compile(rb"[a-z0-9_\x80-\xff]+")
@@ -23,12 +29,19 @@ DECIMAL = re.compile(rb"\d[.,]\d")
 OPERATOR = re.compile(rb"[=+^*/<>]")
 SENTENCE = re.compile(rb"[.!?](?:\s|$)")
 CAPITALISED = re.compile(rb"[a-z,;] [A-Z][a-z]")
+LATEX = re.compile(rb"\\[a-z]+|\$")
+LINE_PATTERNS = {
+    _OPTION: re.compile(rb"^\s*\(?[a-j][.):]\s", re.MULTILINE),
+    _LIST: re.compile(rb"^\s*(?:[-*]|\d+[.)])\s", re.MULTILINE),
+    _INDENTED: re.compile(rb"^(?: {2,}|\t)\S", re.MULTILINE),
+}
 CODE_MARKS = (b"```", b"def ", b"return", b"{", b";\n", b">>>", b"import ", b"()", b"==")
 # bytes that make the patterns fire, so short random strings hit the edge cases often
 PUNCTUATED = st.binary(max_size=400) | st.lists(
     st.sampled_from(
         [b"1", b"9", b".", b",", b";", b"!", b"?", b" ", b"\n", b"\t", b"\x0b", b"=", b"*"]
-        + [b"a", b"z", b"A", b"Q", b"\xff", b" Ab", b"x Yz"]
+        + [b"a", b"z", b"A", b"Q", b"\xff", b" Ab", b"x Yz", b"\\", b"$", b"(", b")", b"-"]
+        + [b"a)", b"(b.", b"12.", b"  ", b"\n  ", b"\n\n", b"\r"]
         + list(CODE_MARKS)
     ),
     max_size=60,
@@ -66,3 +79,21 @@ def test_operator_and_code_mark_counts_match(raw: bytes) -> None:
 @given(PUNCTUATED)
 def test_capitalised_count_matches_the_regex(raw: bytes) -> None:
     assert _capitalised(raw) == len(CAPITALISED.findall(raw))
+
+
+@given(PUNCTUATED)
+def test_latex_count_matches_the_regex(raw: bytes) -> None:
+    lowered = raw.lower()
+    fast = lowered.count(b"$") + lowered.translate(_LATEX_TABLE).count(b"\\a")
+    assert fast == len(LATEX.findall(lowered))
+
+
+@given(PUNCTUATED, st.integers(min_value=0, max_value=30))
+def test_line_start_counts_match_the_multiline_regexes(raw: bytes, padding: int) -> None:
+    # padding with one long line exercises both paths (per-line matching and findall)
+    for text in (raw, raw + b"x" * (padding * 40)):
+        lowered = text.lower()
+        starts = _line_starts(text)
+        assert starts == [0] + [i + 1 for i, b in enumerate(text) if b == 10]
+        for pattern, reference in LINE_PATTERNS.items():
+            assert _line_matches(pattern, lowered, starts) == len(reference.findall(lowered))
