@@ -1,0 +1,33 @@
+"""benchmarks/routing.py runs the real estimator and decide() and reports what it measured."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import routing
+from policies.loader import load_policy
+from router_models import load_estimator
+
+
+def test_reports_every_stage_for_each_request(capsys: pytest.CaptureFixture[str]) -> None:
+    assert routing.main(["--n", "60", "--route", "auto"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["requests"] == 60
+    for table in (out["wall_ms"], out["cpu_ms"]):
+        assert set(table) == {"estimator", "decide", "total"}
+        for stage in table.values():
+            assert 0 < stage["p50"] <= stage["p90"] <= stage["p99"] <= stage["max"]
+    assert out["total_p99_within_budget"] == (out["wall_ms"]["total"]["p99"] <= 0.5)
+    est = load_estimator()
+    policy = load_policy(
+        "policies/default.yaml", skills=est.skills, discrimination=est.discrimination
+    )
+    allowed = {m.id for m in policy.routes["auto"].entries}
+    assert sum(out["chosen"].values()) == 60 and set(out["chosen"]) <= allowed
+
+
+def test_unknown_route_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert routing.main(["--n", "5", "--route", "nope"]) == 2
+    assert "no route 'nope'" in capsys.readouterr().err
