@@ -56,6 +56,7 @@ class ModelEntry:
     cached_input_usd_per_mtok: float | None
     context_window: int
     max_output_tokens: int | None
+    expected_output_tokens: int | None
     skill: float | None
     capabilities: frozenset[str]
     local_gpus: tuple[int, ...]
@@ -282,6 +283,7 @@ def _model(
         cached_input_usd_per_mtok=cached,
         context_window=window,
         max_output_tokens=max_out,
+        expected_output_tokens=model.expected_output_tokens,
         skill=skill,
         capabilities=(
             ALL_CAPABILITIES if model.capabilities is None else frozenset(model.capabilities)

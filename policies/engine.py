@@ -242,7 +242,7 @@ def _candidate(
     p = None if d is None or m.skill is None else p_acceptable(policy.discrimination, m.skill, d)
     out = stats.avg_output_tokens(route, m.id)
     if out is None:
-        out = policy.default_expected_output_tokens
+        out = m.expected_output_tokens or policy.default_expected_output_tokens
     if inp.max_output_tokens is not None and out > inp.max_output_tokens:
         out = inp.max_output_tokens
     if m.max_output_tokens is not None and out > m.max_output_tokens:

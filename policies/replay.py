@@ -240,7 +240,11 @@ def _cost(
         inp = estimate_tokens(prompt.chars)
     out: float | None = _output_tokens(label) if label is not None else None
     if out is None:
-        out = stats.avg_output_tokens("", m.id) or policy.default_expected_output_tokens
+        out = (
+            stats.avg_output_tokens("", m.id)
+            or m.expected_output_tokens
+            or policy.default_expected_output_tokens
+        )
     return (inp * m.input_usd_per_mtok + out * m.output_usd_per_mtok) / 1e6
 
 

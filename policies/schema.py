@@ -101,6 +101,9 @@ class ModelSpec(_Spec):
     cached_input_usd_per_mtok: Price | None = None
     context_window: PositiveCount | None = None
     max_output_tokens: PositiveCount | None = None
+    # cold-start output tokens per request for cost estimates (reasoning models bill their
+    # hidden reasoning as output); replaced by the running average once traffic flows
+    expected_output_tokens: PositiveCount | None = None
     skill: Finite | None = None
     capabilities: tuple[Capability, ...] | None = None
     local_gpus: tuple[Count, ...] = ()

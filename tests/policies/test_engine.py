@@ -207,6 +207,22 @@ def test_expected_output_tokens_from_stats_and_caps(compile_text):
     assert {c.model: c.expected_cost_usd for c in d.candidates}["small"] == pytest.approx(4e-6)
 
 
+def test_model_expected_output_tokens_apply_until_stats_know_better(compile_text):
+    text = THREE.replace(
+        "context_window: 32000, skill: 1.0,",
+        "context_window: 32000, skill: 1.0, expected_output_tokens: 2000,",
+    )
+    policy = compile_text(text)
+    assert policy.models["mid"].expected_output_tokens == 2000
+    d = decide(policy, RouteInput(model="chat", difficulty=0.0), NoLiveStats())
+    cost = {c.model: c.expected_cost_usd for c in d.candidates}
+    assert cost["mid"] == pytest.approx(2000 * 2.0 / 1e6)  # the model's cold-start figure
+    assert cost["small"] == pytest.approx(256 * 0.4 / 1e6)  # the policy default
+    warm = FakeStats(avg_output={"mid": 300.0})
+    d = decide(policy, RouteInput(model="chat", difficulty=0.0), warm)
+    assert {c.model: c.expected_cost_usd for c in d.candidates}["mid"] == pytest.approx(6e-4)
+
+
 def test_cost_ties_break_by_p_then_id(compile_text):
     text = """\
 version: 1

@@ -277,3 +277,21 @@ def test_python_dash_m_policies_eval(files, tmp_path):
         == 0
     )
     assert json.loads(out.read_text())["route"] == "plain"
+
+
+def test_unlabelled_models_cost_their_expected_output_tokens(files, tmp_path):
+    policy, data, out = files
+    argv = ["--data", str(data), "--json", str(out), "--route", "plain"]
+    assert run(["--policy", str(policy), *argv]) == 0
+    before = {s["strategy"]: s["cost_usd"] for s in json.loads(out.read_text())["strategies"]}
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text(
+        POLICY.replace(
+            "output_usd_per_mtok: 0.5,", "output_usd_per_mtok: 0.5, expected_output_tokens: 300,"
+        )
+    )
+    assert run(["--policy", str(tuned), *argv]) == 0
+    after = {s["strategy"]: s["cost_usd"] for s in json.loads(out.read_text())["strategies"]}
+    # bare has no data: 4 prompts x (300 - 100 default) more output tokens at $0.5/Mtok
+    assert after["always bare"] - before["always bare"] == pytest.approx(4 * 200 * 0.5 / 1e6)
+    assert after["always small"] == before["always small"]  # labelled: the data's tokens
