@@ -16,7 +16,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from policies.compile import CompiledPolicy, ModelEntry
@@ -183,12 +183,19 @@ def replay(
     mapping: Mapping[str, str],
     difficulty: Callable[[Sequence[Any]], float],
     prompt_text: PromptText,
+    bars: Sequence[float] = (),
 ) -> dict[str, Any]:
-    """Replay ``prompts`` through ``route``; returns the report (see ``main`` for the format)."""
+    """Replay ``prompts`` through ``route``; returns the report (see ``main`` for the format).
+
+    Each of ``bars`` adds a ``policy (bar X)`` row: the route with its quality bar (and its
+    rules' bars) replaced by X, as an ``x-effgate-quality-bar: X`` header would.
+    """
     entry = policy.routes[policy.targets[route].name]
     stats = DataStats(prompts, mapping)
     singles = [entry.reference_model, *(m for m in entry.candidates if m != entry.reference_model)]
-    tallies = {"policy": Tally("policy")}
+    variants: dict[str, float | None] = {"policy": None}
+    variants |= {f"policy (bar {b:g})": b for b in bars}
+    tallies = {name: Tally(name) for name in variants}
     tallies |= {m: Tally(f"always {m}", model=m) for m in singles}
     for prompt in prompts:
         d = difficulty(prompt.messages)
@@ -199,16 +206,17 @@ def replay(
             prompt_tokens=estimate_tokens(prompt.chars),
             task=prompt.task,
         )
-        try:
-            decision = decide(policy, inp, stats)
-        except NoEligibleModel as exc:
-            tallies["policy"].no_eligible[exc.why] += 1
-        else:
-            chosen = policy.models[decision.model]
-            label = _label(prompt, mapping, chosen.id)
-            tallies["policy"].add(
-                chosen.id, label, _cost(policy, chosen, prompt, label, stats), decision.p
-            )
+        for name, bar in variants.items():
+            try:
+                decision = decide(policy, replace(inp, quality_bar_override=bar), stats)
+            except NoEligibleModel as exc:
+                tallies[name].no_eligible[exc.why] += 1
+            else:
+                chosen = policy.models[decision.model]
+                label = _label(prompt, mapping, chosen.id)
+                tallies[name].add(
+                    chosen.id, label, _cost(policy, chosen, prompt, label, stats), decision.p
+                )
         for m in singles:
             model = policy.models[m]
             label = _label(prompt, mapping, m)
@@ -299,6 +307,14 @@ def main(
     )
     parser.add_argument("--artifact", metavar="DIR", help="estimator artifact (default: shipped)")
     parser.add_argument("--limit", type=int, metavar="N", help="replay the first N prompts")
+    parser.add_argument(
+        "--quality-bar",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="BAR",
+        help="also replay the route with each of these bars (within its min/max_quality_bar)",
+    )
     parser.add_argument("--json", metavar="OUT", help="also write the report as JSON")
     args = parser.parse_args(argv)
     try:
@@ -308,6 +324,16 @@ def main(
         target = policy.targets.get(route)
         if target is None or target.kind != "route":
             raise ReplayError(f"--route {route!r}: not a route ({', '.join(policy.routes)})")
+        bounds = policy.routes[target.name]
+        for bar in args.quality_bar:
+            if bounds.quality_bar is None:
+                raise ReplayError(f"--quality-bar: route {route!r} has no quality bar")
+            if not bounds.min_quality_bar <= bar <= bounds.max_quality_bar:
+                raise ReplayError(
+                    f"--quality-bar {bar:g}: outside route {route!r}'s bounds"
+                    f" {bounds.min_quality_bar:g}..{bounds.max_quality_bar:g}"
+                    " (its min_quality_bar and max_quality_bar)"
+                )
         prompts = read_prompts(args.data, limit=args.limit)
         mapping = resolve_mapping(policy, data_models(prompts), args.map)
     except (PolicyLoadError, DatasetError, ReplayError, OSError) as exc:
@@ -320,6 +346,7 @@ def main(
         mapping=mapping,
         difficulty=est.difficulty,
         prompt_text=prompt_text,
+        bars=args.quality_bar,
     )
     print(render(report))
     if args.json:

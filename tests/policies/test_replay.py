@@ -295,3 +295,43 @@ def test_unlabelled_models_cost_their_expected_output_tokens(files, tmp_path):
     # bare has no data: 4 prompts x (300 - 100 default) more output tokens at $0.5/Mtok
     assert after["always bare"] - before["always bare"] == pytest.approx(4 * 200 * 0.5 / 1e6)
     assert after["always small"] == before["always small"]  # labelled: the data's tokens
+
+
+def test_quality_bar_rows_preview_other_bars(files):
+    policy, data, out = files
+    argv = ["--policy", str(policy), "--data", str(data), "--json", str(out)]
+    assert run([*argv, "--quality-bar", "0.25", "0.9"]) == 0
+    by_name = {s["strategy"]: s for s in json.loads(out.read_text())["strategies"]}
+    # P(small) = sigmoid(-d) for d = -2, 1, 0.5, 2: 0.88, 0.27, 0.38, 0.12
+    assert by_name["policy"]["model_mix"] == {"big": 0.75, "small": 0.25}
+    assert by_name["policy (bar 0.25)"]["model_mix"] == {"small": 0.75, "big": 0.25}
+    assert by_name["policy (bar 0.9)"]["model_mix"] == {"big": 1.0}
+    low, high = by_name["policy (bar 0.25)"], by_name["policy (bar 0.9)"]
+    assert low["cost_usd"] < by_name["policy"]["cost_usd"] < high["cost_usd"]
+    assert low["predicted_quality"] < high["predicted_quality"]
+
+
+def test_quality_bar_outside_the_route_bounds_is_refused(files, tmp_path, capsys):
+    policy, data, _ = files
+    bounded = tmp_path / "bounded.yaml"
+    bounded.write_text(
+        POLICY.replace("quality_bar: 0.7", "quality_bar: 0.7\n    max_quality_bar: 0.8")
+    )
+    assert run(["--policy", str(bounded), "--data", str(data), "--quality-bar", "0.9"]) == 1
+    assert "--quality-bar 0.9: outside route 'auto''s bounds 0..0.8" in capsys.readouterr().err
+    assert (
+        run(
+            [
+                "--policy",
+                str(policy),
+                "--data",
+                str(data),
+                "--route",
+                "plain",
+                "--quality-bar",
+                "0.5",
+            ]
+        )
+        == 1
+    )
+    assert "route 'plain' has no quality bar" in capsys.readouterr().err
