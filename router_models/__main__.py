@@ -1,5 +1,6 @@
-"""`python -m router_models train|eval|select ...`: train and eval are the mains `effgate
-train|eval` dispatch to; select is the leave-task-out recipe comparison."""
+"""`python -m router_models train|eval|select|ceilings ...`: train and eval are the mains
+`effgate train|eval` dispatch to; select is the leave-task-out recipe comparison; ceilings
+scores routers built from the evaluated file's own labels (what no estimator can beat)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("train", "eval", "select"):
-        print("usage: python -m router_models {train,eval,select} ...", file=sys.stderr)
+    if not argv or argv[0] not in ("train", "eval", "select", "ceilings"):
+        print("usage: python -m router_models {train,eval,select,ceilings} ...", file=sys.stderr)
         return 2
+    if argv[0] == "ceilings":
+        from router_models.ceilings import main as ceilings_main
+
+        return ceilings_main(argv[1:])
     if argv[0] == "select":
         from router_models.selection import main as select_main
 
