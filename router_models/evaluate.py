@@ -119,11 +119,13 @@ def evaluate_rows(
         )
     report["pair_table"] = table
     routers = {
-        "estimator": difficulty,
-        "length": routing.standardise(length),
-        "random": routing.standardise(rand),
+        "estimator": (difficulty, a),
+        "length": (routing.standardise(length), a),
+        "random": (routing.standardise(rand), a),
+        # the ceiling of one scalar difficulty, at the discrimination it was fitted with
+        "oracle_irt": (oracle.difficulty, oracle.discrimination),
     }
-    report["multi"] = _multi_block(rows, labels, prices, routers, a)
+    report["multi"] = _multi_block(rows, labels, prices, routers)
     return report
 
 
@@ -131,8 +133,7 @@ def _multi_block(
     rows: Sequence[Row],
     labels: Any,
     prices: Mapping[str, Price],
-    routers: Mapping[str, F64],
-    a: float,
+    routers: Mapping[str, tuple[F64, float]],
 ) -> dict[str, Any]:
     table = routing.cost_table(rows, labels, prices)
     block: dict[str, Any] = {
@@ -157,7 +158,7 @@ def _multi_block(
         oracle={"cost": float(oracle_cost.mean()), "quality": round(float(top.mean()), 4)},
         routers={},
     )
-    for name, d in routers.items():
+    for name, (d, a) in routers.items():
         res = routing.multi_result(d, a, table)
         match = res.cost_to_match_best
         block["routers"][name] = {

@@ -77,6 +77,7 @@ def test_eval_main_reports_and_plots(tmp_path, synth_file, synth_artifact, capsy
     multi = report["multi"]
     assert sorted(multi["models"]) == ["big", "mid", "small"]
     assert len(multi["routers"]["estimator"]["curve"]) == 19
+    assert set(multi["routers"]) == {"estimator", "length", "random", "oracle_irt"}
     assert multi["best_single"]["model"] == "big"
     # the estimator's curve reaches the best single model's quality for less than its cost
     share = multi["routers"]["estimator"]["cost_share_of_best"]
