@@ -43,7 +43,7 @@ def test_skill_slopes_by_hand() -> None:
 
 def test_ceilings_rank_the_label_oracles_above_random() -> None:
     labels, _, _ = _two_pl()
-    lengths = np.random.default_rng(5).random(labels.scores.shape[0])
+    lengths = np.asarray(np.random.default_rng(5).random(labels.scores.shape[0]), dtype=np.float64)
     pairs = [("m7", "m1"), ("m6", "m3")]
     table = ceilings(labels, pairs, lengths)
     assert set(table) == {
