@@ -79,17 +79,6 @@ def skill_slopes(labels: LabelMatrix, skills: dict[str, float]) -> F64:
     return out
 
 
-def _theta_from_mean(alpha: F64, beta: F64, mean: float) -> float:
-    lo, hi = -60.0, 60.0
-    for _ in range(100):
-        mid = (lo + hi) / 2.0
-        if float(sigmoid(alpha * (mid - beta)).mean()) < mean:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2.0
-
-
 def pair_left_out_gain(labels: LabelMatrix, strong: str, weak: str) -> F64:
     """2PL gain with the items fitted without the pair, the pair's skills from their means."""
     keep = [j for j, m in enumerate(labels.models) if m not in (strong, weak)]
@@ -101,7 +90,7 @@ def pair_left_out_gain(labels: LabelMatrix, strong: str, weak: str) -> F64:
     for m in (strong, weak):
         j = labels.models.index(m)
         mean = float(labels.scores[labels.mask[:, j], j].mean())
-        out.append(sigmoid(alpha * (_theta_from_mean(alpha, beta, mean) - beta)))
+        out.append(sigmoid(alpha * (routing.skill_from_mean(beta, alpha, mean) - beta)))
     gain: F64 = out[0] - out[1]
     return gain
 

@@ -26,10 +26,12 @@ PAIR_GAP = 0.15
 MIN_COVERAGE = 0.99
 
 
-def skill_from_mean(d: F64, a: float, mean: float) -> float:
-    """The skill whose mean predicted P over these prompts equals `mean` (bisection)."""
+def skill_from_mean(d: F64, a: float | F64, mean: float) -> float:
+    """The skill whose mean predicted P over these prompts equals `mean` (bisection); `a`
+    is one discrimination, or one per prompt (a 2PL model)."""
     target = min(max(mean, 1e-4), 1 - 1e-4)
-    lo, hi = float(d.min()) - 30.0 / a, float(d.max()) + 30.0 / a
+    reach = 30.0 / float(np.min(a))
+    lo, hi = float(d.min()) - reach, float(d.max()) + reach
     for _ in range(100):
         mid = (lo + hi) / 2.0
         if float(sigmoid(a * (mid - d)).mean()) < target:
