@@ -99,9 +99,7 @@ PairScore = Callable[[str, str], F64]
 
 
 def pair_apgr(labels: LabelMatrix, strong: str, weak: str, score: F64) -> float:
-    sel = routing.both_scored(labels, strong, weak)
-    ys = labels.scores[sel, labels.models.index(strong)]
-    yw = labels.scores[sel, labels.models.index(weak)]
+    sel, _, ys, yw = routing.pair_rows(labels, strong, weak)
     return routing.pair_result(score[sel], ys, yw).apgr
 
 

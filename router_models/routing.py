@@ -102,6 +102,18 @@ def both_scored(labels: LabelMatrix, strong: str, weak: str) -> npt.NDArray[np.b
     return out
 
 
+def pair_rows(
+    labels: LabelMatrix, strong: str, weak: str
+) -> tuple[npt.NDArray[np.bool_], LabelMatrix, F64, F64]:
+    """The rows where both models are scored: their mask, the label matrix on them, and the
+    strong and weak model's labels there."""
+    sel = both_scored(labels, strong, weak)
+    sub = LabelMatrix(labels.models, labels.scores[sel], labels.mask[sel])
+    ys = sub.scores[:, sub.models.index(strong)]
+    yw = sub.scores[:, sub.models.index(weak)]
+    return sel, sub, ys, yw
+
+
 @dataclass(frozen=True, slots=True)
 class PairResult:
     apgr: float

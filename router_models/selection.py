@@ -48,10 +48,7 @@ def pair_apgrs(score: F64, labels: LabelMatrix, a: float, pairs: list[tuple[str,
     """Mean APGR over `pairs` of the raw score, and of its IRT gain score."""
     raw, gain = [], []
     for strong, weak in pairs:
-        sel = routing.both_scored(labels, strong, weak)
-        sub = LabelMatrix(labels.models, labels.scores[sel], labels.mask[sel])
-        ys = sub.scores[:, sub.models.index(strong)]
-        yw = sub.scores[:, sub.models.index(weak)]
+        sel, sub, ys, yw = routing.pair_rows(labels, strong, weak)
         s = routing.standardise(score[sel])
         raw.append(routing.pair_result(s, ys, yw).apgr)
         g = routing.gain_score(s, a, sub, strong, weak)
