@@ -27,7 +27,8 @@ DEFAULT_DATA = (
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 
 
-def _requests(paths: list[Path], n: int, seed: int) -> list[list[dict[str, Any]]]:
+def chat_requests(paths: list[Path], n: int, seed: int) -> list[list[dict[str, Any]]]:
+    """n chat requests (a system message and a real prompt from `paths`, else generated ones)."""
     prompts: list[str] = []
     for path in paths:
         if path.is_file():
@@ -68,7 +69,7 @@ def main(argv: list[str]) -> int:
 
     est = load_estimator(args.artifact)
     load_s = time.perf_counter() - start
-    requests = _requests(args.data or list(DEFAULT_DATA), args.n, args.seed)
+    requests = chat_requests(args.data or list(DEFAULT_DATA), args.n, args.seed)
     for messages in requests[:200]:  # warm up
         est.difficulty(messages)
     # wall time, and this thread's CPU time (what a call costs when it is not preempted:

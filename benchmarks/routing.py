@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.estimator import DEFAULT_DATA, _requests
+from benchmarks.estimator import DEFAULT_DATA, chat_requests
 
 BUDGET_MS = 0.5
 
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
     health = Health()
     tokens = TokenCounter.load()
     smallest = min(m.context_window for m in policy.models.values())
-    requests = _requests(args.data or list(DEFAULT_DATA), args.n, args.seed)
+    requests = chat_requests(args.data or list(DEFAULT_DATA), args.n, args.seed)
 
     wall: dict[str, list[float]] = {"estimator": [], "decide": [], "total": []}
     cpu: dict[str, list[float]] = {k: [] for k in wall}
