@@ -6,7 +6,7 @@ The gateway spends most of its per-request CPU in its upstream client (see docs/
 this measures the alternatives on the same request and the same fake, in this process's own CPU
 time (``time.process_time``; the fake runs in a subprocess, so its work is not counted):
 
-- ``httpx``: what ``gateway.upstreams.HTTPUpstream.complete`` does (build_request,
+- ``httpx``: what ``gateway.upstreams.httpx_client.HttpxUpstream.complete`` does (build_request,
   ``send(stream=True)``, ``aread``, ``aclose``) on a pooled ``AsyncClient``, then ``orjson.loads``
 - ``aiohttp``: ``ClientSession.post`` + ``read`` on a pooled ``TCPConnector``, then ``orjson.loads``
 - ``raw``: ``benchmarks.loadgen`` (httptools on an ``asyncio.Protocol``), the floor for Python

@@ -23,7 +23,7 @@ from types import FrameType
 
 
 def profile_serve(out: Path, serve_argv: list[str]) -> int:
-    from gateway.server import main as serve
+    from gateway.cli.serve import main as serve
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from gateway.accounting import Usage, cost_usd
-from gateway.exchange import Exchange
+from gateway.exchange import RECORDED, Exchange
 from gateway.explain import candidate_rows
 from gateway.health import Health
 from gateway.kv import KV
@@ -56,8 +56,14 @@ class Accountant:
         latency = time.perf_counter() - ex.started
         stream = "true" if ex.stream else "false"
         status_class = f"{ex.status // 100}xx"
-        m.requests.labels(route, model, status_class, ex.outcome, stream).inc()
-        m.request_duration.labels(route, model, stream).observe(latency)
+        m.requests.labels(ex.endpoint, route, model, status_class, ex.outcome, stream).inc()
+        m.request_duration.labels(ex.endpoint, route, model, stream).observe(latency)
+        if ex.endpoint not in RECORDED:
+            return
+        record = self.record(ex, latency)
+        self.records.emit(record)
+        if ex.endpoint == "explain":
+            return  # a decision shown, nothing served: no routing, token or cost metrics
         pm = m.pair(route, model)
         if ex.ttft_s is not None:
             pm.ttft.observe(ex.ttft_s)
@@ -78,8 +84,6 @@ class Accountant:
             pm.savings.inc(max(0.0, ex.baseline_cost_usd - ex.cost_usd))
             if ex.outcome == "ok" and d is not None and d.route is not None:
                 self.health.observe_output(d.route, model, u.output)
-        record = self.record(ex, latency)
-        self.records.emit(record)
         if ex.model is not None:
             summary = orjson.dumps(
                 {"route": route, "model": model, "time": record["time"], "tenant": ex.tenant}
@@ -92,6 +96,7 @@ class Accountant:
         rec: dict[str, Any] = {
             "type": "request",
             "id": ex.request_id,
+            "endpoint": ex.endpoint,
             "time": iso(ex.wall_time),
             "tenant": ex.tenant,
             "route": d.route if d is not None else None,

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from gateway.accountant import Accountant
-from gateway.errors import GatewayError, error_body
+from gateway.errors import GatewayError, error_body, response
 from gateway.gpu import GPUCollector
 from gateway.health import Health
 from gateway.kv import KV, MemoryKV, RedisKV
@@ -27,20 +27,16 @@ from gateway.routes import ROUTES
 from gateway.settings import Settings
 from gateway.state import AppState
 from gateway.tokens import TokenCounter
-from gateway.upstream_pool import Factory, UpstreamPool, default_factory
+from gateway.upstreams.pool import Factory, UpstreamPool, default_factory
 from policies.compile import CompiledPolicy
 from policies.store import PolicyStore
 
 log = logging.getLogger("effgate")
 
 
-def _error_response(exc: GatewayError) -> Response:
-    return Response(exc.body(), exc.status, exc.headers(), media_type="application/json")
-
-
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return _error_response(exc)
+    return response(exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

@@ -1,32 +1,59 @@
-"""Gateway errors and the one renderer of OpenAI-shaped error bodies.
+"""Every gateway exception, and the one renderer of OpenAI-shaped error bodies.
 
-    GatewayError
-    ├── InvalidRequest        400 invalid_request_error
+    GatewayError              500 server_error               outcome
+    ├── InvalidRequest        400 invalid_request_error      client_error
     │   └── ContextLengthExceeded 400 context_length_exceeded
-    ├── Unauthorized          401 authentication_error
-    ├── ModelNotFound         404 model_not_found
-    ├── RequestNotFound       404 request_not_found
-    ├── PayloadTooLarge       413 request_too_large
-    ├── RateLimited           429 rate_limit_exceeded (+ Retry-After)
-    ├── UpstreamUnavailable   502 upstream_unavailable
-    ├── NoHealthyUpstream     503 no_healthy_upstream
-    ├── PolicyUnavailable     503 policy_unavailable
-    └── UpstreamTimeout       504 upstream_timeout
+    ├── Unauthorized          401 authentication_error       client_error
+    ├── ModelNotFound         404 model_not_found            client_error
+    ├── RequestNotFound       404 request_not_found          client_error
+    ├── PayloadTooLarge       413 request_too_large          client_error
+    ├── RateLimited           429 rate_limit_exceeded        client_error (+ Retry-After)
+    ├── NoHealthyUpstream     503 no_healthy_upstream        unavailable
+    ├── PolicyUnavailable     503 policy_unavailable         unavailable
+    └── UpstreamError         502 an upstream failed; ``kind`` labels effgate_upstream_errors_total
+        ├── UpstreamStatusError 502 the upstream's own 4xx/5xx, passed through as it came
+        ├── UpstreamUnavailable 502 upstream_unavailable     upstream_error
+        │   ├── ConnectFailed   502 (kind connect)
+        │   ├── ProtocolFailed  502 (kind protocol)
+        │   └── StreamCut       502 stream_interrupted (kind stream_cut)
+        └── UpstreamTimeout     504 upstream_timeout         timeout
+            └── TimedOut        504 (kind timeout)
 
-Route code raises these and never renders an error itself.
+Code raises these and never renders an error itself; ``gateway.lifecycle`` maps each to its
+outcome (the ``outcome`` attribute) and renders it with ``response`` in one place. Upstream
+clients turn their library's exceptions into the ``UpstreamError`` leaves in one seam each
+(``map_*_errors`` in ``gateway.upstreams``).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Literal
 
 import orjson
+from starlette.responses import Response
+
+Outcome = Literal[
+    "ok",
+    "client_error",
+    "upstream_error",
+    "timeout",
+    "unavailable",
+    "stream_error",
+    "cancelled",
+    "internal_error",
+]
+ErrorKind = Literal[
+    "connect", "timeout", "status_429", "status_4xx", "status_5xx", "stream_cut", "protocol"
+]
+JSON = "application/json"
 
 
 class GatewayError(Exception):
-    status: ClassVar[int] = 500
-    type: ClassVar[str] = "server_error"
-    code: ClassVar[str | None] = "internal_error"
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = "internal_error"
+    outcome: Outcome = "internal_error"
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -44,7 +71,8 @@ class GatewayError(Exception):
 class InvalidRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
-    code: ClassVar[str | None] = None
+    code: str | None = None
+    outcome: Outcome = "client_error"
 
 
 class ContextLengthExceeded(InvalidRequest):
@@ -55,30 +83,35 @@ class Unauthorized(GatewayError):
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
+    outcome: Outcome = "client_error"
 
 
 class ModelNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
+    outcome: Outcome = "client_error"
 
 
 class RequestNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
     code = "request_not_found"
+    outcome: Outcome = "client_error"
 
 
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+    outcome: Outcome = "client_error"
 
 
 class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+    outcome: Outcome = "client_error"
 
     def __init__(self, message: str, *, retry_after_s: int = 1, param: str | None = None) -> None:
         super().__init__(message, param=param)
@@ -88,28 +121,105 @@ class RateLimited(GatewayError):
         return {**self.extra_headers, "retry-after": str(self.retry_after_s)}
 
 
-class UpstreamUnavailable(GatewayError):
-    status = 502
-    type = "upstream_error"
-    code = "upstream_unavailable"
-
-
 class NoHealthyUpstream(GatewayError):
     status = 503
     type = "upstream_error"
     code = "no_healthy_upstream"
+    outcome: Outcome = "unavailable"
 
 
 class PolicyUnavailable(GatewayError):
     status = 503
     type = "server_error"
     code = "policy_unavailable"
+    outcome: Outcome = "unavailable"
 
 
-class UpstreamTimeout(GatewayError):
-    status = 504
+class UpstreamError(GatewayError):
+    """An upstream failed. ``kind`` is its label on ``effgate_upstream_errors_total``."""
+
+    status = 502
     type = "upstream_error"
+    code = "upstream_error"
+    outcome: Outcome = "upstream_error"
+    kind: ErrorKind = "protocol"
+
+    @property
+    def retryable(self) -> bool:
+        """Worth another try on the same upstream: connect failures (here), 429 and 5xx."""
+        return False
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with an HTTP error: its status, (bounded) body and a few headers
+    go to the client as they came, with ``x-effgate-upstream`` naming the model."""
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        param: str | None = None,
+        status: int | None = None,
+        raw_body: bytes | None = None,
+        upstream_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if status is not None:
+            self.status = status
+        super().__init__(message or f"upstream returned HTTP {self.status}", param=param)
+        self.raw_body = raw_body
+        self.upstream_headers = dict(upstream_headers or {})
+        if self.status == 429:
+            self.kind = "status_429"
+        else:
+            self.kind = "status_5xx" if self.status >= 500 else "status_4xx"
+        self.outcome = "client_error" if self.kind == "status_4xx" else "upstream_error"
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == 429 or self.status >= 500
+
+    def headers(self) -> dict[str, str]:
+        return {**self.upstream_headers, **self.extra_headers}
+
+    def body(self) -> bytes:
+        return self.raw_body if self.raw_body is not None else super().body()
+
+
+def upstream_status(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
+    """The pass-through error for an upstream's HTTP ``status`` answer."""
+    return UpstreamStatusError(status=status, raw_body=body, upstream_headers=headers)
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class ConnectFailed(UpstreamUnavailable):
+    kind: ErrorKind = "connect"
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class ProtocolFailed(UpstreamUnavailable):
+    kind: ErrorKind = "protocol"
+
+
+class StreamCut(UpstreamUnavailable):
+    code = "stream_interrupted"
+    kind: ErrorKind = "stream_cut"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
     code = "upstream_timeout"
+    outcome: Outcome = "timeout"
+    kind: ErrorKind = "timeout"
+
+
+class TimedOut(UpstreamTimeout):
+    kind: ErrorKind = "timeout"
 
 
 def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
@@ -117,3 +227,8 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
     return orjson.dumps(
         {"error": {"message": message, "type": type_, "param": param, "code": code}}
     )
+
+
+def response(exc: GatewayError) -> Response:
+    """The HTTP response for ``exc``: its status, OpenAI-shaped body and headers."""
+    return Response(exc.body(), exc.status, exc.headers(), media_type=JSON)

@@ -11,20 +11,23 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.accounting import Usage
+from gateway.errors import Outcome
 from policies.compile import CompiledPolicy, ModelEntry
 from policies.engine import Decision
 
-Outcome = Literal[
-    "ok", "client_error", "upstream_error", "timeout", "unavailable", "stream_error", "cancelled"
-]
+# the /v1 endpoints, as the ``endpoint`` label and record field name them
+Endpoint = Literal["chat", "embeddings", "explain", "feedback", "models"]
+# endpoints whose requests are written to the request log (feedback writes its own record)
+RECORDED: frozenset[Endpoint] = frozenset({"chat", "embeddings", "explain"})
 DIRECT_ROUTE = "direct"  # the route label of requests that named a catalog model
 
 
 @dataclass(slots=True)
 class Exchange:
     request_id: str
-    tenant: str
+    endpoint: Endpoint
     policy: CompiledPolicy
+    tenant: str = "default"
     stream: bool = False
     started: float = field(default_factory=time.perf_counter)
     wall_time: float = field(default_factory=time.time)

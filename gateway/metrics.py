@@ -45,14 +45,14 @@ class Metrics:
         r = registry
         self.requests = Counter(
             "effgate_requests",
-            "Requests served, by route, model, status class and outcome.",
-            ["route", "model", "status_class", "outcome", "stream"],
+            "Requests to the /v1 endpoints, by endpoint, route, model, status class and outcome.",
+            ["endpoint", "route", "model", "status_class", "outcome", "stream"],
             registry=r,
         )
         self.request_duration = Histogram(
             "effgate_request_duration_seconds",
             "Time from request to last byte sent.",
-            ["route", "model", "stream"],
+            ["endpoint", "route", "model", "stream"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

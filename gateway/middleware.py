@@ -11,20 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 from prometheus_client import Gauge
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import error_body
 
 log = logging.getLogger("effgate")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _DEFAULTS = (

@@ -1,63 +1,112 @@
-"""route_request: classify -> decide -> forward (retry, fall back) -> relay -> account.
+"""The endpoints' request path: each function turns one parsed request into a reply.
 
-No FastAPI here: handlers parse and hand over; this module returns a ``Reply`` (JSON bytes and
-headers) or a ``RelayResponse`` (an ASGI app that streams).
+    chat:        validate -> route_input (features, difficulty when a bar is in play)
+                 -> make_decision (policies.decide) -> forward.forward (retries, fallbacks)
+                 -> a priced JSON Reply, or a RelayResponse for a stream
+    embeddings:  validate -> the named catalog model -> forward.forward
+    explain:     validate -> route_input -> make_decision -> the decision as JSON, no call
+    feedback:    validate -> Accountant.feedback (join to the served request)
+    models / model: the catalog and route names
+
+Every function takes ``(state, exchange, call)``, returns a ``Reply`` or ``RelayResponse`` and
+raises a ``GatewayError`` for anything else; ``gateway.lifecycle.serve`` owns the rest
+(authentication, body, outcome, rendering errors, the one ``finish``). No HTTP types here.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import random
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
-import anyio
 import orjson
+from pydantic import BaseModel, ValidationError
 
-from gateway.accountant import price
-from gateway.accounting import Usage, usage_from
 from gateway.errors import (
     ContextLengthExceeded,
-    GatewayError,
     InvalidRequest,
     ModelNotFound,
     NoHealthyUpstream,
+    RequestNotFound,
 )
 from gateway.exchange import Exchange
-from gateway.protocol import ChatCompletionRequest
-from gateway.relay import RelayResponse, model_rewriter
+from gateway.explain import explain_body, models_body
+from gateway.forward import forward
+from gateway.lifecycle import Call
+from gateway.protocol import ChatCompletionRequest, EmbeddingRequest, FeedbackRequest
+from gateway.relay import RelayResponse
 from gateway.state import AppState
-from gateway.upstreams import (
-    ProtocolFailed,
-    Stream,
-    TimedOut,
-    Upstream,
-    UpstreamStatusError,
-    error_kind,
-    is_retryable,
-)
-from policies.compile import ModelEntry, needs_difficulty
+from gateway.upstreams.base import Reply
+from policies.compile import needs_difficulty
 from policies.engine import Decision, NoEligibleModel, RouteInput, UnknownModel, decide
 from router_models.features import prompt_text
 
-
-@dataclass(slots=True)
-class Reply:
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
+M = TypeVar("M", bound=BaseModel)
 
 
-class PassThrough(Exception):
-    """An upstream HTTP error that goes to the client with its own status and body."""
+async def chat(state: AppState, ex: Exchange, call: Call) -> Reply | RelayResponse:
+    req = validate(ChatCompletionRequest, call.body)
+    ex.stream = bool(req.stream)
+    inp = route_input(state, ex, req, call.body, call.headers)
+    decision = make_decision(state, ex, inp)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    chain = (decision.model, *decision.fallbacks)
+    return await forward(
+        state, ex, call.body, chain=chain, path="/chat/completions", include_usage=include_usage
+    )
 
-    def __init__(self, error: UpstreamStatusError, model: str) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.model = model
+
+async def embeddings(state: AppState, ex: Exchange, call: Call) -> Reply | RelayResponse:
+    req = validate(EmbeddingRequest, call.body)
+    entry = ex.policy.models.get(req.model)
+    if entry is None:
+        raise ModelNotFound(f"The model `{req.model}` does not exist.", param="model")
+    ex.model = entry
+    return await forward(
+        state, ex, call.body, chain=(entry.id,), path="/embeddings", include_usage=False
+    )
+
+
+async def explain(state: AppState, ex: Exchange, call: Call) -> Reply:
+    req = validate(ChatCompletionRequest, call.body)
+    inp = route_input(state, ex, req, call.body, call.headers)
+    decision = make_decision(state, ex, inp)
+    return Reply(200, explain_body(ex.policy, inp, decision))
+
+
+async def feedback(state: AppState, ex: Exchange, call: Call) -> Reply:
+    fb = validate(FeedbackRequest, call.body)
+    if fb.accepted is None and fb.score is None:
+        raise InvalidRequest("Send `accepted`, `score`, or both.", param="accepted")
+    result = await state.accountant.feedback(fb.request_id, fb.accepted, fb.score, ex.tenant)
+    if result is None:
+        raise RequestNotFound(
+            f"No request `{fb.request_id}` is known (unknown, or older than the retention).",
+            param="request_id",
+        )
+    return Reply(200, orjson.dumps(result))
+
+
+async def list_models(state: AppState, ex: Exchange, call: Call) -> Reply:
+    return Reply(200, models_body(ex.policy))
+
+
+async def get_model(state: AppState, ex: Exchange, call: Call) -> Reply:
+    model_id = call.path_params["model_id"]
+    for item in orjson.loads(models_body(ex.policy))["data"]:
+        if item["id"] == model_id:
+            return Reply(200, orjson.dumps(item))
+    raise ModelNotFound(f"The model `{model_id}` does not exist.", param="model")
+
+
+def validate(model: type[M], data: Any) -> M:
+    """``data`` as ``model``: 400 ``invalid_request_error`` naming the first bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise InvalidRequest(f"Invalid request: {err['msg']}", param=param) from None
 
 
 def _needs(req: ChatCompletionRequest) -> frozenset[str]:
@@ -149,173 +198,3 @@ def make_decision(state: AppState, ex: Exchange, inp: RouteInput) -> Decision:
         raise InvalidRequest(f"No model of this route can serve the request: {exc}") from None
     ex.decision = decision
     return decision
-
-
-def _backoff(state: AppState, attempt: int, exc: BaseException) -> float:
-    base = state.settings.retry_backoff_s * (2**attempt)
-    if isinstance(exc, UpstreamStatusError) and (ra := exc.headers.get("retry-after")):
-        with contextlib.suppress(ValueError):
-            base = max(base, float(ra))
-    jitter: float = 0.5 + random.random() / 2
-    return float(min(state.settings.retry_backoff_max_s, base)) * jitter
-
-
-def _upstream_body(body: dict[str, Any], entry: ModelEntry, stream: bool) -> dict[str, Any]:
-    out = dict(body)
-    out["model"] = entry.upstream_model
-    if stream:
-        opts = dict(out.get("stream_options") or {})
-        opts["include_usage"] = True
-        out["stream_options"] = opts
-    return out
-
-
-async def _first_chunk(stream: Stream, deadline_s: float) -> tuple[bytes, AsyncIterator[bytes]]:
-    it = stream.chunks().__aiter__()
-    try:
-        with anyio.fail_after(deadline_s):
-            first = await it.__anext__()
-    except TimeoutError as exc:
-        raise TimedOut(f"no first token within {deadline_s:g} s") from exc
-    except StopAsyncIteration as exc:
-        raise ProtocolFailed("upstream closed the stream before sending anything") from exc
-    return first, it
-
-
-def _headers(ex: Exchange) -> dict[str, str]:
-    d = ex.decision
-    h = {
-        "x-effgate-model": ex.model_id,
-        "x-effgate-route": ex.route,
-        "x-effgate-upstream-ms": f"{ex.upstream_s * 1000:.1f}",
-    }
-    if d is not None and d.p is not None:
-        h["x-effgate-quality"] = f"{d.p:.4f}"
-    if d is not None and d.difficulty is not None:
-        h["x-effgate-difficulty"] = f"{d.difficulty:.4f}"
-    return h
-
-
-def _json_reply(state: AppState, ex: Exchange, data: bytes) -> Reply:
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolFailed("upstream sent a malformed JSON body") from exc
-    if not isinstance(obj, dict):
-        raise ProtocolFailed("upstream sent a JSON body that is not an object")
-    usage = usage_from(obj.get("usage"))
-    if usage is None:
-        text = "".join(
-            str((c.get("message") or {}).get("content") or "")
-            for c in obj.get("choices") or ()
-            if isinstance(c, dict)
-        )
-        usage = Usage(ex.prompt_tokens, state.tokens.count(text), estimated=True)
-    price(ex, usage)
-    if ex.model is not None and "model" in obj:
-        obj["model"] = ex.model.id
-    headers = _headers(ex)
-    headers["x-effgate-cost-usd"] = f"{ex.cost_usd:.10f}"
-    return Reply(200, orjson.dumps(obj), headers)
-
-
-async def forward(
-    state: AppState,
-    ex: Exchange,
-    body: dict[str, Any],
-    *,
-    chain: tuple[str, ...],
-    path: str,
-    include_usage: bool,
-) -> Reply | RelayResponse:
-    """Try ``chain[0]``, then the fallbacks; retry each on connect errors, 429 and 5xx."""
-    last: BaseException | None = None
-    for i, model_id in enumerate(chain):
-        entry = ex.policy.models[model_id]
-        if i > 0:
-            state.metrics.fallbacks.labels(ex.route, chain[i - 1], model_id).inc()
-            ex.fallback_from.append(chain[i - 1])
-        if not state.health.acquire(model_id):
-            last = NoHealthyUpstream(f"upstream {model_id!r} is unhealthy (circuit open)")
-            continue
-        ex.model = entry
-        upstream = state.upstreams.get(model_id)
-        out_body = _upstream_body(body, entry, ex.stream)
-        for attempt in range(entry.max_retries + 1):
-            ex.attempts += 1
-            t0 = time.perf_counter()
-            try:
-                result = await _call(state, ex, upstream, entry, out_body, path, include_usage)
-            except asyncio.CancelledError:
-                state.health.release(model_id)  # the client left: no verdict on the upstream
-                raise
-            except (UpstreamStatusError, GatewayError) as exc:
-                elapsed = time.perf_counter() - t0
-                ex.upstream_s += elapsed
-                state.metrics.upstream_duration.labels(model_id).observe(elapsed)
-                state.metrics.upstream_errors.labels(model_id, error_kind(exc)).inc()
-                last = exc
-                if isinstance(exc, UpstreamStatusError) and not exc.retryable:
-                    state.health.success(model_id)  # it answered: alive, the request was bad
-                    raise PassThrough(exc, model_id) from None
-                state.health.failure(model_id)
-                if is_retryable(exc) and attempt < entry.max_retries:
-                    state.metrics.retries.labels(model_id).inc()
-                    await asyncio.sleep(_backoff(state, attempt, exc))
-                    if not state.health.acquire(model_id):
-                        break
-                    continue
-                break
-            state.health.success(model_id)
-            return result
-    assert last is not None
-    if isinstance(last, UpstreamStatusError):
-        raise PassThrough(last, ex.model_id)
-    raise last
-
-
-async def _call(
-    state: AppState,
-    ex: Exchange,
-    upstream: Upstream,
-    entry: ModelEntry,
-    body: dict[str, Any],
-    path: str,
-    include_usage: bool,
-) -> Reply | RelayResponse:
-    t0 = time.perf_counter()
-    t = entry.timeouts
-    if not ex.stream:
-        reply = await upstream.complete(path, body, t.total_s)
-        elapsed = time.perf_counter() - t0
-        ex.upstream_s += elapsed
-        state.metrics.upstream_duration.labels(entry.id).observe(elapsed)
-        return _json_reply(state, ex, reply.body)
-    stream = await upstream.open_stream(body, t.first_byte_s)
-    try:
-        remaining = max(0.001, t.first_byte_s - (time.perf_counter() - t0))
-        first, rest = await _first_chunk(stream, remaining)
-    except BaseException:
-        await stream.aclose()
-        raise
-    elapsed = time.perf_counter() - t0
-    ex.upstream_s += elapsed
-    state.metrics.upstream_duration.labels(entry.id).observe(elapsed)
-    headers = [(k.encode(), v.encode()) for k, v in _headers(ex).items()]
-    headers += [
-        (b"content-type", b"text/event-stream; charset=utf-8"),
-        (b"cache-control", b"no-cache"),
-        (b"x-accel-buffering", b"no"),
-    ]
-    return RelayResponse(
-        stream=stream,
-        chunks=rest,
-        first=first,
-        exchange=ex,
-        headers=headers,
-        include_usage=include_usage,
-        idle_s=t.idle_s,
-        rewrite=model_rewriter(entry.upstream_model, entry.id),
-        on_finish=state.accountant.finish,
-        on_upstream_error=lambda m, k: state.metrics.upstream_errors.labels(m, k).inc(),
-    )

@@ -15,28 +15,18 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import anyio
 import orjson
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway.accountant import price
 from gateway.accounting import Usage, usage_from
-from gateway.errors import GatewayError, error_body
+from gateway.errors import ErrorKind, ProtocolFailed, StreamCut, UpstreamError, error_body
 from gateway.exchange import Exchange
 from gateway.sse import DONE_EVENT, EventSplitter, encode_event, event_data
-from gateway.upstreams import ProtocolFailed, Stream, error_kind
-
-Send = Callable[[dict[str, Any]], Any]
-Receive = Callable[[], Any]
-
-
-class StreamCut(GatewayError):
-    status = 502
-    type = "upstream_error"
-    code = "stream_interrupted"
-    kind = "stream_cut"
+from gateway.upstreams.base import Stream
 
 
 @contextmanager
@@ -86,7 +76,7 @@ class RelayResponse(Response):
         idle_s: float,
         rewrite: Callable[[bytes], bytes],
         on_finish: Callable[[Exchange], None],
-        on_upstream_error: Callable[[str, str], None],
+        on_upstream_error: Callable[[str, ErrorKind], None],
     ) -> None:
         self.status_code = 200
         self.background = None
@@ -106,7 +96,7 @@ class RelayResponse(Response):
         self.content_events = 0
         self.completed = False
 
-    async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = self.ex
         try:
             await send(
@@ -170,15 +160,15 @@ class RelayResponse(Response):
         except TimeoutError:
             await self._fail(send, "timeout", f"upstream stalled for more than {self.idle_s:g} s")
             return
-        except GatewayError as exc:
+        except UpstreamError as exc:
             # a transport failure after the first byte is a cut stream, whatever broke
-            kind = "stream_cut" if isinstance(exc, ProtocolFailed) else error_kind(exc)
+            kind: ErrorKind = "stream_cut" if isinstance(exc, ProtocolFailed) else exc.kind
             await self._fail(send, kind, exc.message)
             return
         if not self.done:
             await self._fail(send, "stream_cut", "upstream closed the stream before it finished")
 
-    async def _fail(self, send: Send, kind: str, message: str) -> None:
+    async def _fail(self, send: Send, kind: ErrorKind, message: str) -> None:
         ex = self.ex
         ex.outcome = "stream_error"
         ex.error = message

@@ -12,7 +12,7 @@ from gateway.metrics import Metrics
 from gateway.records import RecordLog
 from gateway.settings import Settings
 from gateway.tokens import TokenCounter
-from gateway.upstream_pool import UpstreamPool
+from gateway.upstreams.pool import UpstreamPool
 from policies.store import PolicyStore
 
 

@@ -19,7 +19,7 @@ def test_profile_is_written_even_when_serve_fails(
     text = summary(out, limit=5)
     assert "Ordered by: cumulative time" in text
     assert "Ordered by: internal time" in text
-    assert "server.py" in text
+    assert "serve.py" in text
     capsys.readouterr()
     assert main(["--show", str(out), "--limit", "3"]) == 0
     assert "function calls" in capsys.readouterr().out

@@ -8,14 +8,17 @@ import pytest
 
 from benchmarks.stacks import main, read, stage_of, summarise
 
-ROOT = "main (gateway/server.py:55);Runner.run (asyncio/runners.py:118)"
+ROOT = "main (gateway/cli/serve.py:55);Runner.run (asyncio/runners.py:118)"
 ASGI = "RequestResponseCycle.run_asgi (uvicorn/protocols/http/httptools_impl.py:422)"
 MW = "RequestContextMiddleware.__call__ (gateway/middleware.py:69)"
 ROUTER = "Router.__call__ (starlette/routing.py:683)"
 HANDLER = "chat_completions (gateway/routes.py:164)"
 ROUTE_INPUT = "route_input (gateway/pipeline.py:110)"
 ESTIMATOR = "Estimator.difficulty (router_models/estimator.py:131)"
-HTTPX = "HTTPUpstream.complete (gateway/upstreams.py:186);AsyncClient.send (httpx/_client.py:1)"
+HTTPX = (
+    "HttpxUpstream.complete (gateway/upstreams/httpx_client.py:80);"
+    "AsyncClient.send (httpx/_client.py:1)"
+)
 LINES = [
     f"{ROOT};{ASGI};{MW};{ROUTER};{HANDLER};{ROUTE_INPUT};{ESTIMATOR};dot (numpy:1) 30",
     f"{ROOT};{ASGI};{MW};{ROUTER};{HANDLER};{ROUTE_INPUT} 10",
@@ -47,7 +50,7 @@ def test_summary_shares_leave_lock_waits_out() -> None:
     assert "100 busy samples (40 more in lock waits left out)" in text
     assert "| upstream call: httpx + httpcore | 50.0% |" in text
     assert "| estimator: difficulty() | 30.0% |" in text
-    assert "| `main (gateway/server.py:55)` | 100.0% |" in text
+    assert "| `main (gateway/cli/serve.py:55)` | 100.0% |" in text
 
 
 def test_main_reads_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

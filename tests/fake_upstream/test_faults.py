@@ -16,7 +16,7 @@ import openai
 import orjson
 import pytest
 
-from gateway.fake_upstream import FakeConfig, FakeUpstream
+from fake_upstream import FakeConfig, FakeUpstream
 from tests.fake_upstream.conftest import (
     chat,
     sse_events,
@@ -271,7 +271,7 @@ def test_cli_subprocess() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    cmd = [sys.executable, "-m", "gateway.fake_upstream", "--port", str(port), "--models", "a,b"]
+    cmd = [sys.executable, "-m", "fake_upstream", "--port", str(port), "--models", "a,b"]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )

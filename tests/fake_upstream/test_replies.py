@@ -13,7 +13,7 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
-from gateway.fake_upstream_replies import split_pieces
+from fake_upstream.replies import split_pieces
 from tests.fake_upstream.conftest import (
     MODELS,
     SEARCH,

@@ -1,6 +1,6 @@
 """Measure the fake upstream's own JSON latency: ``python -m tests.fakes.measure_latency``.
 
-Starts ``python -m gateway.fake_upstream`` on a free loopback port and times sequential
+Starts ``python -m fake_upstream`` on a free loopback port and times sequential
 (concurrency 1) requests: POST /v1/chat/completions and GET /v1/models (precomputed bytes,
 so the client-plus-loopback floor) with one persistent httpx client, then chat again with a
 raw keep-alive socket, which leaves out httpx's own cost. Prints p50 / p99 in milliseconds.
@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    cmd = [sys.executable, "-m", "gateway.fake_upstream", "--port", str(port)]
+    cmd = [sys.executable, "-m", "fake_upstream", "--port", str(port)]
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     try:
         assert server.stdout is not None

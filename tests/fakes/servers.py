@@ -15,10 +15,10 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any
 
-from gateway.fake_upstream import FakeConfig, FakeUpstream
-from gateway.fake_upstream_faults import Fault
-from gateway.fake_upstream_http import Handler, ThreadedServer
-from tests.fakes.fake_anthropic import FakeAnthropic
+from fake_upstream import FakeConfig, FakeUpstream
+from fake_upstream.anthropic import FakeAnthropic
+from fake_upstream.faults import Fault
+from fake_upstream.httpserver import Handler, ThreadedServer
 
 
 class _Running:

@@ -33,11 +33,11 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from fake_upstream.httpserver import Request, Response, ThreadedServer
 from gateway.app import create_app
-from gateway.fake_upstream_http import Request, Response, ThreadedServer
 from gateway.kv import KV
 from gateway.settings import Settings
-from gateway.upstream_pool import Factory
+from gateway.upstreams.pool import Factory
 from tests.fakes.servers import FakeUpstreamHandle, serve_fake_upstream
 
 # Short deadlines keep failure tests fast; each test that needs others passes its own.

@@ -19,7 +19,7 @@ from starlette.requests import Request
 
 import gateway.errors as errors_module
 import gateway.relay
-import gateway.upstreams
+import gateway.upstreams.base
 from gateway.app import create_app
 from gateway.errors import GatewayError, RateLimited
 from gateway.settings import Settings
@@ -32,7 +32,7 @@ from tests.gateway.conftest import (
     closed_port,
 )
 
-assert gateway.relay and gateway.upstreams  # imported for the subclasses they define
+assert gateway.relay and gateway.upstreams.base  # imported for the subclasses they define
 
 
 def all_subclasses(cls: type[GatewayError]) -> Iterator[type[GatewayError]]:

@@ -18,9 +18,10 @@ from tests.fakes.servers import FakeUpstreamHandle
 from tests.gateway.conftest import GatewayFactory, PolicyFactory, chat
 
 REQUEST_KEYS = {
-    "type", "id", "time", "tenant", "route", "model", "upstream_model", "provider", "stream",
-    "task", "status", "outcome", "error", "decision", "attempts", "fallback_from", "tokens",
-    "cost_usd", "baseline_cost_usd", "reference_model", "latency_ms", "ttft_ms", "upstream_ms",
+    "type", "id", "endpoint", "time", "tenant", "route", "model", "upstream_model", "provider",
+    "stream", "task", "status", "outcome", "error", "decision", "attempts", "fallback_from",
+    "tokens", "cost_usd", "baseline_cost_usd", "reference_model", "latency_ms", "ttft_ms",
+    "upstream_ms",
 }  # fmt: skip
 DECISION_KEYS = {"reason", "difficulty", "p", "quality_bar", "rule", "fallbacks", "candidates"}
 CANDIDATE_KEYS = {"model", "p", "expected_cost_usd", "eligible", "reason"}
@@ -150,7 +151,7 @@ def test_request_record_matches_the_contract(
         )
     (rec,) = gw.records(at_least=1)
     assert set(rec) == REQUEST_KEYS, "no prompt unless the policy sets log_prompts"
-    assert rec["type"] == "request" and rec["id"] == "rec-1"
+    assert rec["type"] == "request" and rec["id"] == "rec-1" and rec["endpoint"] == "chat"
     assert TIME.match(rec["time"]), rec["time"]
     assert (rec["tenant"], rec["route"], rec["model"]) == ("default", "routed", "big")
     assert (rec["upstream_model"], rec["provider"]) == ("mock-big", "openai")

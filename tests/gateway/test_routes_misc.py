@@ -139,7 +139,7 @@ def test_metrics_exposition(
     for model in ("small", "big"):
         assert samples[("effgate_circuit_state", frozenset({("upstream", model)}))] == 0
     ok = frozenset(
-        {("route", "auto"), ("model", "small"), ("status_class", "2xx"),
+        {("endpoint", "chat"), ("route", "auto"), ("model", "small"), ("status_class", "2xx"),
          ("outcome", "ok"), ("stream", "false")}
     )  # fmt: skip
     assert samples[("effgate_requests_total", ok)] == 1

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from gateway.upstreams import HTTPUpstream, Upstream
+from gateway.upstreams.base import Upstream
 from policies.compile import CompiledPolicy, ModelEntry
 
 log = logging.getLogger("effgate.upstreams")
@@ -36,11 +36,13 @@ def default_factory(pool_timeout_s: float, http_client: str = "aiohttp") -> Fact
     def build(entry: ModelEntry) -> Upstream:
         if entry.provider == "openai":
             if http_client == "httpx":
-                return HTTPUpstream(entry, pool_timeout_s=pool_timeout_s)
-            from gateway.aiohttp_upstream import AiohttpUpstream
+                from gateway.upstreams.httpx_client import HttpxUpstream
+
+                return HttpxUpstream(entry, pool_timeout_s=pool_timeout_s)
+            from gateway.upstreams.aiohttp_client import AiohttpUpstream
 
             return AiohttpUpstream(entry)
-        from gateway.litellm_upstream import LitellmUpstream  # only when a policy names one
+        from gateway.upstreams.litellm_client import LitellmUpstream  # only when a policy names one
 
         return LitellmUpstream(entry)
 

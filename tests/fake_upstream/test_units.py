@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.fake_upstream import FakeConfig, main
-from gateway.fake_upstream_faults import Fault, FaultError, parse_fault, parse_marker
-from gateway.fake_upstream_replies import sample_value
+from fake_upstream import FakeConfig, main
+from fake_upstream.faults import Fault, FaultError, parse_fault, parse_marker
+from fake_upstream.replies import sample_value
 
 
 def test_fault_parsing() -> None:

@@ -1,7 +1,7 @@
 """The httpx client (``EFFGATE_HTTP_CLIENT=httpx``) keeps the same contract as the default.
 
 The suites run on the default aiohttp client; this file drives the same failure kinds through
-``gateway.upstreams.HTTPUpstream`` so that both error-mapping seams stay honest.
+``gateway.upstreams.httpx_client.HttpxUpstream`` so that both error-mapping seams stay honest.
 """
 
 from __future__ import annotations

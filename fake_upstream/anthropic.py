@@ -4,7 +4,7 @@ Shows that the gateway reaches Anthropic through litellm's anthropic provider. I
 the wire format of https://docs.anthropic.com/en/api/messages and /messages-streaming:
 401 `authentication_error` without ``x-api-key`` (or with the wrong one when `api_key` is
 set) or without ``anthropic-version``; 400 without ``max_tokens``; 404 for a model outside
-`models` (when given). Replies and counts follow `gateway.fake_upstream_replies`:
+`models` (when given). Replies and counts follow `fake_upstream.replies`:
 input_tokens = whitespace words of ``system`` and every message's text, output_tokens =
 pieces sent, ``"<model> says: ..."``, truncated to ``max_tokens`` (stop_reason max_tokens).
 """
@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from gateway.fake_upstream_http import Connection, Job, Request, Response
-from gateway.fake_upstream_replies import content_text, reply_pieces
+from fake_upstream.httpserver import Connection, Job, Request, Response
+from fake_upstream.replies import content_text, reply_pieces
 
 
 def _error(status: int, kind: str, message: str) -> Response:

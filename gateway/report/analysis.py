@@ -19,8 +19,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.report_data import ACCEPTED, NO_FEEDBACK, Records
-from gateway.report_stats import percentiles, ratio, wilson
+from gateway.report.data import ACCEPTED, NO_FEEDBACK, Records
+from gateway.report.stats import percentiles, ratio, wilson
 
 DAY = 86400.0
 MONTH = 30 * DAY

@@ -1,6 +1,6 @@
 """Synthetic request records with a known ground truth, for `effgate report` demos and tests.
 
-    python -m gateway.report_demo --out demo/records.jsonl [--scenario planted|balanced] [--rotate]
+    python -m gateway.report.demo --out demo/records.jsonl [--scenario planted|balanced] [--rotate]
     effgate report --records demo/ --out demo/report
 
 Every number is planted, not sampled: each `Segment` fixes its requests, how many got feedback
@@ -271,7 +271,7 @@ def write(
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.report_demo", description=__doc__.splitlines()[0]
+        prog="python -m gateway.report.demo", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--out", required=True, type=Path, help="records file to write")
     parser.add_argument("--scenario", choices=("planted", "balanced"), default="planted")

@@ -17,16 +17,9 @@ from typing import Any
 import anyio
 import orjson
 
-from gateway.errors import error_body
+from gateway.errors import ConnectFailed, ProtocolFailed, TimedOut, error_body, upstream_status
 from gateway.sse import DONE_EVENT, encode_event
-from gateway.upstreams import (
-    ConnectFailed,
-    ProtocolFailed,
-    Reply,
-    Stream,
-    TimedOut,
-    UpstreamStatusError,
-)
+from gateway.upstreams.base import Reply, Stream
 from policies.compile import ModelEntry
 
 _CONTROL = ("model", "messages", "stream", "stream_options", "input")
@@ -46,7 +39,7 @@ def import_litellm() -> Any:
 
 @contextmanager
 def map_litellm_errors(name: str) -> Iterator[None]:
-    """litellm raises openai's exception types: map them like ``map_upstream_errors`` does."""
+    """litellm raises openai's exception types: map them like ``map_httpx_errors`` does."""
     import openai
 
     try:
@@ -58,7 +51,7 @@ def map_litellm_errors(name: str) -> Iterator[None]:
     except openai.APIStatusError as exc:
         message = f"upstream {name!r}: {getattr(exc, 'message', '') or type(exc).__name__}"
         body = error_body(message, "upstream_error", None)
-        raise UpstreamStatusError(exc.status_code, body, {}) from exc
+        raise upstream_status(exc.status_code, body, {}) from exc
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         # litellm failed to translate the provider's answer: an upstream fault, not ours
         raise ProtocolFailed(f"upstream {name!r} sent an answer litellm could not read") from exc

@@ -3,16 +3,16 @@
 Measured here (``benchmarks/clients.py``, and the overhead benchmark's profile): an httpx call
 costs 1.4 to 3 ms of CPU on this class of machine and grows with concurrency (httpcore walks
 every pooled connection per request); aiohttp costs 0.2 to 0.5 ms. The httpx client
-(``gateway.upstreams.HTTPUpstream``) stays available with ``EFFGATE_HTTP_CLIENT=httpx``.
+(``gateway.upstreams.httpx_client``) stays available with ``EFFGATE_HTTP_CLIENT=httpx``.
 ``map_aiohttp_errors`` is this client's one error-mapping seam, the twin of
-``map_upstream_errors``.
+``map_httpx_errors``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,16 +20,14 @@ import aiohttp
 import anyio
 import orjson
 
-from gateway.upstreams import (
-    MAX_ERROR_BODY,
-    PASS_HEADERS,
+from gateway.errors import (
     ConnectFailed,
     ProtocolFailed,
-    Reply,
-    Stream,
     TimedOut,
     UpstreamStatusError,
+    upstream_status,
 )
+from gateway.upstreams.base import MAX_ERROR_BODY, Reply, Stream, picked_headers
 from policies.compile import ModelEntry
 
 
@@ -48,13 +46,9 @@ def map_aiohttp_errors(name: str) -> Iterator[None]:
         ) from exc
 
 
-def _picked(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k in PASS_HEADERS if (v := headers.get(k)) is not None}
-
-
 async def _status_error(resp: aiohttp.ClientResponse) -> UpstreamStatusError:
     body = await resp.content.read(MAX_ERROR_BODY)
-    return UpstreamStatusError(resp.status, body, _picked(resp.headers))
+    return upstream_status(resp.status, body, picked_headers(resp.headers))
 
 
 class _AiohttpStream:
@@ -108,7 +102,7 @@ class AiohttpUpstream:
                 if resp.status >= 400:
                     raise await _status_error(resp)
                 data = await resp.read()
-                return Reply(resp.status, data, _picked(resp.headers))
+                return Reply(resp.status, data, picked_headers(resp.headers))
 
     async def open_stream(self, body: dict[str, Any], first_byte_s: float) -> Stream:
         url = self._base + "/chat/completions"

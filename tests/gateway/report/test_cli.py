@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from gateway import report_demo as demo
-from gateway.report import build, main
-from gateway.report_data import load_records, record_files
+from gateway.report import demo
+from gateway.report.build import build, main
+from gateway.report.data import load_records, record_files
 from tests.gateway.conftest import chat
-from tests.gateway.report_fixtures import tiny_log
+from tests.gateway.report.fixtures import tiny_log
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:

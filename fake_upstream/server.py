@@ -1,15 +1,15 @@
 """A fast, deterministic OpenAI-compatible fake model server, with fault injection.
 
 ``effgate fake-upstream --port P [--models a,b] [--latency-ms N] [--tokens-per-s N]
-[--reply-words N]``, or ``python -m gateway.fake_upstream``; in process: `FakeUpstream` on
+[--reply-words N]``, or ``python -m fake_upstream``; in process: `FakeUpstream` on
 an event loop (`start` / `serve`), or in a daemon thread: ``ThreadedServer(FakeUpstream(cfg))``
 (tests use ``tests.fakes.servers.serve_fake_upstream``).
 
 Endpoints: POST /v1/chat/completions and /v1/completions (JSON, or SSE when ``stream`` is
 true), POST /v1/embeddings, GET /v1/models, GET /healthz. Admin (not counted in stats):
 POST/GET/DELETE /_fake/faults (`FaultQueue`), GET /_fake/stats (`Stats`), POST /_fake/reset.
-Replies and token counts: see `gateway.fake_upstream_replies`. Faults: see
-`gateway.fake_upstream_faults`. A fault marker in the request wins over the admin queue,
+Replies and token counts: see `fake_upstream.replies`. Faults: see
+`fake_upstream.faults`. A fault marker in the request wins over the admin queue,
 which is consumed only by the three POST model endpoints. --latency-ms delays the first byte;
 --tokens-per-s paces stream chunks and, for JSON, delays the body by the generation time.
 """
@@ -30,9 +30,9 @@ from typing import Any, Literal
 
 import orjson
 
-from gateway.fake_upstream_faults import Fault, FaultError, FaultQueue, Stats, parse_fault
-from gateway.fake_upstream_faults import parse_marker as _parse_marker
-from gateway.fake_upstream_http import (
+from fake_upstream.faults import Fault, FaultError, FaultQueue, Stats, parse_fault
+from fake_upstream.faults import parse_marker as _parse_marker
+from fake_upstream.httpserver import (
     Connection,
     HttpServer,
     Job,
@@ -41,7 +41,7 @@ from gateway.fake_upstream_http import (
     head,
     new_event_loop,
 )
-from gateway.fake_upstream_render import (
+from fake_upstream.render import (
     Event,
     chat_events,
     chat_json,
@@ -50,7 +50,7 @@ from gateway.fake_upstream_render import (
     embeddings_json,
     models_json,
 )
-from gateway.fake_upstream_replies import (
+from fake_upstream.replies import (
     Plan,
     RequestError,
     content_text,
@@ -352,7 +352,3 @@ def main(argv: list[str]) -> int:
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(run())
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,80 +1,27 @@
-"""Upstream model servers: the ``Upstream`` seam and the OpenAI-compatible HTTP implementation.
+"""OpenAI-compatible upstreams over httpx (``EFFGATE_HTTP_CLIENT=httpx``; aiohttp is the default).
 
-``map_upstream_errors`` is the one place that turns httpx exceptions into gateway errors
-(compare httpx's own ``map_httpcore_exceptions``); nothing else catches httpx errors.
+``map_httpx_errors`` is the one place that turns httpx exceptions into gateway errors (compare
+httpx's own ``map_httpcore_exceptions``); nothing else catches httpx errors.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import anyio
 import httpx
 import orjson
 
-from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import ConnectFailed, ProtocolFailed, TimedOut, upstream_status
+from gateway.upstreams.base import MAX_ERROR_BODY, Reply, Stream, picked_headers
 from policies.compile import ModelEntry
-
-ErrorKind = Literal[
-    "connect", "timeout", "status_429", "status_4xx", "status_5xx", "stream_cut", "protocol"
-]
-
-PASS_HEADERS = ("retry-after", "x-request-id", "openai-processing-ms")
-MAX_ERROR_BODY = 64 * 1024
-
-
-class UpstreamStatusError(Exception):
-    """The upstream answered with an HTTP error; status and body are passed to the client as is."""
-
-    def __init__(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
-        super().__init__(f"upstream returned HTTP {status}")
-        self.status = status
-        self.body = body
-        self.headers = dict(headers)
-
-    @property
-    def kind(self) -> ErrorKind:
-        if self.status == 429:
-            return "status_429"
-        return "status_5xx" if self.status >= 500 else "status_4xx"
-
-    @property
-    def retryable(self) -> bool:
-        return self.status == 429 or self.status >= 500
-
-
-class ConnectFailed(UpstreamUnavailable):
-    kind: ErrorKind = "connect"
-
-
-class ProtocolFailed(UpstreamUnavailable):
-    kind: ErrorKind = "protocol"
-
-
-class TimedOut(UpstreamTimeout):
-    kind: ErrorKind = "timeout"
-
-
-def error_kind(exc: BaseException) -> ErrorKind:
-    if isinstance(exc, UpstreamStatusError):
-        return exc.kind
-    kind: ErrorKind = getattr(exc, "kind", "protocol")
-    return kind
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Worth another try on the same upstream: connect failures, 429 and 5xx."""
-    if isinstance(exc, UpstreamStatusError):
-        return exc.retryable
-    return isinstance(exc, ConnectFailed)
 
 
 @contextmanager
-def map_upstream_errors(name: str) -> Iterator[None]:
+def map_httpx_errors(name: str) -> Iterator[None]:
     """Turn httpx exceptions into gateway errors that name the upstream, never its URL or key."""
     try:
         yield
@@ -88,35 +35,6 @@ def map_upstream_errors(name: str) -> Iterator[None]:
         ) from exc
 
 
-@dataclass(slots=True)
-class Reply:
-    """A complete upstream JSON answer."""
-
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class Stream(Protocol):
-    """An open upstream SSE stream: raw byte chunks in arrival order."""
-
-    def chunks(self) -> AsyncIterator[bytes]: ...
-
-    async def aclose(self) -> None: ...
-
-
-class Upstream(Protocol):
-    """One model server. Each method raises ``UpstreamStatusError`` or a ``GatewayError``."""
-
-    name: str
-
-    async def complete(self, path: str, body: dict[str, Any], deadline_s: float) -> Reply: ...
-
-    async def open_stream(self, body: dict[str, Any], first_byte_s: float) -> Stream: ...
-
-    async def aclose(self) -> None: ...
-
-
 class _HTTPStream:
     __slots__ = ("_resp", "_name")
 
@@ -125,16 +43,12 @@ class _HTTPStream:
         self._name = name
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        with map_upstream_errors(self._name):
+        with map_httpx_errors(self._name):
             async for chunk in self._resp.aiter_raw():
                 yield chunk
 
     async def aclose(self) -> None:
         await self._resp.aclose()
-
-
-def _picked_headers(resp: httpx.Response) -> dict[str, str]:
-    return {k: v for k in PASS_HEADERS if (v := resp.headers.get(k)) is not None}
 
 
 async def _bounded_body(resp: httpx.Response, limit: int = MAX_ERROR_BODY) -> bytes:
@@ -146,7 +60,7 @@ async def _bounded_body(resp: httpx.Response, limit: int = MAX_ERROR_BODY) -> by
     return bytes(buf[:limit])
 
 
-class HTTPUpstream:
+class HttpxUpstream:
     """An OpenAI-compatible server (OpenAI, vLLM, SGLang, llama.cpp, Ollama ...): one pool."""
 
     def __init__(
@@ -180,14 +94,16 @@ class HTTPUpstream:
 
     async def complete(self, path: str, body: dict[str, Any], deadline_s: float) -> Reply:
         req = self.client.build_request("POST", path, content=orjson.dumps(body))
-        with map_upstream_errors(self.name):
+        with map_httpx_errors(self.name):
             try:
                 with anyio.fail_after(deadline_s):
                     resp = await self.client.send(req, stream=True)
                     try:
                         if resp.status_code >= 400:
-                            raise UpstreamStatusError(
-                                resp.status_code, await _bounded_body(resp), _picked_headers(resp)
+                            raise upstream_status(
+                                resp.status_code,
+                                await _bounded_body(resp),
+                                picked_headers(resp.headers),
                             )
                         data = await resp.aread()
                     finally:
@@ -196,11 +112,11 @@ class HTTPUpstream:
                 raise TimedOut(
                     f"upstream {self.name!r} did not answer in {deadline_s:g} s"
                 ) from exc
-        return Reply(resp.status_code, data, _picked_headers(resp))
+        return Reply(resp.status_code, data, picked_headers(resp.headers))
 
     async def open_stream(self, body: dict[str, Any], first_byte_s: float) -> Stream:
         req = self.client.build_request("POST", "/chat/completions", content=orjson.dumps(body))
-        with map_upstream_errors(self.name):
+        with map_httpx_errors(self.name):
             try:
                 with anyio.fail_after(first_byte_s):
                     resp = await self.client.send(req, stream=True)
@@ -210,8 +126,8 @@ class HTTPUpstream:
                 ) from exc
             if resp.status_code >= 400:
                 try:
-                    raise UpstreamStatusError(
-                        resp.status_code, await _bounded_body(resp), _picked_headers(resp)
+                    raise upstream_status(
+                        resp.status_code, await _bounded_body(resp), picked_headers(resp.headers)
                     )
                 finally:
                     await resp.aclose()

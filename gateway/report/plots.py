@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from gateway.report import Report
+    from gateway.report.build import Report
 
 PLOTS = ("spend_over_time", "model_mix", "cost_per_accepted", "calibration", "latency")
 

@@ -11,11 +11,11 @@ import html
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from gateway.report_analysis import GroupStats, iso
-from gateway.report_findings import Finding, describe, usd
+from gateway.report.analysis import GroupStats, iso
+from gateway.report.findings import Finding, describe, usd
 
 if TYPE_CHECKING:
-    from gateway.report import Report
+    from gateway.report.build import Report
 
 Kind = Literal["text", "int", "usd", "pct", "p", "ms", "num"]
 Column = tuple[str, Callable[[Any], object], Kind]

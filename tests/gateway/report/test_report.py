@@ -13,14 +13,14 @@ import orjson
 import pytest
 import yaml
 
-from gateway import report_demo as demo
-from gateway.report import SCHEMA_VERSION, build, main, to_json
-from gateway.report_data import RecordsError, load_records, record_files
-from gateway.report_findings import FindingSettings, Impact, candidates, repick, union_delta
-from gateway.report_html import fmt
-from gateway.report_policy import load_hints, rule_name, scalar
-from gateway.report_stats import newcombe, percentiles, wilson
-from tests.gateway.report_fixtures import TINY_EXPECTED, parse_html, tiny_log
+from gateway.report import demo
+from gateway.report.build import SCHEMA_VERSION, build, main, to_json
+from gateway.report.data import RecordsError, load_records, record_files
+from gateway.report.findings import FindingSettings, Impact, candidates, repick, union_delta
+from gateway.report.html import fmt
+from gateway.report.policy import load_hints, rule_name, scalar
+from gateway.report.stats import newcombe, percentiles, wilson
+from tests.gateway.report.fixtures import TINY_EXPECTED, parse_html, tiny_log
 
 DAY = 86400.0
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from gateway.fake_upstream_replies import FINGERPRINT, Choice, Plan, RequestError
+from fake_upstream.replies import FINGERPRINT, Choice, Plan, RequestError
 
 Event = tuple[bytes, bool]
 DONE = b"data: [DONE]\n\n"

@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.report_analysis import Span
-from gateway.report_data import NO_FEEDBACK, Records
-from gateway.report_findings import (
+from gateway.report.analysis import Span
+from gateway.report.data import NO_FEEDBACK, Records
+from gateway.report.findings import (
     BY_BAR,
     Basis,
     Candidates,
@@ -39,8 +39,8 @@ from gateway.report_findings import (
     repick,
     switch,
 )
-from gateway.report_policy import PolicyHints, bar_change, pin_task
-from gateway.report_stats import round_up, wilson
+from gateway.report.policy import PolicyHints, bar_change, pin_task
+from gateway.report.stats import round_up, wilson
 
 
 def by_bar_rows(

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import orjson
 
-from gateway.report_analysis import (
+from gateway.report.analysis import (
     CalibrationBin,
     GroupStats,
     LatencyHistogram,
@@ -35,8 +35,8 @@ from gateway.report_analysis import (
     span_of,
     spend_series,
 )
-from gateway.report_bars import bar_overpay, underpaid
-from gateway.report_data import (
+from gateway.report.bars import bar_overpay, underpaid
+from gateway.report.data import (
     LoadStats,
     Malformed,
     RecordsError,
@@ -44,7 +44,7 @@ from gateway.report_data import (
     parse_time,
     record_files,
 )
-from gateway.report_findings import (
+from gateway.report.findings import (
     Finding,
     FindingSettings,
     Found,
@@ -52,8 +52,8 @@ from gateway.report_findings import (
     union_delta,
     usd,
 )
-from gateway.report_overpaid import Excess, decision_overpay, pin_overpay
-from gateway.report_policy import PolicyHints, PolicyHintsError, load_hints
+from gateway.report.overpaid import Excess, decision_overpay, pin_overpay
+from gateway.report.policy import PolicyHints, PolicyHintsError, load_hints
 
 SCHEMA_VERSION = 1
 Format = Literal["html", "json"]
@@ -244,8 +244,8 @@ def main(argv: list[str]) -> int:
 
 def write(report: Report, out: Path, formats: Sequence[str]) -> list[Path]:
     """Write the requested outputs into `out`; plots only come with the HTML."""
-    from gateway.report_html import render
-    from gateway.report_plots import draw
+    from gateway.report.html import render
+    from gateway.report.plots import draw
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -264,7 +264,3 @@ def write(report: Report, out: Path, formats: Sequence[str]) -> list[Path]:
 def _fail(message: str) -> int:
     print(f"effgate report: error: {message}", file=sys.stderr)
     return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

@@ -1,4 +1,10 @@
-"""The ``effgate`` command: dispatches to ``main(argv)`` functions next to the code they run."""
+"""The ``effgate`` command: dispatches to ``main(argv)`` functions next to the code they run.
+
+Each branch imports its command lazily, so ``effgate policy check`` never loads the server and
+``effgate serve`` never loads training or reporting code. ``serve`` and ``demo`` live here;
+the others are ``policies.check``, ``router_models.train``, ``router_models.evaluate``,
+``policies.replay``, ``gateway.report.build`` and ``fake_upstream``.
+"""
 
 from __future__ import annotations
 
@@ -23,15 +29,15 @@ run `effgate <command> --help` for a command's options
 def _command(argv: list[str]) -> tuple[Callable[[list[str]], int], list[str]] | None:
     cmd, rest = argv[0], argv[1:]
     if cmd == "serve":
-        from gateway.server import main as serve
+        from gateway.cli.serve import main as serve
 
         return serve, rest
     if cmd == "demo":
-        from gateway.demo import main as demo
+        from gateway.cli.demo import main as demo
 
         return demo, rest
     if cmd == "fake-upstream":
-        from gateway.fake_upstream import main as fake
+        from fake_upstream import main as fake
 
         return fake, rest
     if cmd == "policy" and rest[:1] == ["check"]:
@@ -51,7 +57,7 @@ def _command(argv: list[str]) -> tuple[Callable[[list[str]], int], list[str]] | 
 
         return evaluate, rest
     if cmd == "report":
-        from gateway.report import main as report
+        from gateway.report.build import main as report
 
         return report, rest
     return None
@@ -68,7 +74,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     func, rest = found
     return func(rest)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,9 +18,9 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.report_analysis import Span
-from gateway.report_data import ACCEPTED, NO_FEEDBACK, Records
-from gateway.report_stats import newcombe, wilson
+from gateway.report.analysis import Span
+from gateway.report.data import ACCEPTED, NO_FEEDBACK, Records
+from gateway.report.stats import newcombe, wilson
 
 FindingKind = Literal["overpaid_decision", "overpaid_pin", "overpaid_bar", "underpaid"]
 Basis = Literal["observed", "predicted"]

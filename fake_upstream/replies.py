@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.fake_upstream_faults import MARKER
+from fake_upstream.faults import MARKER
 
 FINGERPRINT = "fp_fake"
 _PIECE = re.compile(r"\s*\S+")

@@ -38,8 +38,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tokens-per-s", type=float, default=80.0, help="fake stream pacing")
     args = parser.parse_args(argv)
 
+    from fake_upstream import FakeConfig, FakeUpstream
     from gateway.app import create_app
-    from gateway.fake_upstream import FakeConfig, FakeUpstream
     from gateway.settings import Settings
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.report_analysis import Span, label
-from gateway.report_data import Records
-from gateway.report_findings import (
+from gateway.report.analysis import Span, label
+from gateway.report.data import Records
+from gateway.report.findings import (
     Finding,
     FindingSettings,
     Found,
@@ -31,8 +31,8 @@ from gateway.report_findings import (
     served_prices,
     switch,
 )
-from gateway.report_policy import PolicyHints, pin_task, retries_change, unpin
-from gateway.report_stats import two_proportion_p
+from gateway.report.policy import PolicyHints, pin_task, retries_change, unpin
+from gateway.report.stats import two_proportion_p
 
 FALLBACK, OTHER = -2, -3
 

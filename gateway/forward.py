@@ -1,0 +1,205 @@
+"""Forward one request along its chain: the chosen model, then its fallbacks.
+
+Each model is tried up to ``max_retries + 1`` times on connect errors, 429 and 5xx, with
+jittered backoff (an upstream's ``Retry-After`` wins); an open circuit skips a model. Retries
+and fallbacks happen only before the first byte reaches the client. JSON answers come back as
+a ``Reply`` priced from their usage; streams as a ``RelayResponse`` that has its first chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+import anyio
+import orjson
+
+from gateway.accountant import price
+from gateway.accounting import Usage, usage_from
+from gateway.errors import (
+    GatewayError,
+    NoHealthyUpstream,
+    ProtocolFailed,
+    TimedOut,
+    UpstreamError,
+    UpstreamStatusError,
+)
+from gateway.exchange import Exchange
+from gateway.lifecycle import finish
+from gateway.relay import RelayResponse, model_rewriter
+from gateway.state import AppState
+from gateway.upstreams.base import Reply, Stream, Upstream
+from policies.compile import ModelEntry
+
+
+def _backoff(state: AppState, attempt: int, exc: BaseException) -> float:
+    base = state.settings.retry_backoff_s * (2**attempt)
+    if isinstance(exc, UpstreamStatusError) and (ra := exc.upstream_headers.get("retry-after")):
+        with contextlib.suppress(ValueError):
+            base = max(base, float(ra))
+    jitter: float = 0.5 + random.random() / 2
+    return float(min(state.settings.retry_backoff_max_s, base)) * jitter
+
+
+def _upstream_body(body: dict[str, Any], entry: ModelEntry, stream: bool) -> dict[str, Any]:
+    out = dict(body)
+    out["model"] = entry.upstream_model
+    if stream:
+        opts = dict(out.get("stream_options") or {})
+        opts["include_usage"] = True
+        out["stream_options"] = opts
+    return out
+
+
+async def _first_chunk(stream: Stream, deadline_s: float) -> tuple[bytes, AsyncIterator[bytes]]:
+    it = stream.chunks().__aiter__()
+    try:
+        with anyio.fail_after(deadline_s):
+            first = await it.__anext__()
+    except TimeoutError as exc:
+        raise TimedOut(f"no first token within {deadline_s:g} s") from exc
+    except StopAsyncIteration as exc:
+        raise ProtocolFailed("upstream closed the stream before sending anything") from exc
+    return first, it
+
+
+def _headers(ex: Exchange) -> dict[str, str]:
+    d = ex.decision
+    h = {
+        "x-effgate-model": ex.model_id,
+        "x-effgate-route": ex.route,
+        "x-effgate-upstream-ms": f"{ex.upstream_s * 1000:.1f}",
+    }
+    if d is not None and d.p is not None:
+        h["x-effgate-quality"] = f"{d.p:.4f}"
+    if d is not None and d.difficulty is not None:
+        h["x-effgate-difficulty"] = f"{d.difficulty:.4f}"
+    return h
+
+
+def _json_reply(state: AppState, ex: Exchange, data: bytes) -> Reply:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolFailed("upstream sent a malformed JSON body") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolFailed("upstream sent a JSON body that is not an object")
+    usage = usage_from(obj.get("usage"))
+    if usage is None:
+        text = "".join(
+            str((c.get("message") or {}).get("content") or "")
+            for c in obj.get("choices") or ()
+            if isinstance(c, dict)
+        )
+        usage = Usage(ex.prompt_tokens, state.tokens.count(text), estimated=True)
+    price(ex, usage)
+    if ex.model is not None and "model" in obj:
+        obj["model"] = ex.model.id
+    headers = _headers(ex)
+    headers["x-effgate-cost-usd"] = f"{ex.cost_usd:.10f}"
+    return Reply(200, orjson.dumps(obj), headers)
+
+
+async def forward(
+    state: AppState,
+    ex: Exchange,
+    body: dict[str, Any],
+    *,
+    chain: tuple[str, ...],
+    path: str,
+    include_usage: bool,
+) -> Reply | RelayResponse:
+    """Try ``chain[0]``, then the fallbacks; retry each on connect errors, 429 and 5xx."""
+    last: GatewayError | None = None
+    for i, model_id in enumerate(chain):
+        entry = ex.policy.models[model_id]
+        if i > 0:
+            state.metrics.fallbacks.labels(ex.route, chain[i - 1], model_id).inc()
+            ex.fallback_from.append(chain[i - 1])
+        if not state.health.acquire(model_id):
+            last = NoHealthyUpstream(f"upstream {model_id!r} is unhealthy (circuit open)")
+            continue
+        ex.model = entry
+        upstream = state.upstreams.get(model_id)
+        out_body = _upstream_body(body, entry, ex.stream)
+        for attempt in range(entry.max_retries + 1):
+            ex.attempts += 1
+            t0 = time.perf_counter()
+            try:
+                result = await _call(state, ex, upstream, entry, out_body, path, include_usage)
+            except asyncio.CancelledError:
+                state.health.release(model_id)  # the client left: no verdict on the upstream
+                raise
+            except UpstreamError as exc:
+                elapsed = time.perf_counter() - t0
+                ex.upstream_s += elapsed
+                state.metrics.upstream_duration.labels(model_id).observe(elapsed)
+                state.metrics.upstream_errors.labels(model_id, exc.kind).inc()
+                last = exc
+                if isinstance(exc, UpstreamStatusError) and not exc.retryable:
+                    state.health.success(model_id)  # it answered: alive, the request was bad
+                    raise
+                state.health.failure(model_id)
+                if exc.retryable and attempt < entry.max_retries:
+                    state.metrics.retries.labels(model_id).inc()
+                    await asyncio.sleep(_backoff(state, attempt, exc))
+                    if not state.health.acquire(model_id):
+                        break
+                    continue
+                break
+            state.health.success(model_id)
+            return result
+    assert last is not None
+    raise last
+
+
+async def _call(
+    state: AppState,
+    ex: Exchange,
+    upstream: Upstream,
+    entry: ModelEntry,
+    body: dict[str, Any],
+    path: str,
+    include_usage: bool,
+) -> Reply | RelayResponse:
+    t0 = time.perf_counter()
+    t = entry.timeouts
+    if not ex.stream:
+        reply = await upstream.complete(path, body, t.total_s)
+        elapsed = time.perf_counter() - t0
+        ex.upstream_s += elapsed
+        state.metrics.upstream_duration.labels(entry.id).observe(elapsed)
+        return _json_reply(state, ex, reply.body)
+    stream = await upstream.open_stream(body, t.first_byte_s)
+    try:
+        remaining = max(0.001, t.first_byte_s - (time.perf_counter() - t0))
+        first, rest = await _first_chunk(stream, remaining)
+    except BaseException:
+        await stream.aclose()
+        raise
+    elapsed = time.perf_counter() - t0
+    ex.upstream_s += elapsed
+    state.metrics.upstream_duration.labels(entry.id).observe(elapsed)
+    headers = [(k.encode(), v.encode()) for k, v in _headers(ex).items()]
+    headers += [
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no"),
+    ]
+    return RelayResponse(
+        stream=stream,
+        chunks=rest,
+        first=first,
+        exchange=ex,
+        headers=headers,
+        include_usage=include_usage,
+        idle_s=t.idle_s,
+        rewrite=model_rewriter(entry.upstream_model, entry.id),
+        on_finish=partial(finish, state),
+        on_upstream_error=lambda m, k: state.metrics.upstream_errors.labels(m, k).inc(),
+    )

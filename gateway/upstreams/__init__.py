@@ -1,0 +1,12 @@
+"""Upstream model servers: one seam, three clients, and the pool that owns them.
+
+- ``base``: the ``Upstream`` and ``Stream`` Protocols every client implements, and ``Reply``.
+- ``aiohttp_client``: the default client for OpenAI-compatible servers (one pooled session).
+- ``httpx_client``: the same over httpx (``EFFGATE_HTTP_CLIENT=httpx``).
+- ``litellm_client``: providers that do not speak OpenAI's API, through litellm (imported only
+  when a policy names one).
+- ``pool``: the clients of the live policy, built by provider, reused across reloads.
+
+Each client maps its library's exceptions to ``gateway.errors.UpstreamError`` leaves in one
+``map_*_errors`` seam; nothing else catches them.
+"""
