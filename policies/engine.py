@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from policies.compile import CompiledPolicy, CompiledRule, ModelEntry
+from router_models.irt import irt_p
 
 Reason = Literal[
     "explicit_model", "cheapest_above_bar", "best_below_bar", "pinned_by_rule", "first_candidate"
@@ -122,13 +123,9 @@ class NoEligibleModel(Exception):
         super().__init__(f"no eligible model ({why}): {rows}")
 
 
-def p_acceptable(discrimination: float, skill: float, difficulty: float) -> float:
-    """P(acceptable answer) = 1 / (1 + exp(-a * (skill - difficulty))), without overflow."""
-    z = discrimination * (skill - difficulty)
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
+# P(acceptable answer) = 1 / (1 + exp(-a * (skill - difficulty))), without overflow, for floats
+# (discrimination, skill, difficulty): the one IRT link, ``router_models.irt.irt_p``.
+p_acceptable = irt_p
 
 
 def decide(policy: CompiledPolicy, inp: RouteInput, stats: LiveStats) -> Decision:

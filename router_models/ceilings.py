@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from router_models import routing
 from router_models.data import DataError, LabelMatrix, label_matrix, load_dataset
-from router_models.irt import fit_irt, sigmoid
+from router_models.irt import fit_irt, irt_p, sigmoid
 
 F64 = npt.NDArray[np.float64]
 
@@ -58,7 +58,7 @@ def fit_2pl(
         h = (w * p * (1 - p) * x**2).sum(1) * alpha**2 + 1 / log_alpha_sd**2
         log_alpha += np.clip(g / h, -0.5, 0.5)
         alpha = np.exp(log_alpha)
-        p = sigmoid(alpha[:, None] * (theta[None, :] - beta[:, None]))
+        p = irt_p(alpha[:, None], theta[None, :], beta[:, None])
         g = (w * (y - p) * alpha[:, None]).sum(0) - theta / 100.0
         h = (w * p * (1 - p) * alpha[:, None] ** 2).sum(0) + 1 / 100.0
         theta += np.clip(g / h, -1.0, 1.0)
@@ -90,7 +90,7 @@ def pair_left_out_gain(labels: LabelMatrix, strong: str, weak: str) -> F64:
     for m in (strong, weak):
         j = labels.models.index(m)
         mean = float(labels.scores[labels.mask[:, j], j].mean())
-        out.append(sigmoid(alpha * (routing.skill_from_mean(beta, alpha, mean) - beta)))
+        out.append(irt_p(alpha, routing.skill_from_mean(beta, alpha, mean), beta))
     gain: F64 = out[0] - out[1]
     return gain
 
@@ -112,11 +112,11 @@ def ceilings(
 
     def irt_gain(strong: str, weak: str) -> F64:
         a, d = one.discrimination, one.difficulty
-        g: F64 = sigmoid(a * (one.skills[strong] - d)) - sigmoid(a * (one.skills[weak] - d))
+        g: F64 = irt_p(a, one.skills[strong], d) - irt_p(a, one.skills[weak], d)
         return g
 
     def two_pl_gain(strong: str, weak: str) -> F64:
-        g: F64 = sigmoid(alpha * (theta[strong] - beta)) - sigmoid(alpha * (theta[weak] - beta))
+        g: F64 = irt_p(alpha, theta[strong], beta) - irt_p(alpha, theta[weak], beta)
         return g
 
     rand: F64 = np.asarray(np.random.default_rng(seed).random(lengths.shape[0]), dtype=np.float64)

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from router_models.features import N_DENSE, Features, extract
+from router_models.irt import irt_p
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -200,14 +201,5 @@ class Estimator:
         return np.array([self.difficulty(m) for m in batch], dtype=np.float64)
 
     def p_acceptable(self, messages: Sequence[Any], skill: float) -> float:
-        """sigmoid(a * (skill - difficulty))."""
-        return p_from(self.discrimination, skill, self.difficulty(messages))
-
-
-def p_from(discrimination: float, skill: float, difficulty: float) -> float:
-    """The IRT link, overflow-safe: 1 / (1 + exp(-a * (skill - d)))."""
-    z = discrimination * (skill - difficulty)
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
+        """sigmoid(a * (skill - difficulty)), by `router_models.irt.irt_p`."""
+        return irt_p(self.discrimination, skill, self.difficulty(messages))

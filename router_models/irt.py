@@ -1,16 +1,26 @@
-"""Item response theory: fit per-prompt difficulty and per-model skill from a label matrix.
+"""Item response theory: the probability link, and fits of difficulty and skill.
 
-P(model m answers prompt i acceptably) = sigmoid(a * (s_m - d_i)). Labels may be fractional
-(cross-entropy against the soft label) and missing (mask). The fit runs in logit units
-(theta_m = a*s_m, beta_i = a*d_i) with a Gaussian prior on beta, alternating exact 1-D
-Newton steps; `a` is then the spread of beta, so difficulties have unit variance.
-Skills can be anchored (held at given values), which keeps a retrained artifact's scale.
+P(model m answers prompt i acceptably) = 1 / (1 + exp(-a * (s_m - d_i))): `irt_p` is the one
+place that formula is written. It takes floats (the routing decision, one candidate at a time:
+plain `math`, no array is built) or numpy arrays (evaluation and fitting, via `sigmoid`, which
+exponentiates only -|z| and so never overflows); both paths compute the same expression.
+`policies.engine.p_acceptable` imports it from here: policies may import router_models (never
+the reverse), and this module stays light, numpy and `router_models.data` only, both already
+loaded wherever a decision is made, so the request path gains no import and no dependency.
+
+The fits: labels may be fractional (cross-entropy against the soft label) and missing (mask).
+The fit runs in logit units (theta_m = a*s_m, beta_i = a*d_i) with a Gaussian prior on beta,
+alternating exact 1-D Newton steps; `a` is then the spread of beta, so difficulties have unit
+variance. Skills can be anchored (held at given values), which keeps a retrained artifact's
+scale.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import numpy.typing as npt
@@ -18,11 +28,35 @@ import numpy.typing as npt
 from router_models.data import LabelMatrix
 
 Array = npt.NDArray[np.float64]
+_SCALAR = (float, int)  # a tuple: isinstance on it is twice as fast as on `float | int`
 
 
 def sigmoid(x: Array) -> Array:
-    out: Array = 0.5 * (1.0 + np.tanh(0.5 * x))
+    """1 / (1 + exp(-x)) elementwise, overflow-free: only exp(-|x|) <= 1 is computed."""
+    e = np.exp(-np.abs(x))
+    out: Array = np.where(x >= 0, 1.0, e) / (1.0 + e)
     return out
+
+
+@overload
+def irt_p(a: float, skill: float, difficulty: float) -> float: ...
+@overload
+def irt_p(a: Array, skill: float | Array, difficulty: float | Array) -> Array: ...
+@overload
+def irt_p(a: float, skill: Array, difficulty: float | Array) -> Array: ...
+@overload
+def irt_p(a: float, skill: float, difficulty: Array) -> Array: ...
+def irt_p(a: float | Array, skill: float | Array, difficulty: float | Array) -> float | Array:
+    """P(acceptable) = 1 / (1 + exp(-a * (skill - difficulty))); floats in, a float out (math),
+    else numpy arrays broadcast together. Never overflows: a huge |z| gives 0.0 or 1.0."""
+    if isinstance(a, _SCALAR) and isinstance(skill, _SCALAR) and isinstance(difficulty, _SCALAR):
+        # plain floats: an overflowing product is inf, never an error or a warning
+        z = float(a) * (float(skill) - float(difficulty))
+        e = math.exp(-abs(z))
+        return (1.0 if z >= 0 else e) / (1.0 + e)
+    with np.errstate(over="ignore"):  # an overflowing a * (skill - difficulty) is +-inf: 1 or 0
+        z_arr = np.multiply(a, np.subtract(skill, difficulty), dtype=np.float64)
+    return sigmoid(z_arr)
 
 
 @dataclass(frozen=True, slots=True)

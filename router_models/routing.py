@@ -2,7 +2,7 @@
 
 A router is a difficulty per prompt. Models' skills are calibrated on the file from each
 model's overall mean score only (one number per model, as an operator would read it off a
-leaderboard): s_m solves mean_i sigmoid(a*(s_m - d_i)) = mean score of m.
+leaderboard): s_m solves mean_i P(a, s_m, d_i) = mean score of m (`irt.irt_p`).
 Strong/weak: the default score is the raw difficulty (higher = send to the strong model);
 P(strong acceptable) - P(weak acceptable), the expected gain of the strong call, is
 reported beside it. Length is evaluated raw, as RouteLLM uses it.
@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from router_models import metrics
 from router_models.data import LabelMatrix, Price, Row, prompt_cost
-from router_models.irt import sigmoid
+from router_models.irt import irt_p
 
 F64 = npt.NDArray[np.float64]
 BARS = tuple(round(0.05 * k, 2) for k in range(1, 20))
@@ -34,7 +34,7 @@ def skill_from_mean(d: F64, a: float | F64, mean: float) -> float:
     lo, hi = float(d.min()) - reach, float(d.max()) + reach
     for _ in range(100):
         mid = (lo + hi) / 2.0
-        if float(sigmoid(a * (mid - d)).mean()) < target:
+        if float(irt_p(a, mid, d).mean()) < target:
             lo = mid
         else:
             hi = mid
@@ -136,7 +136,7 @@ def gain_score(d: F64, a: float, labels: LabelMatrix, strong: str, weak: str) ->
     js, jw = labels.models.index(strong), labels.models.index(weak)
     ss = skill_from_mean(d, a, float(labels.scores[:, js].mean()))
     sw = skill_from_mean(d, a, float(labels.scores[:, jw].mean()))
-    out: F64 = sigmoid(a * (ss - d)) - sigmoid(a * (sw - d))
+    out: F64 = irt_p(a, ss, d) - irt_p(a, sw, d)
     return out
 
 
@@ -182,7 +182,7 @@ def multi_result(d: F64, a: float, table: CostTable) -> MultiResult:
     skills = np.array(
         [skill_from_mean(d, a, float(table.score[:, j].mean())) for j in range(len(table.models))]
     )
-    p = sigmoid(a * (skills[None, :] - d[:, None]))
+    p = irt_p(a, skills[None, :], d[:, None])
     curve = metrics.cost_quality_curve(p, table.cost, table.score, BARS)
     xs = np.array([c.cost for c in curve])
     ys = np.array([c.quality for c in curve])

@@ -10,8 +10,9 @@ import pytest
 
 from router_models import ArtifactError, Estimator, load_estimator
 from router_models.artifact import METADATA, WEIGHTS, save_artifact
-from router_models.estimator import Weights, p_from
+from router_models.estimator import Weights
 from router_models.features import FEATURE_VERSION, N_DENSE
+from router_models.irt import irt_p
 
 MSG = [{"role": "user", "content": "Compute the integral of x^2 from 0 to 3."}]
 TEXTS = (
@@ -54,7 +55,7 @@ def test_p_acceptable_is_the_irt_link():
         assert est.p_acceptable(MSG, skill) == pytest.approx(1 / (1 + math.exp(-a * (skill - d))))
     assert est.p_acceptable(MSG, d) == pytest.approx(0.5)
     assert est.p_acceptable(MSG, 2.0) > est.p_acceptable(MSG, 1.0)
-    assert p_from(2.0, -1000.0, 0.0) == 0.0 and p_from(2.0, 1000.0, 0.0) == 1.0
+    assert irt_p(2.0, -1000.0, 0.0) == 0.0 and irt_p(2.0, 1000.0, 0.0) == 1.0
 
 
 def _weights(bias: float = 0.25) -> Weights:
