@@ -6,7 +6,8 @@ mapped to it (same name as the catalog id or upstream_model, or ``--map data=cat
 The policy is compared with always sending everything to the route's reference model and
 to each single candidate. Cost = catalog prices x the data's token counts, estimated from
 characters / 4 where the data has none. Prompts whose chosen model has no label are counted
-and reported per model, never silently dropped. ``router_models`` is imported lazily.
+and reported per model, never silently dropped. The dataset is parsed by ``router_models.data``
+(through ``replay_data``); the estimator and the rules' prompt text are imported when needed.
 """
 
 from __future__ import annotations

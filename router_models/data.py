@@ -1,7 +1,9 @@
-"""Readers for labelled prompts: the shared JSONL format, its price files, gateway records.
+"""Labelled prompts: the one parser of the shared JSONL format, and its price files.
 
 Every source becomes a list of `Row`s: one prompt (as chat messages) with per-model
-results. `LabelMatrix` is the dense (prompts x models) view the IRT fit works on.
+results (`router_models.records` makes them from gateway records; `policies.replay_data`
+views them as replay prompts). `LabelMatrix` is the dense (prompts x models) view the IRT fit
+works on.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,45 +72,89 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _opt_float(value: Any) -> float | None:
+def _count(value: Any, where: str) -> int | None:
     if value is None:
         return None
-    out = float(value)
-    return out if math.isfinite(out) else None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise DataError(f"{where}: expected a non-negative integer or null, got {value!r}")
 
 
-def _opt_int(value: Any) -> int | None:
-    return None if value is None else int(value)
+def _cost(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DataError(f"{where}: expected a number or null, got {value!r}")
+    return float(value) if math.isfinite(value) else None
 
 
-def parse_row(obj: Mapping[str, Any]) -> Row:
-    """One line of the shared format -> Row (raises DataError on a bad line)."""
-    try:
-        prompt = obj["prompt"]
-        turns = obj.get("turns") or [prompt]
-        results: dict[str, Result] = {}
-        for name, res in obj["models"].items():
-            score = float(res["score"])
-            if not (math.isfinite(score) and 0.0 <= score <= 1.0):
-                raise DataError(f"score {score!r} outside [0, 1]")
-            results[str(name)] = Result(
-                score=score,
-                cost_usd=_opt_float(res.get("cost_usd")),
-                input_tokens=_opt_int(res.get("input_tokens")),
-                output_tokens=_opt_int(res.get("output_tokens")),
-                output_chars=_opt_int(res.get("output_chars")),
-            )
-        messages = tuple({"role": "user", "content": str(t)} for t in turns)
-        return Row(
-            id=str(obj["id"]),
-            source=str(obj["source"]),
-            task=str(obj["task"]),
-            messages=messages,
-            results=results,
-            prompt_chars=sum(len(str(t)) for t in turns),
-        )
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise DataError(f"bad row {obj.get('id', '?')!r}: {exc}") from exc
+def _result(raw: Any, where: str) -> Result:
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: expected an object")
+    score = raw.get("score")
+    if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
+        raise DataError(f"{where}.score: expected a number in [0, 1], got {score!r}")
+    return Result(
+        score=float(score),
+        cost_usd=_cost(raw.get("cost_usd"), f"{where}.cost_usd"),
+        input_tokens=_count(raw.get("input_tokens"), f"{where}.input_tokens"),
+        output_tokens=_count(raw.get("output_tokens"), f"{where}.output_tokens"),
+        output_chars=_count(raw.get("output_chars"), f"{where}.output_chars"),
+    )
+
+
+def _text(value: Any, key: str, where: str, default: str) -> str:
+    if value is None:
+        return default
+    if isinstance(value, str):
+        return value
+    raise DataError(f"{where}: {key!r} must be a string, got {value!r}")
+
+
+def parse_row(obj: Any, where: str = "row") -> Row:
+    """One decoded line of the shared format -> Row; DataError naming `where` if malformed.
+
+    The one parser of the format (`effgate train`/`eval` and `effgate eval --policy` both read
+    through it). `prompt` and `models` are required; `id`, `source` and `task`, which the format
+    also requires, default to `where`, "" and "" so hand-written replay files may leave them out.
+    """
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object")
+    prompt, models = obj.get("prompt"), obj.get("models")
+    if not isinstance(prompt, str) or not isinstance(models, dict):
+        raise DataError(f"{where}: needs a string 'prompt' and an object 'models'")
+    turns = obj.get("turns") or [prompt]
+    if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
+        raise DataError(f"{where}: 'turns' must be a list of strings")
+    row_id = obj.get("id", where)
+    return Row(
+        id=row_id if isinstance(row_id, str) else str(row_id),
+        source=_text(obj.get("source"), "source", where, ""),
+        task=_text(obj.get("task"), "task", where, ""),
+        messages=tuple({"role": "user", "content": t} for t in turns),
+        results={str(m): _result(v, f"{where}: models.{m}") for m, v in models.items()},
+        prompt_chars=sum(len(t) for t in turns),
+    )
+
+
+def read_rows(paths: Iterable[str | Path], limit: int | None = None) -> Iterator[Row]:
+    """Rows of shared-format files in order (blank lines skipped), at most `limit` of them.
+    A bad line raises DataError naming its file and line."""
+    count = 0
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if limit is not None and count >= limit:
+                    return
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{where}: invalid JSON: {exc.msg}") from None
+                yield parse_row(obj, where)
+                count += 1
 
 
 def load_prices(path: Path) -> dict[str, Price]:
@@ -130,20 +176,14 @@ def prices_path(path: Path) -> Path:
 
 def load_dataset(paths: Sequence[Path]) -> Dataset:
     """Rows and prices from one or more shared-format files."""
-    rows: list[Row] = []
+    try:
+        rows = tuple(read_rows(paths))
+    except DataError as exc:
+        raise DataError(f"bad row: {exc}") from None
     prices: dict[str, Price] = {}
     for path in paths:
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: not JSON: {exc}") from exc
-                rows.append(parse_row(obj))
         prices.update(load_prices(prices_path(path)))
-    return Dataset(rows=tuple(rows), prices=prices, files=tuple(str(p) for p in paths))
+    return Dataset(rows=rows, prices=prices, files=tuple(str(p) for p in paths))
 
 
 def prompt_cost(row: Row, model: str, prices: Mapping[str, Price]) -> float | None:
