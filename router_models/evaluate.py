@@ -20,6 +20,7 @@ import numpy.typing as npt
 from router_models import routing
 from router_models.artifact import ArtifactError, load_estimator
 from router_models.data import DataError, LabelMatrix, Price, Row, label_matrix, load_dataset
+from router_models.fit import MissingExtra
 from router_models.irt import fit_irt
 
 F64 = npt.NDArray[np.float64]
@@ -211,12 +212,20 @@ def format_report(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_report(report: Mapping[str, Any], out: Path) -> None:
-    import matplotlib
-
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend; MissingExtra without `effgate[report]`."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise MissingExtra("--plot needs matplotlib: pip install 'effgate[report]'") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_report(report: Mapping[str, Any], out: Path) -> None:
+    plt = pyplot()
     multi = report["multi"]
     fig, ax = plt.subplots(figsize=(7, 5))
     for name, r in multi.get("routers", {}).items():
@@ -268,6 +277,12 @@ def main(argv: list[str]) -> int:
     if (args.strong is None) != (args.weak is None):
         print("effgate eval: give both --strong and --weak, or neither", file=sys.stderr)
         return 2
+    if args.plot:  # checked before the work, not after it
+        try:
+            pyplot()
+        except MissingExtra as exc:
+            print(f"effgate eval: {exc}", file=sys.stderr)
+            return 2
     try:
         est = load_estimator(args.artifact)
         data = load_dataset(args.data)

@@ -5,7 +5,8 @@ features, fitted to the IRT difficulty. The fitted score is then divided by its 
 the training prompts and blended with standardised prompt length at a fixed weight
 (`FitParams.length_weight`), so length, the baseline that transfers across domains, is
 always one input. All choices here were made by leave-task-out validation on the training
-files (docs/estimator.md). sklearn is imported here only; run time never needs it.
+files (docs/estimator.md). sklearn is imported here only, when fitting (`effgate[train]`);
+run time never needs it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,21 @@ from router_models.features import DENSE_NAMES, N_DENSE, extract
 
 F64 = npt.NDArray[np.float64]
 LENGTH = DENSE_NAMES.index("log_chars")
+TRAIN_EXTRA = "pip install 'effgate[train]'"
+
+
+class MissingExtra(ImportError):
+    """A package of an optional extra is not installed; the message says how to install it."""
+
+
+def sklearn_models() -> tuple[Any, Any]:
+    """(Ridge, GradientBoostingRegressor); MissingExtra without scikit-learn."""
+    try:
+        from sklearn.ensemble import GradientBoostingRegressor
+        from sklearn.linear_model import Ridge
+    except ImportError as exc:
+        raise MissingExtra(f"training needs scikit-learn: {TRAIN_EXTRA}") from exc
+    return Ridge, GradientBoostingRegressor
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +96,7 @@ def _export_trees(estimators: Any, depth: int, learning_rate: float) -> Trees:
 
 def fit_weights(fm: FeatureMatrix, target: F64, params: FitParams, seed: int) -> Weights:
     """Fit ridge + trees on (features, difficulty), blend in length; raw-scale weights."""
-    from sklearn.ensemble import GradientBoostingRegressor
-    from sklearn.linear_model import Ridge
-
+    Ridge, GradientBoostingRegressor = sklearn_models()
     mean = fm.dense.mean(axis=0)
     scale = fm.dense.std(axis=0)
     scale = np.where(scale > 1e-9, scale, 1.0)

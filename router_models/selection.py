@@ -19,7 +19,14 @@ import numpy.typing as npt
 
 from router_models import routing
 from router_models.data import DataError, LabelMatrix, label_matrix, load_dataset
-from router_models.fit import FitParams, featurize, fit_weights, predict_raw
+from router_models.fit import (
+    FitParams,
+    MissingExtra,
+    featurize,
+    fit_weights,
+    predict_raw,
+    sklearn_models,
+)
 from router_models.irt import fit_irt
 
 F64 = npt.NDArray[np.float64]
@@ -62,6 +69,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    try:
+        sklearn_models()
+    except MissingExtra as exc:
+        print(f"select: {exc}", file=sys.stderr)
+        return 2
     try:
         data = load_dataset([args.data])
     except (DataError, OSError) as exc:

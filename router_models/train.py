@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from router_models.artifact import ArtifactError, load_estimator, save_artifact
 from router_models.data import DataError, Dataset, Price, Row, load_dataset, sha256_file
 from router_models.evaluate import evaluate_rows
-from router_models.fit import FitParams
+from router_models.fit import TRAIN_EXTRA, FitParams, MissingExtra, sklearn_models
 from router_models.pipeline import train
 from router_models.records import load_records
 
@@ -100,10 +99,25 @@ def _held_out_reports(
     return out
 
 
+def progress_bar() -> Any:
+    """tqdm's class (imported here: it comes with `effgate[train]`); MissingExtra without it."""
+    try:
+        from tqdm import tqdm
+    except ImportError as exc:
+        raise MissingExtra(f"training needs tqdm: {TRAIN_EXTRA}") from exc
+    return tqdm
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if not args.data and args.records is None:
         print("effgate train: give --data FILE (repeatable) and/or --records PATH", file=sys.stderr)
+        return 2
+    try:  # before reading any data: fitting needs both
+        tqdm = progress_bar()
+        sklearn_models()
+    except MissingExtra as exc:
+        print(f"effgate train: {exc}", file=sys.stderr)
         return 2
     notes: list[str] = []
     anchors: dict[str, float] = {}

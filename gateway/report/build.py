@@ -226,6 +226,14 @@ def main(argv: list[str]) -> int:
         return _fail(f"--format takes html, json or html,json, not {args.format!r}")
     if args.min_samples < 1:
         return _fail("--min-samples must be at least 1")
+    if "html" in formats:  # checked before the work, not after it
+        from gateway.report.plots import PlotsUnavailable, matplotlib_api
+
+        try:
+            matplotlib_api()
+        except PlotsUnavailable as exc:
+            print(f"effgate report: {exc} (or --format json, which has no plots)", file=sys.stderr)
+            return 2
     try:
         hints = load_hints(args.policy)
         report = build(

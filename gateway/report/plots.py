@@ -2,7 +2,8 @@
 
 No pyplot: figures are plain `Figure` objects, so nothing global is touched and no GUI backend
 is ever imported. Labels come from records (route, model and task names), so `$` is escaped
-(matplotlib would parse it as math text) and long names are cut.
+(matplotlib would parse it as math text) and long names are cut. matplotlib comes with
+`effgate[report]` and is imported when drawing, never by `import gateway.report.plots`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 if TYPE_CHECKING:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     from gateway.report.build import Report
 
 PLOTS = ("spend_over_time", "model_mix", "cost_per_accepted", "calibration", "latency")
+
+
+class PlotsUnavailable(ImportError):
+    """matplotlib is not installed; the message says how to install it."""
+
+
+def matplotlib_api() -> tuple[type[Figure], type[FigureCanvasAgg]]:
+    """(Figure, FigureCanvasAgg); PlotsUnavailable without `effgate[report]`."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise PlotsUnavailable("the plots need matplotlib: pip install 'effgate[report]'") from exc
+    return Figure, FigureCanvasAgg
 
 
 def text(name: str | None, limit: int = 32) -> str:
@@ -29,6 +44,7 @@ def text(name: str | None, limit: int = 32) -> str:
 
 def draw(report: Report, out: Path) -> dict[str, str]:
     """Write every plot as OUT/<name>.png; returns plot name -> file name."""
+    figure, canvas = matplotlib_api()
     painters: dict[str, Callable[[Figure, Report], None]] = {
         "spend_over_time": _spend,
         "model_mix": _mix,
@@ -43,8 +59,8 @@ def draw(report: Report, out: Path) -> dict[str, str]:
             "ignore", message=r"Glyph .* missing from font", category=UserWarning
         )
         for name in PLOTS:
-            fig = Figure(figsize=(8, 4.2), dpi=100, layout="constrained")
-            FigureCanvasAgg(fig)
+            fig = figure(figsize=(8, 4.2), dpi=100, layout="constrained")
+            canvas(fig)
             painters[name](fig, report)
             fig.savefig(out / f"{name}.png")
             files[name] = f"{name}.png"
