@@ -1,43 +1,41 @@
 """Load request and feedback records (JSON Lines) into compact columns for `effgate report`.
 
 The request log can be hundreds of MB, so lines are streamed and each request keeps only the
-fields the report needs, in typed arrays; prompt text is never read into memory. Feedback is
-joined by request id once every file has been read (the last feedback for an id wins, in log
-order: rotated files oldest first). Malformed lines are counted, never fatal.
+fields the report needs, in typed arrays; prompt text is never read into memory. The files and
+their records come from `router_models.records`, the one reader of the log (rotated files
+oldest first; `explain` requests, which served nothing, skipped and counted with the other
+types); embeddings requests are spend like chat ones. Feedback is joined by request id once
+every file has been read (the last feedback for an id wins, in log order). Malformed lines are
+counted, never fatal.
 """
 
 from __future__ import annotations
 
-import re
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 from numpy.typing import NDArray
 
-ROTATED_NAME = re.compile(r"^(?P<base>.+\.jsonl)(?:\.(?P<n>\d+))?$")
+# the shared reader's names, re-exported for gateway.report.build and the report's tests
+from router_models.records import Malformed as Malformed
+from router_models.records import RecordsError as RecordsError
+from router_models.records import RecordStream
+from router_models.records import record_files as record_files
+
 MAX_EXAMPLES = 20
 NO_FEEDBACK, REJECTED, ACCEPTED = -1, 0, 1
-
-
-class RecordsError(Exception):
-    """The records path is missing, unreadable, or holds no request records."""
-
-
-class Malformed(Exception):
-    """One line that is not a usable record; the message says why (never the line itself)."""
 
 
 @dataclass(frozen=True, slots=True)
 class FileStats:
     path: str
     lines: int
-    requests: int
+    requests: int  # request records read (those before --since too; explain ones not)
     feedback: int
     malformed: int
 
@@ -95,22 +93,6 @@ class Records:
     @property
     def n(self) -> int:
         return int(self.time.shape[0])
-
-
-def record_files(path: Path) -> list[Path]:
-    """The files to read, oldest first: a file as given, or every `*.jsonl[.N]` in a directory."""
-    if not path.exists():
-        raise RecordsError(f"records path not found: {path}")
-    if path.is_file():
-        return [path]
-    found: list[tuple[str, int, Path]] = []
-    for child in path.iterdir():
-        match = ROTATED_NAME.match(child.name)
-        if match and child.is_file():
-            found.append((match["base"], -int(match["n"] or 0), child))
-    if not found:
-        raise RecordsError(f"no *.jsonl files in {path}")
-    return [p for _, _, p in sorted(found)]
 
 
 def parse_time(value: object) -> float:
@@ -251,71 +233,46 @@ def _verdict(rec: dict[str, Any]) -> int | None:
     return None
 
 
-def _lines(path: Path) -> Iterator[bytes]:
-    try:
-        with path.open("rb") as handle:
-            yield from handle
-    except OSError as exc:
-        raise RecordsError(f"cannot read {path}: {exc.strerror}") from None
-
-
 def load_records(paths: Iterable[Path], since: float | None = None) -> tuple[Records, LoadStats]:
     """Stream every file once; return compact columns plus counts of what was skipped and why."""
     build = _Builder()
     feedback: dict[str, int] = {}
-    files: list[FileStats] = []
-    examples: list[str] = []
-    counts = dict.fromkeys(("other", "dup", "window", "fb", "empty", "score", "override"), 0)
-    for path in paths:
-        lines = requests = fbs = bad = 0
-        for lines, raw in enumerate(_lines(path), start=1):
-            if not raw.strip():
-                continue
+    counts = dict.fromkeys(("dup", "window", "empty", "score", "override"), 0)
+    stream = RecordStream(paths, max_examples=MAX_EXAMPLES)
+    for kind, rec in stream:
+        if kind == "request":
+            rid = rec["id"]
             try:
-                rec = orjson.loads(raw)
-                if not isinstance(rec, dict):
-                    raise Malformed("not a JSON object")
-                kind = rec.get("type")
-                if kind == "request":
-                    rid = rec.get("id")
-                    if type(rid) is not str:
-                        raise Malformed("id is not a string")
-                    if not build.add(rec, since):
-                        counts["window"] += 1
-                        continue
-                    requests += 1
-                    if rid in build.index:
-                        counts["dup"] += 1
-                        build.keep[build.index[rid]] = 0
-                    build.index[rid] = len(build.keep)
-                    build.keep.append(1)
-                elif kind == "feedback":
-                    rid = rec.get("request_id")
-                    if type(rid) is not str:
-                        raise Malformed("request_id is not a string")
-                    fbs += 1
-                    verdict = _verdict(rec)
-                    if verdict is None:
-                        counts["empty"] += 1
-                        continue
-                    counts["score"] += not isinstance(rec.get("accepted"), bool)
-                    counts["override"] += rid in feedback
-                    feedback[rid] = verdict
-                else:
-                    counts["other"] += 1
-            except (orjson.JSONDecodeError, Malformed) as exc:
-                bad += 1
-                why = str(exc) if isinstance(exc, Malformed) else "invalid JSON"
-                if len(examples) < MAX_EXAMPLES:
-                    examples.append(f"{path.name}:{lines}: {why}")
-        files.append(FileStats(str(path), lines, requests, fbs, bad))
+                if not build.add(rec, since):
+                    counts["window"] += 1
+                    continue
+            except Malformed as exc:
+                stream.malformed(str(exc))
+                continue
+            if rid in build.index:
+                counts["dup"] += 1
+                build.keep[build.index[rid]] = 0
+            build.index[rid] = len(build.keep)
+            build.keep.append(1)
+        else:
+            rid = rec["request_id"]
+            verdict = _verdict(rec)
+            if verdict is None:
+                counts["empty"] += 1
+                continue
+            counts["score"] += not isinstance(rec.get("accepted"), bool)
+            counts["override"] += rid in feedback
+            feedback[rid] = verdict
     records = _finish(build, feedback)
     orphans = sum(1 for rid in feedback if rid not in build.index)
+    files = tuple(
+        FileStats(str(f.path), f.lines, f.requests, f.feedback, f.malformed) for f in stream.files
+    )
     stats = LoadStats(
-        files=tuple(files),
-        malformed=sum(f.malformed for f in files),
-        malformed_examples=tuple(examples),
-        other_types=counts["other"],
+        files=files,
+        malformed=stream.malformed_lines,
+        malformed_examples=tuple(stream.examples),
+        other_types=stream.other + stream.explain,
         duplicate_requests=counts["dup"],
         outside_window=counts["window"],
         feedback_records=sum(f.feedback for f in files),

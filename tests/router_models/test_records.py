@@ -1,0 +1,97 @@
+"""The one reader of the gateway's request log (router_models.records) and train's labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from router_models.data import DataError
+from router_models.records import RecordsError, RecordStream, load_records, record_files
+from tests.router_models.records_log import accept_then_reject, feedback, request, write
+
+
+def test_files_oldest_first_numerically_per_base(tmp_path: Path) -> None:
+    rotated = ("records.jsonl", "records.jsonl.1", "records.jsonl.2", "records.jsonl.10")
+    others = ("b.jsonl", "b.jsonl.1", "notes.txt", "records.jsonl.gz", "records.jsonl.1.bak")
+    for name in rotated + others:
+        (tmp_path / name).write_text("")
+    (tmp_path / "sub.jsonl").mkdir()
+    names = [p.name for p in record_files(tmp_path)]
+    # two bases (two replicas' logs), each oldest first; only *.jsonl and *.jsonl.N
+    assert names == ["b.jsonl.1", "b.jsonl", *reversed(rotated[1:]), "records.jsonl"]
+    assert record_files(tmp_path / "records.jsonl.2") == [tmp_path / "records.jsonl.2"]
+
+
+def test_missing_or_empty_paths_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(RecordsError, match="records path not found"):
+        record_files(tmp_path / "nope")
+    with pytest.raises(RecordsError, match=r"no \*\.jsonl files in"):
+        record_files(tmp_path)
+    assert issubclass(RecordsError, DataError)  # effgate train reports it like any data error
+
+
+def test_the_last_verdict_in_log_order_wins(tmp_path: Path) -> None:
+    rows, summary = load_records(accept_then_reject(tmp_path / "logs"))
+    label = {r.messages[0]["content"]: r.results["m"].score for r in rows}
+    assert label == {"Q a?": 0.0}  # the newer file's reject, not the older accept
+    assert (summary.requests, summary.labelled, summary.skipped_no_feedback) == (2, 1, 1)
+
+
+def test_rotation_order_is_numeric_not_lexical(tmp_path: Path) -> None:
+    # oldest first is .10, .2, .1, then the live file; read lexically (.1, .10, .2) the
+    # score in .2 would win over the newer reject in .1
+    write(tmp_path / "records.jsonl.10", request("a"), feedback("a", accepted=True))
+    write(tmp_path / "records.jsonl.2", feedback("a", score=0.25))
+    write(tmp_path / "records.jsonl.1", feedback("a", accepted=False))
+    write(tmp_path / "records.jsonl", feedback("a"))  # neither accepted nor score: no change
+    rows, _ = load_records(tmp_path)
+    assert [r.results["m"].score for r in rows] == [0.0]
+
+
+def test_explain_ignored_embeddings_skipped(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "records.jsonl",
+        request("x", endpoint="explain"),
+        feedback("x", accepted=True),
+        request("e", endpoint="embeddings"),
+        feedback("e", accepted=True),
+        request("c", endpoint="chat"),
+        feedback("c", score=0.5),
+        request("old"),  # no endpoint: an older log's chat request
+        feedback("old", accepted=True),
+    )
+    rows, summary = load_records(path)
+    assert sorted(r.messages[0]["content"] for r in rows) == ["Q c?", "Q old?"]
+    assert (summary.requests, summary.labelled) == (3, 2)
+    assert (summary.ignored_explain, summary.skipped_not_chat) == (1, 1)
+
+
+def test_stream_counts_what_it_cannot_use(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    lines = [b'{"type": "request", "id": "r"}', b"garbage", b"[1]", b"", b'{"type": "beat"}',
+             b'{"type": "request", "id": 3}', b'{"type": "feedback", "request_id": null}',
+             b'{"type": "feedback", "request_id": "r"}',
+             b'{"type": "request", "id": "x", "endpoint": "explain"}']  # fmt: skip
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    stream = RecordStream([path], max_examples=3)
+    kinds = []
+    for kind, _ in stream:
+        kinds.append(kind)
+        if kind == "feedback":
+            stream.malformed("the reader's own check")
+    assert kinds == ["request", "feedback"]
+    (file,) = stream.files
+    assert (file.lines, file.requests, file.feedback, file.malformed) == (9, 1, 0, 5)
+    assert (stream.malformed_lines, stream.other, stream.explain) == (5, 1, 1)
+    assert stream.examples == [
+        "x.jsonl:2: invalid JSON",
+        "x.jsonl:3: not a JSON object",
+        "x.jsonl:6: id is not a string",
+    ]
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    (tmp_path / "records.jsonl").mkdir()
+    with pytest.raises(RecordsError, match="cannot read"):
+        list(RecordStream([tmp_path / "records.jsonl"]))
