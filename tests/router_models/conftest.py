@@ -10,6 +10,31 @@ MODELS = {"big": 1.5, "mid": 0.3, "small": -0.8}
 PRICES = {"big": (5.0, 15.0), "mid": (1.0, 2.0), "small": (0.1, 0.2)}
 
 
+# one line of the shared format (tests of its parser and of the replay's view of it)
+ROW = {
+    "id": "src:1",
+    "source": "src",
+    "task": "math",
+    "prompt": "What is 2+2?",
+    "models": {
+        "a": {
+            "score": 1,
+            "cost_usd": None,
+            "input_tokens": 12,
+            "output_tokens": 30,
+            "output_chars": 120,
+        },
+        "b": {
+            "score": 0.5,
+            "cost_usd": None,
+            "input_tokens": None,
+            "output_tokens": None,
+            "output_chars": None,
+        },
+    },
+}
+
+
 def write_dataset(path: Path, n: int = 160, seed: int = 0, source: str = "synth") -> Path:
     """A shared-format file whose difficulty follows the number of numbers in the prompt."""
     rng = np.random.default_rng(seed)

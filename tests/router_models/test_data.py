@@ -8,30 +8,16 @@ from pathlib import Path
 import pytest
 
 from router_models.data import DataError, Result, load_dataset, parse_row, read_rows
-from tests.router_models.conftest import write_dataset
-
-ROW = {
-    "id": "src:1",
-    "source": "src",
-    "task": "math",
-    "prompt": "What is 2+2?",
-    "models": {
-        "a": {
-            "score": 1,
-            "cost_usd": 0.002,
-            "input_tokens": 12,
-            "output_tokens": 30,
-            "output_chars": 120,
-        },
-    },
-}
+from tests.router_models.conftest import ROW, write_dataset
 
 
 def test_parse_a_row():
     row = parse_row(ROW, "f:1")
     assert (row.id, row.source, row.task, row.prompt_chars) == ("src:1", "src", "math", 12)
     assert row.messages == ({"role": "user", "content": "What is 2+2?"},)
-    assert row.results == {"a": Result(1.0, 0.002, 12, 30, 120)}
+    assert row.results == {"a": Result(1.0, None, 12, 30, 120), "b": Result(0.5)}
+    costly = parse_row({**ROW, "models": {"a": {"score": 1, "cost_usd": 0.002}}})
+    assert costly.results["a"].cost_usd == 0.002
 
 
 def test_turns_and_defaults():
@@ -48,6 +34,19 @@ def test_turns_and_defaults():
 @pytest.mark.parametrize(
     ("row", "error"),
     [
+        ([], "f:1: expected a JSON object"),
+        ({"prompt": 3, "models": {}}, "f:1: needs a string 'prompt' and an object 'models'"),
+        ({**ROW, "turns": "x"}, "f:1: 'turns' must be a list of strings"),
+        ({**ROW, "models": {"a": 1}}, "f:1: models.a: expected an object"),
+        (
+            {**ROW, "models": {"a": {"score": 2}}},
+            "f:1: models.a.score: expected a number in [0, 1]",
+        ),
+        ({**ROW, "models": {"a": {"score": True}}}, "f:1: models.a.score: expected a number"),
+        (
+            {**ROW, "models": {"a": {"score": 1, "input_tokens": -1}}},
+            "f:1: models.a.input_tokens: expected a non-negative integer or null, got -1",
+        ),
         ({**ROW, "task": 3}, "f:1: 'task' must be a string, got 3"),
         ({**ROW, "source": ["x"]}, "f:1: 'source' must be a string"),
         ({**ROW, "models": {"a": {"score": "1"}}}, "f:1: models.a.score: expected a number"),
