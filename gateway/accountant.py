@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 
-from gateway.accounting import Usage, cost_usd
 from gateway.exchange import RECORDED, Exchange
 from gateway.explain import candidate_rows
 from gateway.health import Health
@@ -28,16 +27,6 @@ def iso(ts: float) -> str:
         .replace("+00:00", "Z")
     )
 
-
-def price(ex: Exchange, usage: Usage) -> None:
-    """Set the exchange's cost and baseline cost from ``usage``."""
-    ex.usage = usage
-    if ex.model is None:
-        return
-    ex.cost_usd = cost_usd(ex.model, usage)
-    ref_id = ex.decision.reference_model if ex.decision is not None else None
-    ref = ex.policy.models.get(ref_id) if ref_id else None
-    ex.baseline_cost_usd = cost_usd(ref, usage) if ref is not None else ex.cost_usd
 
 
 class Accountant:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gateway.accounting import Usage
+from gateway.accounting import Usage, cost_usd
 from gateway.errors import Outcome
 from policies.compile import CompiledPolicy, ModelEntry
 from policies.engine import Decision
@@ -58,3 +58,13 @@ class Exchange:
     @property
     def model_id(self) -> str:
         return self.model.id if self.model is not None else "none"
+
+    def price(self, usage: Usage) -> None:
+        """Set the cost and the baseline cost (the route's reference model) from ``usage``."""
+        self.usage = usage
+        if self.model is None:
+            return
+        self.cost_usd = cost_usd(self.model, usage)
+        ref_id = self.decision.reference_model if self.decision is not None else None
+        ref = self.policy.models.get(ref_id) if ref_id else None
+        self.baseline_cost_usd = cost_usd(ref, usage) if ref is not None else self.cost_usd

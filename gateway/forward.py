@@ -19,7 +19,6 @@ from typing import Any
 import anyio
 import orjson
 
-from gateway.accountant import price
 from gateway.accounting import Usage, usage_from
 from gateway.errors import (
     GatewayError,
@@ -97,7 +96,7 @@ def _json_reply(state: AppState, ex: Exchange, data: bytes) -> Reply:
             if isinstance(c, dict)
         )
         usage = Usage(ex.prompt_tokens, state.tokens.count(text), estimated=True)
-    price(ex, usage)
+    ex.price(usage)
     if ex.model is not None and "model" in obj:
         obj["model"] = ex.model.id
     headers = _headers(ex)

@@ -21,7 +21,6 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.accountant import price
 from gateway.accounting import Usage, usage_from
 from gateway.errors import ErrorKind, ProtocolFailed, StreamCut, UpstreamError, error_body
 from gateway.exchange import Exchange
@@ -206,7 +205,7 @@ class RelayResponse(Response):
         if usage is None:
             return self.rewrite(encode_event(data))
         self.usage = usage
-        price(self.ex, usage)
+        self.ex.price(usage)
         has_choices = bool(obj.get("choices"))
         if not self.include_usage and not has_choices:
             return None
@@ -222,4 +221,4 @@ class RelayResponse(Response):
         if self.usage is None and self.ex.model is not None:
             # no usage from upstream: one streamed content event is about one token
             est = Usage(self.ex.prompt_tokens, self.content_events, estimated=True)
-            price(self.ex, est)
+            self.ex.price(est)

@@ -6,6 +6,9 @@ suite (gateway, policies, router_models, deploy) inherits it.
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+
 import pytest
 
 
@@ -13,3 +16,12 @@ import pytest
 def anyio_backend() -> str:
     """The gateway runs on asyncio (uvloop in production); trio is not a target."""
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect garbage after every test, so a leaked socket, file or response fails the test
+    that leaked it (``ResourceWarning`` is an error here) rather than whichever test the
+    garbage collector happens to run in."""
+    yield
+    gc.collect()
