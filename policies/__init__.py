@@ -8,8 +8,9 @@
 - ``policies.check``    ``effgate policy check FILE...``
 - ``policies.replay``   ``effgate eval --policy F --data F.jsonl``: replay a dataset offline
 
-Nothing here imports the gateway, HTTP libraries or Prometheus; ``replay`` alone imports
-``router_models`` (lazily).
+Nothing here imports the gateway, HTTP libraries or Prometheus. Of ``router_models``, the
+engine uses only ``router_models.irt`` (the one IRT formula); the offline tools (``check``,
+``replay``, ``replay_data``) read artifacts and labelled data through it.
 """
 
 from __future__ import annotations
