@@ -30,7 +30,7 @@ from gateway.errors import (
 )
 from gateway.exchange import Exchange
 from gateway.lifecycle import finish
-from gateway.relay import RelayResponse, model_rewriter
+from gateway.relay import RelayResponse, close_chunks, model_rewriter
 from gateway.state import AppState
 from gateway.upstreams.base import Reply, Stream, Upstream
 from policies.compile import ModelEntry
@@ -60,10 +60,13 @@ async def _first_chunk(stream: Stream, deadline_s: float) -> tuple[bytes, AsyncI
     try:
         with anyio.fail_after(deadline_s):
             first = await it.__anext__()
-    except TimeoutError as exc:
-        raise TimedOut(f"no first token within {deadline_s:g} s") from exc
-    except StopAsyncIteration as exc:
-        raise ProtocolFailed("upstream closed the stream before sending anything") from exc
+    except BaseException as exc:
+        await close_chunks(it)
+        if isinstance(exc, TimeoutError):
+            raise TimedOut(f"no first token within {deadline_s:g} s") from exc
+        if isinstance(exc, StopAsyncIteration):
+            raise ProtocolFailed("upstream closed the stream before sending anything") from exc
+        raise
     return first, it
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.errors import (
@@ -81,6 +81,8 @@ async def serve(request: Request, spec: Spec) -> Response:
             result = await until_disconnect(request, work)
         else:
             result = await work
+    except ClientDisconnect:  # gone while we read the body
+        result = None
     except GatewayError as exc:
         ex.status, ex.outcome, ex.error = exc.status, exc.outcome, exc.message
         headers = exc.extra_headers

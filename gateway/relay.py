@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 
 import anyio
@@ -37,6 +37,13 @@ def unwrap_group() -> Iterator[None]:
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+
+
+async def close_chunks(chunks: AsyncIterator[bytes]) -> None:
+    """Close a chunk generator now, not when the garbage collector finds it: its frame holds
+    the upstream response (and so a connection) until it is closed."""
+    if isinstance(chunks, AsyncGenerator):
+        await chunks.aclose()
 
 
 def model_rewriter(upstream_name: str, catalog_id: str) -> Callable[[bytes], bytes]:
@@ -122,6 +129,7 @@ class RelayResponse(Response):
             return
         self.completed = True
         with anyio.CancelScope(shield=True):
+            await close_chunks(self.chunks)
             await self.stream.aclose()
             self._settle()
             self.on_finish(self.ex)

@@ -8,6 +8,8 @@ write exactly one record with the same status and outcome. Successes are checked
 
 from __future__ import annotations
 
+import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,3 +215,24 @@ def test_a_client_that_leaves_is_counted_once_as_cancelled(
     (rec,) = gw.records(at_least=1)
     assert (rec["status"], rec["outcome"]) == (499, "cancelled")
     assert gw.metric("effgate_requests_total") == 1
+
+
+def test_a_client_that_leaves_while_sending_its_body_is_cancelled_not_an_error(
+    make_gateway: GatewayFactory, small: FakeUpstreamHandle
+) -> None:
+    gw = make_gateway()
+    host, port = gw.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b'content-length: 1000\r\n\r\n{"model": "small", "messages": ['
+        )
+        time.sleep(0.2)  # the handler is waiting for the rest of the body
+    wait_until(
+        lambda: gw.metric("effgate_requests_total", endpoint="chat", outcome="cancelled") == 1,
+        what="the half-sent request counted as cancelled",
+    )
+    assert gw.metric("effgate_requests_total", outcome="internal_error") == 0
+    (rec,) = gw.records(at_least=1)
+    assert (rec["status"], rec["outcome"]) == (499, "cancelled")
+    assert small.stats["requests_total"] == 0
