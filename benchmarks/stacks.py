@@ -30,21 +30,25 @@ HANDLER: tuple[tuple[str, str], ...] = (
     ("upstream call: httpx + httpcore", "HttpxUpstream.complete"),
     ("upstream call: httpx + httpcore", "HttpxUpstream.open_stream"),
     ("upstream stream read: httpx + httpcore", "_HTTPStream.chunks"),
+    ("upstream call: aiohttp", "AiohttpUpstream.complete"),
+    ("upstream call: aiohttp", "AiohttpUpstream.open_stream"),
+    ("upstream stream read: aiohttp", "_AiohttpStream.chunks"),
     ("stream relay: SSE split, usage, send", "RelayResponse."),
     ("accounting: metrics, record", "Accountant.finish"),
-    ("request validation: pydantic", "_validate (gateway/routes.py"),
-    ("request body: read + orjson", "_body (gateway/routes.py"),
-    ("auth: _tenant", "_tenant (gateway/routes.py"),
-    ("disconnect watch: task group", "_until_disconnect ("),
-    ("handler (rest): _serve, Response", "chat_completions ("),
+    ("request validation: pydantic", "validate (gateway/pipeline.py"),
+    ("forward (rest): retries, fallbacks", "forward (gateway/forward.py"),
+    ("request body: read + orjson", "read_json (gateway/lifecycle.py"),
+    ("auth: authenticate", "authenticate (gateway/lifecycle.py"),
+    ("disconnect watch", "until_disconnect ("),
+    ("lifecycle (rest): serve, respond", "(gateway/lifecycle.py"),
 )
 FRAMEWORK: tuple[tuple[str, str], ...] = (
     ("uvicorn: response write", "RequestResponseCycle.send"),
-    ("effgate middleware", "RequestContextMiddleware"),
-    ("FastAPI/Starlette: routing, middleware", "(fastapi/"),
-    ("FastAPI/Starlette: routing, middleware", "(starlette/"),
-    ("FastAPI/Starlette: routing, middleware", "RequestResponseCycle.run_asgi"),
-    ("FastAPI/Starlette: routing, middleware", "ProxyHeadersMiddleware"),
+    ("effgate edge: dispatch, headers", "(gateway/edge.py"),
+    ("ASGI frameworks", "(fastapi/"),
+    ("ASGI frameworks", "(starlette/"),
+    ("ASGI frameworks", "RequestResponseCycle.run_asgi"),
+    ("ASGI frameworks", "ProxyHeadersMiddleware"),
     ("uvicorn: HTTP parsing", "httptools_impl.py"),
     ("record writer (async side)", "RecordLog."),
     ("other threads: the record file writer", "Thread._bootstrap"),
@@ -85,13 +89,14 @@ def summarise(samples: list[tuple[list[str], int]], top: int = 25) -> str:
     total = sum(n for _, n in samples) or 1
     for frames, n in samples:
         stages[stage_of(frames)] += n
-        for frame in set(frames):
+        for frame in dict.fromkeys(frames):  # once per sample, outermost first (a stable order)
             inclusive[frame] += n
     out = [f"{total} busy samples ({idle} more in lock waits left out)", ""]
     out += ["| stage | share |", "|---|---|"]
     out += [f"| {label} | {100 * n / total:.1f}% |" for label, n in stages.most_common()]
     out += ["", "| function (inclusive) | share |", "|---|---|"]
-    out += [f"| `{f}` | {100 * n / total:.1f}% |" for f, n in inclusive.most_common(top)]
+    ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]  # ties: outermost first
+    out += [f"| `{f}` | {100 * n / total:.1f}% |" for f, n in ranked]
     return "\n".join(out)
 
 

@@ -2,8 +2,8 @@
 
 A chat request, in the order its modules run (docs/architecture.md draws it):
 
-    middleware   request id, default headers, in-flight gauge, the catch-all 500
-    routes       thin handlers: each /v1 path hands its request to lifecycle.serve
+    edge         the ASGI app: request id, headers, in-flight gauge, the catch-all 500;
+                 dispatches each /v1 path (routes.SPECS) to lifecycle.serve
     lifecycle    the one owner: authenticate, read the body, run the endpoint, map errors
                  to outcomes, render them (errors), and call finish exactly once
     pipeline     the endpoint functions: chat, embeddings, explain, feedback, models

@@ -28,7 +28,6 @@ def iso(ts: float) -> str:
     )
 
 
-
 class Accountant:
     def __init__(
         self, *, metrics: Metrics, health: Health, kv: KV, records: RecordLog, ttl_s: int

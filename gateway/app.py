@@ -1,4 +1,10 @@
-"""create_app(settings) -> FastAPI. The lifespan builds every resource and closes it again."""
+"""create_app(settings) -> the ASGI app. The lifespan builds every resource and closes it again.
+
+Resources are entered on one ``AsyncExitStack`` as they are built, so a start-up that fails
+half way (a bad record directory, an unreachable Redis) closes what it had already opened, and
+shutdown closes everything in reverse order: the policy watcher, the record log (flushed),
+the upstream clients, the store, NVML.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +15,15 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
 
 from gateway.accountant import Accountant
-from gateway.errors import GatewayError, error_body, response
+from gateway.edge import GatewayApp
 from gateway.gpu import GPUCollector
 from gateway.health import Health
 from gateway.kv import KV, MemoryKV, RedisKV
 from gateway.metrics import CircuitCollector, Metrics
-from gateway.middleware import RequestContextMiddleware
 from gateway.records import JSONLFile, RecordLog
-from gateway.routes import ROUTES
 from gateway.settings import Settings
 from gateway.state import AppState
 from gateway.tokens import TokenCounter
@@ -32,28 +32,6 @@ from policies.compile import CompiledPolicy
 from policies.store import PolicyStore
 
 log = logging.getLogger("effgate")
-
-
-async def _gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
-    return response(exc)
-
-
-async def _validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-    param = ".".join(str(p) for p in err["loc"] if p != "body") or None
-    body = error_body(f"Invalid request: {err['msg']}", "invalid_request_error", None, param)
-    return Response(body, 400, media_type="application/json")
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 (unknown path or method), OpenAI-shaped."""
-    assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-    message = f"{request.method} {request.url.path}: {exc.detail}"
-    body = error_body(message, "invalid_request_error", code)
-    return Response(body, exc.status_code, exc.headers, media_type="application/json")
 
 
 def load_estimator(settings: Settings) -> Any:
@@ -71,14 +49,19 @@ def create_app(
     upstream_factory: Factory | None = None,
     estimator: Any | None = None,
     kv: KV | None = None,
-) -> FastAPI:
+) -> GatewayApp:
     """Build the gateway app. Seams (registry, upstream factory, estimator, kv) are for tests."""
     settings = settings or Settings()
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            await _start(app, stack)
+            yield
+
+    async def _start(app: GatewayApp, stack: contextlib.AsyncExitStack) -> None:
         est = estimator or load_estimator(settings)
         skills = dict(getattr(est, "skills", {}))
         discrimination = float(getattr(est, "discrimination", 1.0))
@@ -100,7 +83,9 @@ def create_app(
             settings.policy_path, skills=skills, discrimination=discrimination, on_reload=on_reload
         )
         # the policy first: a file that does not load must leave nothing open behind it
+        stack.push_async_callback(pool.aclose)
         store_kv = kv or _build_kv(settings, metrics)
+        stack.push_async_callback(store_kv.aclose)
         redis_client = (
             store_kv.client
             if isinstance(store_kv, RedisKV) and settings.records_redis_stream
@@ -119,12 +104,17 @@ def create_app(
             buffer=settings.records_buffer,
             on_drop=lambda sink: metrics.records_dropped.labels(sink).inc(),
         )
+        stack.push_async_callback(records.aclose)  # flushes what is queued, then closes
 
         policy = store.current
         pool.sync(policy)
         metrics.set_policy(policy.sha256, policy.version, policy.budget_daily_usd)
-        registry.register(CircuitCollector(health.state, lambda: store.current.models.keys()))
+        circuits = CircuitCollector(health.state, lambda: store.current.models.keys())
+        registry.register(circuits)
+        stack.callback(registry.unregister, circuits)
         gpu = _register_gpu(registry, store, metrics)
+        stack.callback(registry.unregister, gpu)
+        stack.callback(gpu.close)
         accountant = Accountant(
             metrics=metrics,
             health=health,
@@ -147,31 +137,18 @@ def create_app(
         app.state.effgate = state
         records.start()
         watcher = asyncio.create_task(store.watch(settings.policy_poll_s), name="policy-watch")
-        restore_sighup = _on_sighup(lambda: store.reload())
+        stack.push_async_callback(_cancel, watcher)
+        stack.callback(_on_sighup(lambda: store.reload()))
         state.ready = True
-        try:
-            yield
-        finally:
-            state.ready = False
-            restore_sighup()
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            await records.aclose()
-            await pool.aclose()
-            await store_kv.aclose()
-            gpu.close()
+        stack.callback(setattr, state, "ready", False)
 
-    app = FastAPI(
-        title="effgate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
-    )
-    app.router.routes.extend(ROUTES)
-    app.add_exception_handler(GatewayError, _gateway_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    # outermost: request id, default headers, in-flight gauge, and the catch-all 500
-    app.add_middleware(RequestContextMiddleware, in_flight=metrics.in_flight)
-    return app
+    return GatewayApp(lifespan)
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _build_kv(settings: Settings, metrics: Metrics) -> KV:

@@ -20,8 +20,8 @@
             └── TimedOut        504 (kind timeout)
 
 Code raises these and never renders an error itself; ``gateway.lifecycle`` maps each to its
-outcome (the ``outcome`` attribute) and renders it with ``response`` in one place. Upstream
-clients turn their library's exceptions into the ``UpstreamError`` leaves in one seam each
+outcome (the ``outcome`` attribute) and sends its ``body()`` and ``headers()``, in one place.
+Upstream clients turn their library's exceptions into the ``UpstreamError`` leaves in one seam each
 (``map_*_errors`` in ``gateway.upstreams``).
 """
 
@@ -31,7 +31,6 @@ from collections.abc import Mapping
 from typing import Literal
 
 import orjson
-from starlette.responses import Response
 
 Outcome = Literal[
     "ok",
@@ -46,7 +45,6 @@ Outcome = Literal[
 ErrorKind = Literal[
     "connect", "timeout", "status_429", "status_4xx", "status_5xx", "stream_cut", "protocol"
 ]
-JSON = "application/json"
 
 
 class GatewayError(Exception):
@@ -227,8 +225,3 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
     return orjson.dumps(
         {"error": {"message": message, "type": type_, "param": param, "code": code}}
     )
-
-
-def response(exc: GatewayError) -> Response:
-    """The HTTP response for ``exc``: its status, OpenAI-shaped body and headers."""
-    return Response(exc.body(), exc.status, exc.headers(), media_type=JSON)

@@ -189,6 +189,7 @@ async def _call(
     state.metrics.upstream_duration.labels(entry.id).observe(elapsed)
     headers = [(k.encode(), v.encode()) for k, v in _headers(ex).items()]
     headers += [
+        (b"x-effgate-request-id", ex.request_id.encode()),
         (b"content-type", b"text/event-stream; charset=utf-8"),
         (b"cache-control", b"no-cache"),
         (b"x-accel-buffering", b"no"),

@@ -1,16 +1,19 @@
 """The one owner of a request's lifecycle: every /v1 endpoint runs through ``serve``.
 
-routes.<handler>(request) -> serve(request, ENDPOINT)
-    Exchange(request id, endpoint, the live policy)       one request's running account
-    authenticate -> rate limit -> read the JSON body      401, 429, 413, 400
-    ENDPOINT.run(state, ex, call)                          pipeline.py: a Reply or a
-        (under the disconnect watch when it calls out)     RelayResponse, or it raises
-    a GatewayError: status, outcome and body from the error itself (errors.py), plus the
-        effgate headers; anything else: status 500, outcome internal_error, re-raised to
-        the middleware's catch-all
-    finish(state, ex): metrics, the request record, the feedback summary, exactly once:
-        here for JSON replies and errors; for a stream, the relay calls the same function
-        when the last event is out
+    edge.GatewayApp -> serve(state, routes.SPECS[path], scope, receive, send, id, headers)
+        Exchange(request id, endpoint, the live policy)       one request's running account
+        authenticate -> rate limit -> read the JSON body      401, 429, 413, 400
+        SPEC.run(state, ex, call)                              pipeline.py: a Reply or a
+            (under the disconnect watch when it calls out)     RelayResponse, or it raises
+        a GatewayError: status, outcome and body from the error itself (errors.py), plus the
+            effgate headers; anything else: status 500, outcome internal_error, re-raised to
+            the edge's catch-all
+        finish(state, ex): metrics, the request record, the feedback summary, exactly once:
+            here for JSON replies and errors; for a stream, the relay calls the same function
+            when the last event is out
+
+Plain ASGI on purpose: this runs for every request, and a framework's request and response
+objects cost more here than everything effgate itself does for a passthrough call.
 """
 
 from __future__ import annotations
@@ -19,21 +22,18 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway.errors import (
-    JSON,
     GatewayError,
     InvalidRequest,
     PayloadTooLarge,
     RateLimited,
     Unauthorized,
     UpstreamStatusError,
-    response,
 )
 from gateway.exchange import Endpoint, Exchange
 from gateway.relay import RelayResponse
@@ -41,6 +41,8 @@ from gateway.state import AppState
 from gateway.upstreams.base import Reply
 
 T = TypeVar("T")
+# a client that has not left after this long gets a watcher; quicker answers need none
+WATCH_AFTER_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class Spec:
 
     name: Endpoint
     run: Run
+    method: Literal["GET", "POST"] = "POST"
     reads_body: bool = True
     body_limit: int | None = None  # None: the EFFGATE_MAX_BODY_BYTES setting
     rate_limited: bool = True
@@ -68,50 +71,88 @@ class Spec:
     calls_out: bool = False
 
 
-async def serve(request: Request, spec: Spec) -> Response:
-    state: AppState = request.app.state.effgate
-    ex = Exchange(request.scope["state"]["request_id"], spec.name, state.policies.current)
+class Disconnected(Exception):
+    """The client went away before its request was read."""
+
+
+async def serve(
+    state: AppState,
+    spec: Spec,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    request_id: str,
+    headers: Mapping[str, str],
+    path_params: Mapping[str, Any],
+) -> None:
+    ex = Exchange(request_id, spec.name, state.policies.current)
     try:
-        ex.tenant = await authenticate(state, request.headers, count=spec.rate_limited)
+        ex.tenant = await authenticate(state, headers, count=spec.rate_limited)
         body = None
         if spec.reads_body:
-            body = await read_json(request, spec.body_limit or state.settings.max_body_bytes)
-        work = spec.run(state, ex, Call(body, request.headers, request.path_params))
+            limit = spec.body_limit or state.settings.max_body_bytes
+            body = await read_json(receive, headers, limit)
+        work = spec.run(state, ex, Call(body, headers, path_params))
         if spec.calls_out:
-            result = await until_disconnect(request, work)
+            result = await until_disconnect(receive, work)
         else:
             result = await work
-    except ClientDisconnect:  # gone while we read the body
+    except Disconnected:
         result = None
     except GatewayError as exc:
         ex.status, ex.outcome, ex.error = exc.status, exc.outcome, exc.message
-        headers = exc.extra_headers
-        headers["x-effgate-model"] = ex.model_id
-        headers["x-effgate-route"] = ex.route
-        headers["x-effgate-upstream-ms"] = f"{ex.upstream_s * 1000:.1f}"
+        extra = exc.extra_headers
+        extra["x-effgate-model"] = ex.model_id
+        extra["x-effgate-route"] = ex.route
+        extra["x-effgate-upstream-ms"] = f"{ex.upstream_s * 1000:.1f}"
         if isinstance(exc, UpstreamStatusError):
-            headers["x-effgate-upstream"] = ex.model_id
+            extra["x-effgate-upstream"] = ex.model_id
             ex.error = f"upstream {ex.model_id} returned HTTP {exc.status}"
         finish(state, ex)
-        return response(exc)
+        await respond(send, exc.status, exc.body(), exc.headers(), request_id)
+        return
     except Exception:
         ex.status, ex.outcome, ex.error = 500, "internal_error", "internal error"
         finish(state, ex)
-        raise  # the middleware logs it and sends a generic 500 with the request id
+        raise  # the edge logs it and sends a generic 500 with the request id
     if result is None:
         ex.status, ex.outcome = 499, "cancelled"
         finish(state, ex)
-        return Response(status_code=499)
+        await respond(send, 499, b"", {}, request_id)  # nobody is listening; the server drops it
+        return
     if isinstance(result, RelayResponse):
-        return result  # the relay calls finish when the stream ends
+        await result(scope, receive, send)  # the relay calls finish when the stream ends
+        return
     ex.status = result.status
     finish(state, ex)
-    return Response(result.body, result.status, result.headers, media_type=JSON)
+    await respond(send, result.status, result.body, result.headers, request_id)
 
 
 def finish(state: AppState, ex: Exchange) -> None:
     """Account for a finished exchange: the one call per request, whatever happened."""
     state.accountant.finish(ex)
+
+
+_DEFAULTS = (("x-effgate-model", b"none"), ("x-effgate-route", b"none"))
+
+
+async def respond(
+    send: Send, status: int, body: bytes, headers: Mapping[str, str], request_id: str
+) -> None:
+    """Send one JSON response: ``headers``, then the defaults it lacks, then the request id."""
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-effgate-request-id", request_id.encode()),
+    ]
+    raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    for name, value in _DEFAULTS:
+        if name not in headers:
+            raw.append((name.encode(), value))
+    if "x-effgate-upstream-ms" not in headers:
+        raw.append((b"x-effgate-upstream-ms", b"0"))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def authenticate(state: AppState, headers: Mapping[str, str], *, count: bool) -> str:
@@ -134,40 +175,60 @@ async def authenticate(state: AppState, headers: Mapping[str, str], *, count: bo
     return tenant
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def read_json(receive: Receive, headers: Mapping[str, str], limit: int) -> Any:
     """The request body as JSON: 413 past ``limit`` bytes (declared or sent), 400 if malformed."""
-    declared = request.headers.get("content-length")
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body is larger than the {limit}-byte limit.")
-    buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise PayloadTooLarge(f"Request body is larger than the {limit}-byte limit.")
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise Disconnected
+    body: bytes | bytearray = message.get("body", b"")
+    if message.get("more_body", False):
+        buf = bytearray(body)
+        while True:
+            if len(buf) > limit:
+                raise PayloadTooLarge(f"Request body is larger than the {limit}-byte limit.")
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Disconnected
+            buf += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        body = buf
+    if len(body) > limit:
+        raise PayloadTooLarge(f"Request body is larger than the {limit}-byte limit.")
     try:
-        return orjson.loads(buf)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"We could not parse the JSON body of your request: {exc}") from None
 
 
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
+async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T | None:
     """Run ``work``; if the client disconnects first, cancel it (closing the upstream call).
 
-    A plain asyncio task watches ``receive()``: a tenth of the cost of a task group, and this
-    runs on every request that calls out.
+    Answers that come back within ``WATCH_AFTER_S`` need no watcher, and most do not wait
+    that long, so the watching task (the costly part) starts only then; a client that leaves
+    sooner is noticed when its answer is sent.
     """
+    loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
     gone = False
+    watcher: asyncio.Task[None] | None = None
 
     async def watch() -> None:
         nonlocal gone
-        while (await request.receive())["type"] != "http.disconnect":
+        while (await receive())["type"] != "http.disconnect":
             pass
         gone = True
         task.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    def start() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(WATCH_AFTER_S, start)
     try:
         return await work
     except asyncio.CancelledError:
@@ -176,4 +237,6 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
         task.uncancel()
         return None
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 
 import anyio
 import orjson
-from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.accounting import Usage, usage_from
@@ -63,12 +62,8 @@ def model_rewriter(upstream_name: str, catalog_id: str) -> Callable[[bytes], byt
     return rewrite
 
 
-class RelayResponse(Response):
-    """ASGI response relaying one upstream SSE stream. ``first`` is what arrived already.
-
-    A ``Response`` subclass only so that FastAPI hands it to the server untouched; it never
-    calls ``Response.__init__`` and streams through its own ``__call__``.
-    """
+class RelayResponse:
+    """ASGI response relaying one upstream SSE stream. ``first`` is what arrived already."""
 
     def __init__(
         self,
@@ -84,8 +79,6 @@ class RelayResponse(Response):
         on_finish: Callable[[Exchange], None],
         on_upstream_error: Callable[[str, ErrorKind], None],
     ) -> None:
-        self.status_code = 200
-        self.background = None
         self.stream = stream
         self.chunks = chunks
         self.first = first

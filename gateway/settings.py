@@ -11,7 +11,9 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
+import policies
+
+DEFAULT_POLICY = Path(policies.__file__).resolve().parent / "default.yaml"
 
 
 class Settings(BaseSettings):

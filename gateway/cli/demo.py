@@ -14,7 +14,9 @@ from pathlib import Path
 
 import uvicorn
 
-DEMO_POLICY = Path(__file__).resolve().parent.parent / "policies" / "examples" / "demo.yaml"
+import policies
+
+DEMO_POLICY = Path(policies.__file__).resolve().parent / "examples" / "demo.yaml"
 
 BANNER = """
 effgate demo: gateway on http://{host}:{port}/v1 (fake models on :9001 and :9002)
@@ -62,6 +64,8 @@ def main(argv: list[str]) -> int:
             loop="none",
             http="httptools",
             log_level="info",
+            proxy_headers=False,
+            server_header=False,
         )
         try:
             await uvicorn.Server(config).serve()

@@ -87,6 +87,9 @@ def main(argv: list[str]) -> int:
         access_log=settings.access_log,
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
+        # effgate reads no client address, so X-Forwarded-* rewriting is a layer for nothing
+        proxy_headers=False,
+        server_header=False,
     )
     server = _Server(config)
     server.run()

@@ -10,9 +10,9 @@ from benchmarks.stacks import main, read, stage_of, summarise
 
 ROOT = "main (gateway/cli/serve.py:55);Runner.run (asyncio/runners.py:118)"
 ASGI = "RequestResponseCycle.run_asgi (uvicorn/protocols/http/httptools_impl.py:422)"
-MW = "RequestContextMiddleware.__call__ (gateway/middleware.py:69)"
-ROUTER = "Router.__call__ (starlette/routing.py:683)"
-HANDLER = "chat_completions (gateway/routes.py:164)"
+MW = "GatewayApp._http (gateway/edge.py:69)"
+ROUTER = "serve (gateway/lifecycle.py:90)"
+HANDLER = "chat (gateway/pipeline.py:54)"
 ROUTE_INPUT = "route_input (gateway/pipeline.py:110)"
 ESTIMATOR = "Estimator.difficulty (router_models/estimator.py:131)"
 HTTPX = (
@@ -22,7 +22,7 @@ HTTPX = (
 LINES = [
     f"{ROOT};{ASGI};{MW};{ROUTER};{HANDLER};{ROUTE_INPUT};{ESTIMATOR};dot (numpy:1) 30",
     f"{ROOT};{ASGI};{MW};{ROUTER};{HANDLER};{ROUTE_INPUT} 10",
-    f"{ROOT};{ASGI};{MW};{ROUTER};{HANDLER};_serve (gateway/routes.py:1);{HTTPX} 50",
+    f"{ROOT};{ASGI};{MW};{ROUTER};{HANDLER};forward (gateway/forward.py:1);{HTTPX} 50",
     f"{ROOT};{ASGI};{MW};{ROUTER} 5",
     f"{ROOT};{ASGI};{MW} 5",
     "Thread._bootstrap (threading.py:1002);Queue.get (queue.py:171);"
@@ -39,8 +39,8 @@ def test_innermost_handler_stage_wins() -> None:
         "estimator: difficulty()",
         "route_input (rest)",
         "upstream call: httpx + httpcore",
-        "FastAPI/Starlette: routing, middleware",
-        "effgate middleware",
+        "lifecycle (rest): serve, respond",
+        "effgate edge: dispatch, headers",
     ]
     assert stage_of(["Runner.run (asyncio/runners.py:118)"]) == "event loop, asyncio, other"
 

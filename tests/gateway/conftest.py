@@ -29,12 +29,12 @@ import orjson
 import pytest
 import uvicorn
 import yaml
-from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from fake_upstream.httpserver import Request, Response, ThreadedServer
 from gateway.app import create_app
+from gateway.edge import GatewayApp
 from gateway.kv import KV
 from gateway.settings import Settings
 from gateway.upstreams.pool import Factory
@@ -245,7 +245,7 @@ class Gateway:
     """One running gateway: where it listens and everything a test inspects."""
 
     served: ServedApp
-    app: FastAPI
+    app: GatewayApp
     settings: Settings
     registry: CollectorRegistry
     estimator: StubEstimator

@@ -185,3 +185,45 @@ def test_serve_with_an_invalid_policy_exits_2_with_a_clear_message(tmp_path: Pat
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stderr.startswith("effgate serve: ") and "bad.yaml" in out.stderr
     assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_demo_serves_the_readme_request_from_any_directory(tmp_path: Path) -> None:
+    """The README's first command: ``effgate demo`` (fakes on 9001 and 9002, as its policy
+    says), then an OpenAI-style request, from a directory that is not the checkout."""
+    for taken in (9001, 9002):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", taken)) != 0, f"port {taken} is busy: demo needs it"
+    port = free_port()
+    log = (tmp_path / "demo.log").open("wb")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EFFGATE_")}
+    proc = subprocess.Popen(
+        [effgate(), "demo", "--port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=log
+    )
+    origin = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            assert proc.poll() is None, (tmp_path / "demo.log").read_text()
+            try:
+                return httpx.get(origin + "/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 60, "effgate demo ready")
+        r = httpx.post(
+            origin + "/v1/chat/completions",
+            json={"model": "auto", "messages": [{"role": "user", "content": "Summarise: hi"}]},
+            timeout=20,
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["x-effgate-model"] in ("small", "big")
+        assert r.json()["choices"][0]["message"]["content"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+    assert (tmp_path / "records" / "records.jsonl").exists(), "the demo writes ./records"

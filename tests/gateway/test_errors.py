@@ -1,8 +1,8 @@
 """The error model: every ``GatewayError`` renders an OpenAI body, and no error leaks internals.
 
 Exhaustiveness stands in for a ``match`` the type checker could prove complete: the test is
-parametrised over every subclass that exists at import time, including the ones defined next
-to the code that raises them (upstreams, relay).
+parametrised over every subclass that exists at import time (all of them live in
+``gateway.errors``, which a test below holds), rendered the one way errors reach a client.
 """
 
 from __future__ import annotations
@@ -10,19 +10,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import pytest
-from fastapi.exceptions import RequestValidationError
-from starlette.requests import Request
 
 import gateway.errors as errors_module
-import gateway.relay
-import gateway.upstreams.base
-from gateway.app import create_app
-from gateway.errors import GatewayError, RateLimited
-from gateway.settings import Settings
+from gateway.errors import GatewayError, InvalidRequest, RateLimited
+from gateway.lifecycle import respond
+from gateway.pipeline import validate
+from gateway.protocol import ChatCompletionRequest
 from tests.fakes.servers import FakeUpstreamHandle
 from tests.gateway.conftest import (
     GatewayFactory,
@@ -31,8 +29,6 @@ from tests.gateway.conftest import (
     chat,
     closed_port,
 )
-
-assert gateway.relay and gateway.upstreams.base  # imported for the subclasses they define
 
 
 def all_subclasses(cls: type[GatewayError]) -> Iterator[type[GatewayError]]:
@@ -72,24 +68,31 @@ def test_the_docstring_draws_every_error_of_the_module() -> None:
             assert str(cls.status) in line, line
 
 
-def _request() -> Request:
-    return Request({"type": "http", "method": "POST", "path": "/", "headers": [], "state": {}})
+@dataclass
+class Rendered:
+    status_code: int
+    headers: dict[str, str]
+    body: bytes
+    media_type: str
 
 
-def _render(exc: Exception, handler_key: type[Exception]) -> Any:
-    app = create_app(Settings(records_dir=None))
-    handler: Any = app.exception_handlers[handler_key]
+def _render(exc: GatewayError) -> Rendered:
+    """What ``lifecycle.respond`` sends for ``exc``: the one way an error reaches a client."""
+    sent: list[dict[str, Any]] = []
 
-    async def render() -> Any:
-        return await handler(_request(), exc)
+    async def send(message: Any) -> None:
+        sent.append(message)
 
-    return asyncio.run(render())
+    asyncio.run(respond(send, exc.status, exc.body(), exc.headers(), "req_test"))
+    start, body = sent
+    headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    return Rendered(start["status"], headers, body["body"], headers["content-type"])
 
 
 @pytest.mark.parametrize("cls", ERRORS, ids=lambda c: c.__qualname__)
 def test_every_gateway_error_renders_an_openai_body(cls: type[GatewayError]) -> None:
     exc = cls("something went wrong", param="messages")
-    response = _render(exc, GatewayError)
+    response = _render(exc)
     assert 400 <= response.status_code <= 599
     assert response.status_code == cls.status
     assert response.media_type == "application/json"
@@ -109,19 +112,19 @@ def test_every_gateway_error_renders_an_openai_body(cls: type[GatewayError]) -> 
 
 
 def test_rate_limited_carries_its_retry_after() -> None:
-    response = _render(RateLimited("slow down", retry_after_s=17), GatewayError)
+    response = _render(RateLimited("slow down", retry_after_s=17))
     assert response.status_code == 429 and response.headers["retry-after"] == "17"
 
 
 def test_request_validation_error_is_400_with_a_dotted_param() -> None:
-    exc = RequestValidationError(
-        [{"loc": ("body", "messages", 0, "role"), "msg": "bad role", "type": "literal_error"}]
-    )
-    response = _render(exc, RequestValidationError)
+    body = {"model": "m", "messages": [{"role": "bad role", "content": "hi"}]}
+    with pytest.raises(InvalidRequest) as info:
+        validate(ChatCompletionRequest, body)
+    response = _render(info.value)
     assert response.status_code == 400
     err = orjson.loads(response.body)["error"]
     assert err["param"] == "messages.0.role"
-    assert err["type"] == "invalid_request_error" and "bad role" in err["message"]
+    assert err["type"] == "invalid_request_error" and "Input should be" in err["message"]
 
 
 # -- over HTTP: unexpected exceptions, and headers on every error ----------------------------

@@ -13,10 +13,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from gateway.upstreams.pool import default_factory
 from policies.store import PolicyLoadError
 from tests.fakes.servers import FakeUpstreamHandle, serve_fake_upstream
 from tests.gateway.conftest import (
@@ -116,9 +118,49 @@ async def test_a_bad_policy_fails_startup_and_closes_what_it_opened(tmp_path: Pa
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(PolicyLoadError):
-            async with app.router.lifespan_context(app):
+            async with app.lifespan_context(app):
                 pass
         gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == []
+
+
+class _FailingRegistry(CollectorRegistry):
+    """A registry that refuses the circuit collector: start-up fails after the upstream
+    clients exist."""
+
+    def register(self, collector: Any) -> None:
+        if type(collector).__name__ == "CircuitCollector":
+            raise ValueError("refused")
+        super().register(collector)
+
+
+@pytest.mark.anyio
+async def test_a_start_up_that_fails_late_closes_the_upstream_clients(
+    tmp_path: Path, policy: PolicyFactory
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy()))
+    built: list[Any] = []
+    base = default_factory(1.0)
+
+    def factory(entry: Any) -> Any:
+        up = base(entry)
+        built.append(up)
+        return up
+
+    settings = Settings(policy_path=path, records_dir=tmp_path / "records")
+    app = create_app(
+        settings, registry=_FailingRegistry(), estimator=StubEstimator(), upstream_factory=factory
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="refused"):
+            async with app.lifespan_context(app):
+                pass
+        gc.collect()
+    assert len(built) == 2
+    assert all(up._session.closed for up in built), "every client built is closed again"
     leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert leaks == []
 
