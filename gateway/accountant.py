@@ -28,6 +28,9 @@ def iso(ts: float) -> str:
     )
 
 
+_STATUS_CLASS = {200: "2xx", 400: "4xx", 499: "4xx"}
+
+
 class Accountant:
     def __init__(
         self, *, metrics: Metrics, health: Health, kv: KV, records: RecordLog, ttl_s: int
@@ -43,33 +46,34 @@ class Accountant:
         route, model = ex.route, ex.model_id
         latency = time.perf_counter() - ex.started
         stream = "true" if ex.stream else "false"
-        status_class = f"{ex.status // 100}xx"
-        m.requests.labels(ex.endpoint, route, model, status_class, ex.outcome, stream).inc()
-        m.request_duration.labels(ex.endpoint, route, model, stream).observe(latency)
+        status_class = _STATUS_CLASS.get(ex.status) or f"{ex.status // 100}xx"
+        m.requests.inc((ex.endpoint, route, model, status_class, ex.outcome, stream))
+        m.request_duration.observe((ex.endpoint, route, model, stream), latency)
         if ex.endpoint not in RECORDED:
             return
         record = self.record(ex, latency)
         self.records.emit(record)
         if ex.endpoint == "explain":
             return  # a decision shown, nothing served: no routing, token or cost metrics
-        pm = m.pair(route, model)
+        pair = (route, model)
         if ex.ttft_s is not None:
-            pm.ttft.observe(ex.ttft_s)
+            m.ttft.observe(pair, ex.ttft_s)
         d = ex.decision
         if d is not None:
-            m.decisions.labels(route, d.model, d.reason).inc()
+            m.decisions.inc((route, d.model, d.reason))
             if d.p is not None and ex.model is not None:
-                pm.predicted_quality.observe(d.p)
+                m.predicted_quality.observe(pair, d.p)
         u = ex.usage
         if u is not None and ex.model is not None:
-            pm.tokens_in.inc(u.input)
-            pm.tokens_out.inc(u.output)
-            pm.tokens_cached.inc(u.cached)
-            pm.tokens_reasoning.inc(u.reasoning)
-            pm.tokens_per_request.observe(u.total)
-            pm.cost.inc(ex.cost_usd)
-            pm.baseline_cost.inc(ex.baseline_cost_usd)
-            pm.savings.inc(max(0.0, ex.baseline_cost_usd - ex.cost_usd))
+            tokens = m.tokens
+            tokens.inc((route, model, "input"), u.input)
+            tokens.inc((route, model, "output"), u.output)
+            tokens.inc((route, model, "cached"), u.cached)
+            tokens.inc((route, model, "reasoning"), u.reasoning)
+            m.tokens_per_request.observe(pair, u.total)
+            m.cost.inc(pair, ex.cost_usd)
+            m.baseline_cost.inc(pair, ex.baseline_cost_usd)
+            m.savings.inc(pair, max(0.0, ex.baseline_cost_usd - ex.cost_usd))
             if ex.outcome == "ok" and d is not None and d.route is not None:
                 self.health.observe_output(d.route, model, u.output)
         if ex.model is not None:

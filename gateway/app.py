@@ -169,11 +169,9 @@ def _register_gpu(
 
     def output_tokens() -> dict[str, float]:
         totals: dict[str, float] = {}
-        for fam in metrics.tokens.collect():
-            for s in fam.samples:
-                if s.name.endswith("_total") and s.labels.get("direction") == "output":
-                    m = s.labels["model"]
-                    totals[m] = totals.get(m, 0.0) + s.value
+        for (_route, model, direction), value in metrics.tokens.values.items():
+            if direction == "output":
+                totals[model] = totals.get(model, 0.0) + value
         return totals
 
     collector = GPUCollector(model_gpus=model_gpus, output_tokens=output_tokens)

@@ -140,7 +140,7 @@ async def forward(
             except UpstreamError as exc:
                 elapsed = time.perf_counter() - t0
                 ex.upstream_s += elapsed
-                state.metrics.upstream_duration.labels(model_id).observe(elapsed)
+                state.metrics.upstream_duration.observe((model_id,), elapsed)
                 state.metrics.upstream_errors.labels(model_id, exc.kind).inc()
                 last = exc
                 if isinstance(exc, UpstreamStatusError) and not exc.retryable:
@@ -175,7 +175,7 @@ async def _call(
         reply = await upstream.complete(path, body, t.total_s)
         elapsed = time.perf_counter() - t0
         ex.upstream_s += elapsed
-        state.metrics.upstream_duration.labels(entry.id).observe(elapsed)
+        state.metrics.upstream_duration.observe((entry.id,), elapsed)
         return _json_reply(state, ex, reply.body)
     stream = await upstream.open_stream(body, t.first_byte_s)
     try:
@@ -186,7 +186,7 @@ async def _call(
         raise
     elapsed = time.perf_counter() - t0
     ex.upstream_s += elapsed
-    state.metrics.upstream_duration.labels(entry.id).observe(elapsed)
+    state.metrics.upstream_duration.observe((entry.id,), elapsed)
     headers = [(k.encode(), v.encode()) for k, v in _headers(ex).items()]
     headers += [
         (b"x-effgate-request-id", ex.request_id.encode()),

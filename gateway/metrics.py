@@ -7,12 +7,12 @@ classes, outcomes, reasons. Names and labels are the contract in docs/contracts.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from gateway.series import CounterSeries, GaugeValue, HistogramSeries, SeriesCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
@@ -21,98 +21,100 @@ TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
 ESTIMATOR_BUCKETS = (5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01)
 
 
-@dataclass(frozen=True, slots=True)
-class PairMetrics:
-    """The children of one (route, model) pair, looked up once instead of on every request."""
-
-    ttft: Any
-    predicted_quality: Any
-    tokens_in: Any
-    tokens_out: Any
-    tokens_cached: Any
-    tokens_reasoning: Any
-    tokens_per_request: Any
-    cost: Any
-    baseline_cost: Any
-    savings: Any
-
-
 class Metrics:
-    """The gateway's metric families."""
+    """The gateway's metric families.
+
+    The series every request moves (requests, durations, tokens, cost, decisions) are
+    ``gateway.series`` objects: lock-free, keyed by label tuples, exposed on scrape by one
+    collector. The rest (retries, errors, reloads, feedback ...) are prometheus_client's own.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         r = registry
-        self.requests = Counter(
+        self.requests = CounterSeries(
             "effgate_requests",
             "Requests to the /v1 endpoints, by endpoint, route, model, status class and outcome.",
             ["endpoint", "route", "model", "status_class", "outcome", "stream"],
-            registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = HistogramSeries(
             "effgate_request_duration_seconds",
             "Time from request to last byte sent.",
             ["endpoint", "route", "model", "stream"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.ttft = Histogram(
+        self.ttft = HistogramSeries(
             "effgate_time_to_first_token_seconds",
             "Time from request to the first streamed event.",
             ["route", "model"],
-            buckets=TTFT_BUCKETS,
-            registry=r,
+            TTFT_BUCKETS,
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = HistogramSeries(
             "effgate_upstream_duration_seconds",
             "Time spent waiting on the upstream.",
             ["upstream"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.tokens = Counter(
+        self.tokens = CounterSeries(
             "effgate_tokens",
             "Tokens by direction (input, output, cached, reasoning).",
             ["route", "model", "direction"],
-            registry=r,
         )
-        self.tokens_per_request = Histogram(
+        self.tokens_per_request = HistogramSeries(
             "effgate_tokens_per_request",
             "Input plus output tokens of one request.",
             ["route", "model"],
-            buckets=TOKEN_BUCKETS,
-            registry=r,
+            TOKEN_BUCKETS,
         )
-        self.cost = Counter(
-            "effgate_cost_usd",
-            "Spend in USD at the serving model's prices.",
-            ["route", "model"],
-            registry=r,
+        self.cost = CounterSeries(
+            "effgate_cost_usd", "Spend in USD at the serving model's prices.", ["route", "model"]
         )
-        self.baseline_cost = Counter(
+        self.baseline_cost = CounterSeries(
             "effgate_baseline_cost_usd",
             "What the same requests would cost on the reference model.",
             ["route", "model"],
-            registry=r,
         )
-        self.savings = Counter(
+        self.savings = CounterSeries(
             "effgate_savings_usd",
             "Baseline cost minus cost (only positive savings are counted).",
             ["route", "model"],
-            registry=r,
         )
-        self.predicted_quality = Histogram(
+        self.predicted_quality = HistogramSeries(
             "effgate_predicted_quality",
             "Predicted probability of an acceptable answer.",
             ["route", "model"],
-            buckets=QUALITY_BUCKETS,
-            registry=r,
+            QUALITY_BUCKETS,
         )
-        self.decisions = Counter(
+        self.decisions = CounterSeries(
             "effgate_routing_decisions",
             "Routing decisions by reason.",
             ["route", "model", "reason"],
-            registry=r,
+        )
+        self.estimator_duration = HistogramSeries(
+            "effgate_estimator_duration_seconds",
+            "Difficulty estimation time.",
+            [],
+            ESTIMATOR_BUCKETS,
+        )
+        self.in_flight = GaugeValue("effgate_in_flight_requests", "Requests in progress.")
+        r.register(
+            SeriesCollector(
+                [
+                    self.requests,
+                    self.request_duration,
+                    self.ttft,
+                    self.upstream_duration,
+                    self.tokens,
+                    self.tokens_per_request,
+                    self.cost,
+                    self.baseline_cost,
+                    self.savings,
+                    self.predicted_quality,
+                    self.decisions,
+                    self.estimator_duration,
+                    self.in_flight,
+                ]
+            )
         )
         self.retries = Counter(
             "effgate_retries", "Retries of one upstream.", ["upstream"], registry=r
@@ -129,7 +131,6 @@ class Metrics:
             ["upstream", "kind"],
             registry=r,
         )
-        self.in_flight = Gauge("effgate_in_flight_requests", "Requests in progress.", registry=r)
         self.outcomes = Counter(
             "effgate_outcomes",
             "Feedback outcomes (first verdict per request).",
@@ -141,12 +142,6 @@ class Metrics:
             "Feedback scores.",
             ["route", "model"],
             buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
-            registry=r,
-        )
-        self.estimator_duration = Histogram(
-            "effgate_estimator_duration_seconds",
-            "Difficulty estimation time.",
-            buckets=ESTIMATOR_BUCKETS,
             registry=r,
         )
         self.policy_reloads = Counter(
@@ -176,28 +171,6 @@ class Metrics:
         for op in ("put", "get", "hit"):
             self.store_fallbacks.labels(op)
         self._live_policy: tuple[str, str] | None = None
-        self._pairs: dict[tuple[str, str], PairMetrics] = {}
-
-    def pair(self, route: str, model: str) -> PairMetrics:
-        """Children for ``(route, model)``; both come from the policy, so the cache is bounded."""
-        key = (route, model)
-        found = self._pairs.get(key)
-        if found is None:
-            tok = self.tokens
-            found = PairMetrics(
-                ttft=self.ttft.labels(route, model),
-                predicted_quality=self.predicted_quality.labels(route, model),
-                tokens_in=tok.labels(route, model, "input"),
-                tokens_out=tok.labels(route, model, "output"),
-                tokens_cached=tok.labels(route, model, "cached"),
-                tokens_reasoning=tok.labels(route, model, "reasoning"),
-                tokens_per_request=self.tokens_per_request.labels(route, model),
-                cost=self.cost.labels(route, model),
-                baseline_cost=self.baseline_cost.labels(route, model),
-                savings=self.savings.labels(route, model),
-            )
-            self._pairs[key] = found
-        return found
 
     def set_policy(self, sha256: str, version: int, daily_budget_usd: float | None) -> None:
         """Point ``effgate_policy_info`` at the live policy (one series) and export its budget."""

@@ -156,7 +156,7 @@ def route_input(
     if needs_difficulty(policy, req.model, override):
         t0 = time.perf_counter()
         difficulty = state.estimator.difficulty(messages)
-        state.metrics.estimator_duration.observe(time.perf_counter() - t0)
+        state.metrics.estimator_duration.observe((), time.perf_counter() - t0)
     meta_task = req.metadata.get("task") if req.metadata else None
     task = headers.get("x-effgate-task") or (meta_task if isinstance(meta_task, str) else None)
     ex.task = task

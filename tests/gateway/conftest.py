@@ -251,12 +251,16 @@ class Gateway:
     estimator: StubEstimator
     policy_path: Path
     records_dir: Path
+    clients: list[openai.OpenAI] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
         return self.served.origin
 
     def stop(self) -> None:
+        for client in self.clients:  # an SDK client holds pooled sockets until closed
+            client.close()
+        self.clients.clear()
         self.served.stop()
 
     @property
@@ -285,9 +289,12 @@ class Gateway:
         return httpx.Client(base_url=self.base_url, timeout=kw.pop("timeout", 20), **kw)
 
     def sdk(self, api_key: str = "sk-test", **kw: Any) -> openai.OpenAI:
-        return openai.OpenAI(
+        """An official SDK client, closed when the gateway stops."""
+        client = openai.OpenAI(
             base_url=self.v1, api_key=api_key, max_retries=kw.pop("max_retries", 0), **kw
         )
+        self.clients.append(client)
+        return client
 
     def async_sdk(self, api_key: str = "sk-test", **kw: Any) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
@@ -405,7 +412,9 @@ def make_gateway(tmp_path: Path, policy: PolicyFactory) -> Iterator[GatewayFacto
             cfg, registry=registry, upstream_factory=upstream_factory, estimator=est, kv=kv
         )
         served = stack.enter_context(serve(app))
-        return Gateway(served, app, cfg, registry, est, policy_path, root / "records")
+        gw = Gateway(served, app, cfg, registry, est, policy_path, root / "records")
+        stack.callback(gw.stop)
+        return gw
 
     with stack:
         yield make
