@@ -151,11 +151,16 @@ class Stats:
             self._paths: Counter[str] = Counter()
             self._faults: Counter[str] = Counter()
             self._disconnects = 0
+            self._connections: set[int] = set()
             self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_LIMIT)
 
-    def request(self, method: str, path: str, headers: dict[str, str], body: Any) -> None:
+    def request(
+        self, method: str, path: str, headers: dict[str, str], body: Any, connection: int = 0
+    ) -> None:
         with self._lock:
             self._paths[path] += 1
+            if path.startswith("/v1/") and len(self._connections) < RECENT_LIMIT:
+                self._connections.add(connection)
             if path.startswith("/v1/"):
                 self._recent.append(
                     {"method": method, "path": path, "headers": headers, "body": body}
@@ -175,6 +180,8 @@ class Stats:
                 "requests": dict(self._paths),
                 "requests_total": sum(self._paths.values()),
                 "disconnects": self._disconnects,
+                # distinct client connections that sent model requests: keep-alive reuse shows
+                "connections": len(self._connections),
                 "faults_injected": dict(self._faults),
                 "recent": list(self._recent),
             }

@@ -11,6 +11,7 @@ returns either a ready `Response`, written synchronously with no task (the fast 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
 import struct
@@ -48,6 +49,7 @@ class Request:
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
     body: bytes
     keep_alive: bool
+    connection: int = 0  # which client connection sent it (1, 2, ... per server)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,9 @@ def head(status: int, length: int | None, content_type: str, extra: bytes, close
     return line + fields + extra + (b"connection: close\r\n\r\n" if close else b"\r\n")
 
 
+_CONNECTIONS = itertools.count(1)
+
+
 class Connection(asyncio.Protocol):
     """One client socket: parse, queue, answer in order, notice when the client leaves."""
 
@@ -100,6 +105,7 @@ class Connection(asyncio.Protocol):
         self._url, self._headers, self._body = b"", dict[str, str](), list[bytes]()
         self._current: Request | None = None
         self.closed = False
+        self.number = next(_CONNECTIONS)
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -158,7 +164,7 @@ class Connection(asyncio.Protocol):
         method = self._parser.get_method().decode("latin-1")
         body = b"".join(self._body)
         keep = self._parser.should_keep_alive()
-        self._pending.append(Request(method, path, query, self._headers, body, keep))
+        self._pending.append(Request(method, path, query, self._headers, body, keep, self.number))
 
     # -- answering ---------------------------------------------------------------------------
     def _answer_pending(self) -> None:

@@ -142,7 +142,9 @@ class FakeUpstream:
         body = _loads(request.body) if request.body else None
         if not request.path.startswith("/_fake/"):
             seen = None if body is _MALFORMED else body
-            self.stats.request(request.method, request.path, request.headers, seen)
+            self.stats.request(
+                request.method, request.path, request.headers, seen, request.connection
+            )
         if route is None:
             if request.path in self._paths:
                 return _error(405, f"method {request.method} not allowed on {request.path}")

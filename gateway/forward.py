@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
-import anyio
 import orjson
 
 from gateway.accounting import Usage, usage_from
@@ -58,7 +57,7 @@ def _upstream_body(body: dict[str, Any], entry: ModelEntry, stream: bool) -> dic
 async def _first_chunk(stream: Stream, deadline_s: float) -> tuple[bytes, AsyncIterator[bytes]]:
     it = stream.chunks().__aiter__()
     try:
-        with anyio.fail_after(deadline_s):
+        async with asyncio.timeout(deadline_s):
             first = await it.__anext__()
     except BaseException as exc:
         await close_chunks(it)

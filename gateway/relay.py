@@ -38,6 +38,21 @@ def unwrap_group() -> Iterator[None]:
         raise
 
 
+# after [DONE], how long the end of the upstream's HTTP message may take to arrive: read to
+# its end, the connection goes back to the pool; not there yet, it is closed instead
+DRAIN_S = 0.005
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read what the upstream sends after ``[DONE]`` (usually only the end of the message)."""
+    try:
+        async with asyncio.timeout(DRAIN_S):
+            async for _ in chunks:
+                pass
+    except (TimeoutError, UpstreamError):
+        pass
+
+
 async def close_chunks(chunks: AsyncIterator[bytes]) -> None:
     """Close a chunk generator now, not when the garbage collector finds it: its frame holds
     the upstream response (and so a connection) until it is closed."""
@@ -167,6 +182,8 @@ class RelayResponse:
             return
         if not self.done:
             await self._fail(send, "stream_cut", "upstream closed the stream before it finished")
+            return
+        await _drain(it)
 
     async def _fail(self, send: Send, kind: ErrorKind, message: str) -> None:
         ex = self.ex

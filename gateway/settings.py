@@ -36,8 +36,9 @@ class Settings(BaseSettings):
     api_keys: dict[str, str] = Field(default_factory=dict)
     rate_limit_rpm: int | None = Field(None, gt=0)  # per tenant; None = unlimited
 
-    # the client for OpenAI-compatible upstreams (aiohttp: about a fifth of httpx's CPU per call)
-    http_client: Literal["aiohttp", "httpx"] = "aiohttp"
+    # the client for OpenAI-compatible upstreams: httptools (the leanest, docs/benchmarks.md),
+    # aiohttp, or httpx (the only one that honours HTTP(S)_PROXY)
+    http_client: Literal["httptools", "aiohttp", "httpx"] = "httptools"
     # upstream connection pool defaults (per model, a policy may override)
     pool_timeout_s: float = 5.0
     retry_backoff_s: float = 0.05

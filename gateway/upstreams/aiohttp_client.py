@@ -1,4 +1,4 @@
-"""The default client for OpenAI-compatible upstreams: aiohttp, one pooled session per upstream.
+"""OpenAI-compatible upstreams over aiohttp (``EFFGATE_HTTP_CLIENT=aiohttp``), one session each.
 
 Measured here (``benchmarks/clients.py``, and the overhead benchmark's profile): an httpx call
 costs 1.4 to 3 ms of CPU on this class of machine and grows with concurrency (httpcore walks
@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
-import anyio
 import orjson
+import yarl
 
 from gateway.errors import (
     ConnectFailed,
@@ -36,7 +36,7 @@ def map_aiohttp_errors(name: str) -> Iterator[None]:
     """aiohttp exceptions to gateway errors that name the upstream, never its URL or key."""
     try:
         yield
-    except TimeoutError as exc:  # aiohttp's own timeouts and ours (anyio.fail_after)
+    except TimeoutError as exc:  # aiohttp's own timeouts and ours (asyncio.timeout)
         raise TimedOut(f"upstream {name!r} timed out") from exc
     except aiohttp.ClientConnectorError as exc:
         raise ConnectFailed(f"upstream {name!r} is unreachable") from exc
@@ -77,7 +77,12 @@ class AiohttpUpstream:
         self.name = entry.id
         t = entry.timeouts
         self._base = (entry.base_url or "").rstrip("/")
-        headers = {"content-type": "application/json", "accept-encoding": "identity"}
+        self._urls: dict[str, yarl.URL] = {}  # parsed once per path, not per request
+        headers = {
+            "content-type": "application/json",
+            "accept-encoding": "identity",
+            "user-agent": "effgate",
+        }
         key = os.environ.get(entry.api_key_env) if entry.api_key_env else None
         if key:
             headers["authorization"] = f"Bearer {key}"
@@ -94,21 +99,33 @@ class AiohttpUpstream:
             headers=headers,
             timeout=self._timeout,
             json_serialize=lambda o: orjson.dumps(o).decode(),
+            # one session serves every tenant: an upstream's Set-Cookie must never ride along
+            # on another tenant's request
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
+    def _url(self, path: str) -> yarl.URL:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = yarl.URL(self._base + path)
+        return url
+
     async def complete(self, path: str, body: dict[str, Any], deadline_s: float) -> Reply:
-        with map_aiohttp_errors(self.name), anyio.fail_after(deadline_s):
-            async with self._session.post(self._base + path, data=orjson.dumps(body)) as resp:
+        with map_aiohttp_errors(self.name):
+            async with (
+                asyncio.timeout(deadline_s),
+                self._session.post(self._url(path), data=orjson.dumps(body)) as resp,
+            ):
                 if resp.status >= 400:
                     raise await _status_error(resp)
                 data = await resp.read()
                 return Reply(resp.status, data, picked_headers(resp.headers))
 
     async def open_stream(self, body: dict[str, Any], first_byte_s: float) -> Stream:
-        url = self._base + "/chat/completions"
+        url = self._url("/chat/completions")
         with map_aiohttp_errors(self.name):
             try:
-                with anyio.fail_after(first_byte_s):
+                async with asyncio.timeout(first_byte_s):
                     resp = await self._session.post(url, data=orjson.dumps(body))
             except TimeoutError as exc:
                 raise TimedOut(

@@ -30,8 +30,9 @@ def upstream_key(entry: ModelEntry) -> tuple[object, ...]:
     )
 
 
-def default_factory(pool_timeout_s: float, http_client: str = "aiohttp") -> Factory:
-    """Upstreams by provider: OpenAI-compatible ones over aiohttp (or httpx), others litellm."""
+def default_factory(pool_timeout_s: float, http_client: str = "httptools") -> Factory:
+    """Upstreams by provider: OpenAI-compatible ones over ``http_client`` (httptools by
+    default; aiohttp or httpx), the others through litellm. Each is imported when named."""
 
     def build(entry: ModelEntry) -> Upstream:
         if entry.provider == "openai":
@@ -39,9 +40,13 @@ def default_factory(pool_timeout_s: float, http_client: str = "aiohttp") -> Fact
                 from gateway.upstreams.httpx_client import HttpxUpstream
 
                 return HttpxUpstream(entry, pool_timeout_s=pool_timeout_s)
-            from gateway.upstreams.aiohttp_client import AiohttpUpstream
+            if http_client == "aiohttp":
+                from gateway.upstreams.aiohttp_client import AiohttpUpstream
 
-            return AiohttpUpstream(entry)
+                return AiohttpUpstream(entry)
+            from gateway.upstreams.httptools_client import HttptoolsUpstream
+
+            return HttptoolsUpstream(entry)
         from gateway.upstreams.litellm_client import LitellmUpstream  # only when a policy names one
 
         return LitellmUpstream(entry)

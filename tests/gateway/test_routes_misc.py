@@ -12,10 +12,12 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from fake_upstream.httpserver import Response
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.upstreams.pool import default_factory
@@ -27,6 +29,7 @@ from tests.gateway.conftest import (
     PolicyFactory,
     StubEstimator,
     chat,
+    serve_scripted,
     wait_until,
 )
 
@@ -144,8 +147,26 @@ async def test_a_start_up_that_fails_late_closes_the_upstream_clients(
     built: list[Any] = []
     base = default_factory(1.0)
 
+    class Recorded:
+        """The real client, with a record of whether it was closed."""
+
+        def __init__(self, entry: Any) -> None:
+            self.inner = base(entry)
+            self.name = self.inner.name
+            self.closed = False
+
+        async def complete(self, *a: Any) -> Any:
+            return await self.inner.complete(*a)
+
+        async def open_stream(self, *a: Any) -> Any:
+            return await self.inner.open_stream(*a)
+
+        async def aclose(self) -> None:
+            self.closed = True
+            await self.inner.aclose()
+
     def factory(entry: Any) -> Any:
-        up = base(entry)
+        up = Recorded(entry)
         built.append(up)
         return up
 
@@ -160,7 +181,7 @@ async def test_a_start_up_that_fails_late_closes_the_upstream_clients(
                 pass
         gc.collect()
     assert len(built) == 2
-    assert all(up._session.closed for up in built), "every client built is closed again"
+    assert all(up.closed for up in built), "every client built is closed again"
     leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert leaks == []
 
@@ -482,3 +503,21 @@ def test_reload_moves_new_requests_and_lets_in_flight_ones_finish(
         assert rest.endswith(b"data: [DONE]\n\n"), "the in-flight stream finished"
         assert replacement.stats["requests"][CHAT] == 1
     assert small.stats["requests"][CHAT] == 1
+
+
+def test_an_upstream_cookie_never_rides_along_on_the_next_request(
+    make_gateway: GatewayFactory, policy: PolicyFactory
+) -> None:
+    """One upstream session serves every tenant, so it keeps no cookies."""
+    reply = orjson.dumps(
+        {"id": "x", "object": "chat.completion", "model": "mock-small", "choices": []}
+    )
+    with serve_scripted(reply) as (upstream, url):
+        upstream.response = Response(200, reply, headers=(("set-cookie", "session=tenant-a"),))
+        # a host name, not an IP: cookie jars ignore cookies set by bare IP addresses
+        gw = make_gateway(policy(small_url=url.replace("127.0.0.1", "localhost")))
+        with gw.http() as c:
+            for _ in range(2):
+                assert c.post("/v1/chat/completions", json=chat(model="small")).status_code == 200
+    assert len(upstream.requests) == 2
+    assert all("cookie" not in r.headers for r in upstream.requests)
