@@ -15,8 +15,11 @@ from benchmarks.report import Check, Row, Tables
 LIMITS = {
     "added_p50_ms": 0.5,
     "added_p99_ms": 1.5,
-    "added_ttft_p50_ms": 1.0,
-    "throughput_vs_litellm": 10.0,
+    "routed_over_passthrough_p50_ms": 0.25,
+    "added_ttft_p50_ms": 0.7,
+    "saturation_json_rps": 2000.0,
+    "saturation_stream_rps": 1200.0,
+    "throughput_vs_litellm": 25.0,
     "idle_rss_mb": 150.0,
     "start_s": 2.0,
 }
@@ -34,26 +37,46 @@ def _at_most(name: str, limit: float, value: float | None, unit: str, note: str 
     return Check(name, f"<= {limit:g} {unit}", value, unit, ok, note)
 
 
+def _at_least(name: str, limit: float, value: float | None, unit: str, note: str = "") -> Check:
+    ok = None if value is None else value >= limit
+    return Check(name, f">= {limit:g} {unit}", value, unit, ok, note)
+
+
 def checks(tables: Tables, process: Mapping[str, Mapping[str, float]]) -> list[Check]:
+    """Issue 9's targets: added latency and TTFT at concurrency 1, routing's own cost, and
+    saturation throughput of the gateway on one core, against LiteLLM's on the same core."""
     out: list[Check] = []
-    for path in ("passthrough", "routed"):
-        row = _find(tables.latency, f"json/{path}", "gateway", 1)
-        out.append(
-            _at_most(
-                f"added latency p50, JSON {path}, c=1",
-                LIMITS["added_p50_ms"],
-                None if row is None else row.added_p50_ms,
-                "ms",
-            )
+    passthrough = _find(tables.latency, "json/passthrough", "gateway", 1)
+    routed = _find(tables.latency, "json/routed", "gateway", 1)
+    out.append(
+        _at_most(
+            "added latency p50, JSON passthrough, c=1",
+            LIMITS["added_p50_ms"],
+            None if passthrough is None else passthrough.added_p50_ms,
+            "ms",
         )
-        out.append(
-            _at_most(
-                f"added latency p99, JSON {path}, c=1",
-                LIMITS["added_p99_ms"],
-                None if row is None else row.added_p99_ms,
-                "ms",
-            )
+    )
+    out.append(
+        _at_most(
+            "added latency p99, JSON passthrough, c=1",
+            LIMITS["added_p99_ms"],
+            None if passthrough is None else passthrough.added_p99_ms,
+            "ms",
         )
+    )
+    over = (
+        routed.stats.p50_ms - passthrough.stats.p50_ms
+        if routed is not None and passthrough is not None
+        else None
+    )
+    out.append(
+        _at_most(
+            "routed (estimator + decide) over passthrough, p50, c=1",
+            LIMITS["routed_over_passthrough_p50_ms"],
+            over,
+            "ms",
+        )
+    )
     row = _find(tables.stream, "stream/passthrough", "gateway", 1)
     out.append(
         _at_most(
@@ -63,6 +86,16 @@ def checks(tables: Tables, process: Mapping[str, Mapping[str, float]]) -> list[C
             "ms",
         )
     )
+    for kind, unit in (("json", "req/s"), ("stream", "streams/s")):
+        gw = _find(tables.saturation, f"{kind}/passthrough", "gateway")
+        out.append(
+            _at_least(
+                f"saturation throughput, {kind} passthrough, gateway on one core",
+                LIMITS[f"saturation_{kind}_rps"],
+                None if gw is None else gw.stats.rps,
+                unit,
+            )
+        )
     gw = _find(tables.saturation, "json/passthrough", "gateway")
     peer = _find(tables.saturation, "json/passthrough", "litellm")
     ratio = gw.stats.rps / peer.stats.rps if gw and peer and peer.stats.rps > 0 else None

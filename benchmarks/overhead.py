@@ -234,7 +234,10 @@ class Bench:
                 rows = await measure(sc, servers, c, budget, self.api_key)
                 (self.tables.stream if sc.stream else self.tables.latency).extend(rows)
         if a.saturation > 0:
-            for sc in scenarios(stream=False, routed=not a.skip_routed):
+            saturated = scenarios(stream=False, routed=not a.skip_routed)
+            if not a.skip_stream:
+                saturated.append(Scenario("stream", "passthrough", paced=False))
+            for sc in saturated:
                 servers = {"direct": self.fast, **self.servers}
                 budget = Budget(duration_s=a.duration, rounds=a.rounds, warmup=a.warmup)
                 self.tables.saturation += await measure(

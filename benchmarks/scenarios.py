@@ -42,6 +42,9 @@ MESSAGES = [
 class Scenario:
     kind: Kind
     path: Path_
+    # streams from the paced fake (TTFT and stream time mean what they do with a model), or
+    # from the fast one (saturation: how many streams a second the gateway can relay)
+    paced: bool = True
 
     @property
     def name(self) -> str:
@@ -53,7 +56,7 @@ class Scenario:
 
     def model(self, target: Target) -> str | None:
         """The model name this target is asked for; None when the target has no such path."""
-        paced = "-paced" if self.stream else ""
+        paced = "-paced" if self.stream and self.paced else ""
         if target == "direct":
             return "mock-small"
         if target == "litellm":

@@ -99,11 +99,24 @@ def _json_reply(state: AppState, ex: Exchange, data: bytes) -> Reply:
         )
         usage = Usage(ex.prompt_tokens, state.tokens.count(text), estimated=True)
     ex.price(usage)
-    if ex.model is not None and "model" in obj:
-        obj["model"] = ex.model.id
     headers = _headers(ex)
     headers["x-effgate-cost-usd"] = f"{ex.cost_usd:.10f}"
-    return Reply(200, orjson.dumps(obj), headers)
+    return Reply(200, _with_model(data, obj, ex), headers)
+
+
+def _with_model(data: bytes, obj: dict[str, Any], ex: Exchange) -> bytes:
+    """The upstream's bytes with ``model`` set to the catalog id: a byte replace of the one
+    field (the body is relayed, not re-encoded), or a re-encode when the field is written in
+    a way the replace does not find."""
+    served = obj.get("model")
+    if ex.model is None or served is None or served == ex.model.id:
+        return data
+    if isinstance(served, str):
+        out = model_rewriter(served, ex.model.id)(data)
+        if out is not data:
+            return out
+    obj["model"] = ex.model.id
+    return orjson.dumps(obj)
 
 
 async def forward(

@@ -50,7 +50,11 @@ def test_overhead_script_runs_and_reports(tmp_path: Path) -> None:
         for t in ("direct", "gateway")
     }  # fmt: skip
     assert len(doc["stream"]) == 8
-    assert len(doc["saturation"]) == 4
+    # json passthrough and routed, and relayed streams, each direct and through the gateway
+    assert {(r["scenario"], r["target"]) for r in doc["saturation"]} == {
+        (s, t) for s in ("json/passthrough", "json/routed", "stream/passthrough")
+        for t in ("direct", "gateway")
+    }  # fmt: skip
     for row in doc["latency"] + doc["stream"]:
         expected = 20 if row["scenario"].startswith("json") else 4
         assert (row["count"], row["errors"]) == (expected, 0), row
@@ -61,7 +65,17 @@ def test_overhead_script_runs_and_reports(tmp_path: Path) -> None:
     gateway = doc["process"]["gateway"]
     assert 0 < gateway["start_to_first_served_s"] < 60
     assert gateway["idle_rss_mb"] > 10
-    assert len(doc["checks"]) == 8
+    assert {c["name"] for c in doc["checks"]} == {
+        "added latency p50, JSON passthrough, c=1",
+        "added latency p99, JSON passthrough, c=1",
+        "routed (estimator + decide) over passthrough, p50, c=1",
+        "added TTFT p50, stream passthrough, c=1",
+        "saturation throughput, json passthrough, gateway on one core",
+        "saturation throughput, stream passthrough, gateway on one core",
+        "saturation throughput vs LiteLLM proxy (same core)",
+        "idle RSS",
+        "start to first served request",
+    }
     assert (tmp_path / "work" / "policy.yaml").is_file()
     # the gateway wrote its request records where it was told to
     assert any((tmp_path / "work" / "records").iterdir())

@@ -6,12 +6,16 @@ Prices are USD per million tokens: small 0.15 in / 0.60 out (0.075 cached where 
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import orjson
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
+from gateway.accountant import iso
 from gateway.accounting import Usage, cost_usd, usage_from
 from policies.compile import CompiledPolicy
 from policies.loader import build_policy
@@ -231,3 +235,12 @@ def test_missing_usage_is_estimated_and_marked(
     assert stream_rec["tokens"]["output"] == 3  # one token per content event
     small_cost = (json_rec["tokens"]["input"] * 0.15 + 2 * 0.60) / 1e6
     assert json_rec["cost_usd"] == pytest.approx(small_cost)
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_record_times_format_like_isoformat(ts: float) -> None:
+    """iso() caches the date per second; it must write what datetime.isoformat writes."""
+    expected = (dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")).replace(
+        "+00:00", "Z"
+    )
+    assert iso(ts) == expected
