@@ -59,8 +59,8 @@ class Accountant:
         m.request_duration.observe((ex.endpoint, route, model, stream), latency)
         if ex.endpoint not in RECORDED:
             return
-        record = self.record(ex, latency)
-        self.records.emit(record)
+        # built by the record writer, after the response has gone
+        self.records.emit(functools.partial(self.record, ex, latency))
         if ex.endpoint == "explain":
             return  # a decision shown, nothing served: no routing, token or cost metrics
         pair = (route, model)
@@ -86,7 +86,7 @@ class Accountant:
                 self.health.observe_output(d.route, model, u.output)
         if ex.model is not None:
             summary = orjson.dumps(
-                {"route": route, "model": model, "time": record["time"], "tenant": ex.tenant}
+                {"route": route, "model": model, "time": iso(ex.wall_time), "tenant": ex.tenant}
             )
             self.kv.put_later("req:" + ex.request_id, summary, self.ttl_s)
 

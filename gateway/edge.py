@@ -7,9 +7,9 @@
       anything else                 404, or 405 for a known path, OpenAI-shaped
 
 One layer, not a framework's stack: the request id (the client's ``x-request-id`` when it is a
-sane token, else a fresh one), the headers as a dict, the in-flight gauge for /v1 calls and the
-catch-all 500 are all done here, once. An unexpected exception is logged with the request id
-and answered with a generic OpenAI-shaped 500 when no byte has been sent yet.
+sane token, else a fresh one), the headers as a dict and the in-flight gauge for /v1 calls are
+done here, once. An unexpected exception is logged with the request id and answered with a
+generic OpenAI-shaped 500 (by ``lifecycle.serve`` for /v1 calls, here for the others).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import State
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from gateway.errors import error_body
+from gateway.errors import error_body, internal_error_body
 from gateway.lifecycle import Spec, serve
 from gateway.routes import MODEL_PREFIX, SPECS
 from gateway.state import AppState
@@ -96,13 +96,6 @@ class GatewayApp:
         request_id = rid if rid is not None and _SANE_ID.match(rid) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         scope["app"] = self
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
         path: str = scope["path"]
         method: str = scope["method"]
         spec: Spec | None = SPECS.get(path)
@@ -111,16 +104,16 @@ class GatewayApp:
             spec = SPECS[MODEL_PREFIX]
             params = {"model_id": path[len(MODEL_PREFIX) :]}
         state: AppState = self.state.effgate
+        if spec is not None and method == spec.method:
+            # lifecycle.serve answers every failure itself, the unexpected ones included
+            state.metrics.in_flight.inc()
+            try:
+                await serve(state, spec, scope, receive, send, request_id, headers, params)
+            finally:
+                state.metrics.in_flight.dec()
+            return
         try:
-            if spec is not None and method == spec.method:
-                state.metrics.in_flight.inc()
-                try:
-                    await serve(
-                        state, spec, scope, receive, tracking_send, request_id, headers, params
-                    )
-                finally:
-                    state.metrics.in_flight.dec()
-            elif spec is not None:
+            if spec is not None:
                 await _error(send, request_id, 405, f"{method} {path}: Method Not Allowed",
                              "method_not_allowed")  # fmt: skip
             elif (plain := PLAIN.get(path)) is not None and method in ("GET", "HEAD"):
@@ -132,16 +125,8 @@ class GatewayApp:
             else:
                 await _error(send, request_id, 404, f"{method} {path}: Not Found", "not_found")
         except Exception:
-            # the one catch-all: log the traceback, send a generic body with the request id
             log.exception("unhandled error in request %s", request_id)
-            if started:
-                raise
-            body = error_body(
-                f"The gateway hit an internal error (request {request_id}).",
-                "server_error",
-                "internal_error",
-            )
-            await _send(send, 500, body, JSON_TYPE, request_id)
+            await _send(send, 500, internal_error_body(request_id), JSON_TYPE, request_id)
 
     async def _run_lifespan(self, receive: Receive, send: Send) -> None:
         """The ASGI lifespan protocol around ``create_app``'s lifespan context."""

@@ -225,3 +225,12 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
     return orjson.dumps(
         {"error": {"message": message, "type": type_, "param": param, "code": code}}
     )
+
+
+def internal_error_body(request_id: str) -> bytes:
+    """The body of an unexpected failure: generic, with the request id to find it in the log."""
+    return error_body(
+        f"The gateway hit an internal error (request {request_id}).",
+        "server_error",
+        "internal_error",
+    )

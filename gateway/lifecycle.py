@@ -6,8 +6,8 @@
         SPEC.run(state, ex, call)                              pipeline.py: a Reply or a
             (under the disconnect watch when it calls out)     RelayResponse, or it raises
         a GatewayError: status, outcome and body from the error itself (errors.py), plus the
-            effgate headers; anything else: status 500, outcome internal_error, re-raised to
-            the edge's catch-all
+            effgate headers; anything else: logged, status 500 with a generic body that
+            names the request id, outcome internal_error
         finish(state, ex): metrics, the request record, the feedback summary, exactly once:
             here for JSON replies and errors; for a stream, the relay calls the same function
             when the last event is out
@@ -19,6 +19,7 @@ objects cost more here than everything effgate itself does for a passthrough cal
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from gateway.errors import (
     RateLimited,
     Unauthorized,
     UpstreamStatusError,
+    internal_error_body,
 )
 from gateway.exchange import Endpoint, Exchange
 from gateway.relay import RelayResponse
@@ -41,6 +43,7 @@ from gateway.state import AppState
 from gateway.upstreams.base import Reply
 
 T = TypeVar("T")
+log = logging.getLogger("effgate")
 # a client that has not left after this long gets a watcher; quicker answers need none
 WATCH_AFTER_S = 0.02
 
@@ -112,9 +115,12 @@ async def serve(
         await respond(send, exc.status, exc.body(), exc.headers(), request_id)
         return
     except Exception:
+        # the one catch-all: the traceback to the log, a generic body with the request id
+        log.exception("unhandled error in request %s", request_id)
         ex.status, ex.outcome, ex.error = 500, "internal_error", "internal error"
         finish(state, ex)
-        raise  # the edge logs it and sends a generic 500 with the request id
+        await respond(send, 500, internal_error_body(request_id), {}, request_id)
+        return
     if result is None:
         ex.status, ex.outcome = 499, "cancelled"
         finish(state, ex)

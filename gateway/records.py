@@ -19,6 +19,8 @@ import orjson
 
 log = logging.getLogger("effgate.records")
 
+Record = dict[str, Any] | Callable[[], dict[str, Any]]
+
 
 class JSONLFile:
     """``records.jsonl`` rotated to ``records.jsonl.1`` ... ``.N`` when it passes ``max_bytes``."""
@@ -74,7 +76,7 @@ class RecordLog:
         self._file = file
         self._redis = redis
         self._stream = stream
-        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=buffer)
+        self._queue: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=buffer)
         self._on_drop = on_drop
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
@@ -82,7 +84,9 @@ class RecordLog:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="effgate-records")
 
-    def emit(self, record: dict[str, Any]) -> None:
+    def emit(self, record: Record) -> None:
+        """Queue a record: a dict, or a function that builds it (called by the writer, off
+        the request's path: the response does not wait for the record to be built)."""
         try:
             self._queue.put_nowait(record)
         except asyncio.QueueFull:
@@ -98,7 +102,7 @@ class RecordLog:
     async def _run(self) -> None:
         done = False
         while not done:
-            batch: list[dict[str, Any]] = []
+            batch: list[Record] = []
             item = await self._queue.get()
             # let a batch build up: one file write (a thread hop) per batch, not per request
             await asyncio.sleep(self._linger_s)
@@ -113,7 +117,8 @@ class RecordLog:
             if batch:
                 await self._write(batch)
 
-    async def _write(self, batch: list[dict[str, Any]]) -> None:
+    async def _write(self, items: list[Record]) -> None:
+        batch = [item if isinstance(item, dict) else item() for item in items]
         if self._file is not None:
             data = b"".join(orjson.dumps(r) + b"\n" for r in batch)
             try:

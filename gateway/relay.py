@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -95,21 +96,22 @@ class RelayResponse:
         self.usage: Usage | None = None
         self.content_events = 0
         self.completed = False
+        self.watcher: asyncio.Task[None] | None = None
+        self.last_chunk = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = self.ex
         task = asyncio.current_task()
         assert task is not None
-        watcher: asyncio.Task[None] | None = None
+        watch = self._watch(receive, task)
         try:
             await send(
                 {"type": "http.response.start", "status": 200, "headers": self.start_headers}
             )
             # a plain task watches for the client leaving and cancels the pump: a tenth of
             # what a task group costs, and started after the first event is out
-            watcher = asyncio.get_running_loop().create_task(self._watch(receive, task))
             try:
-                await self._pump(send)
+                await self._pump(send, watch)
             except asyncio.CancelledError:
                 if ex.outcome != "cancelled":
                     raise  # not the client leaving: shutdown, or an outer deadline
@@ -123,8 +125,10 @@ class RelayResponse:
         except OSError:  # the client went away while we were sending
             ex.outcome = "cancelled"
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            if self.watcher is not None:
+                self.watcher.cancel()
+            else:
+                watch.close()  # never started
             await self._complete()
 
     async def _complete(self) -> None:
@@ -145,29 +149,49 @@ class RelayResponse:
         self.ex.outcome = "cancelled"
         pump.cancel()
 
-    async def _pump(self, send: Send) -> None:
+    async def _pump(self, send: Send, watch: Coroutine[Any, Any, None]) -> None:
         ex = self.ex
         out = self._events(self.first)
         if out:
             await send({"type": "http.response.body", "body": out, "more_body": True})
             ex.ttft_s = time.perf_counter() - ex.started
+        self.watcher = asyncio.get_running_loop().create_task(watch)
         it = self.chunks.__aiter__()
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        stalled = False
+        timer: list[asyncio.TimerHandle] = []
+
+        # The idle gap: one timer for the whole stream that re-arms itself from the time of
+        # the last chunk, rather than a deadline moved (a new timer) after every chunk.
+        def watchdog() -> None:
+            nonlocal stalled
+            due = self.last_chunk + self.idle_s
+            if loop.time() >= due:
+                stalled = True
+                task.cancel()
+            else:
+                timer[0] = loop.call_at(due, watchdog)
+
+        self.last_chunk = loop.time()
+        timer.append(loop.call_at(self.last_chunk + self.idle_s, watchdog))
         try:
-            # one deadline for the whole stream, pushed back after every chunk: the idle gap
-            async with asyncio.timeout(self.idle_s) as deadline:
-                while not self.done:
-                    try:
-                        chunk = await it.__anext__()
-                    except StopAsyncIteration:
-                        break
-                    out = self._events(chunk)
-                    if out:
-                        if ex.ttft_s is None:
-                            ex.ttft_s = time.perf_counter() - ex.started
-                        await send({"type": "http.response.body", "body": out, "more_body": True})
-                    deadline.reschedule(loop.time() + self.idle_s)
-        except TimeoutError:
+            while not self.done:
+                try:
+                    chunk = await it.__anext__()
+                except StopAsyncIteration:
+                    break
+                out = self._events(chunk)
+                if out:
+                    if ex.ttft_s is None:
+                        ex.ttft_s = time.perf_counter() - ex.started
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                self.last_chunk = loop.time()
+        except asyncio.CancelledError:
+            if not stalled or ex.outcome == "cancelled":
+                raise
+            task.uncancel()
             await self._fail(send, "timeout", f"upstream stalled for more than {self.idle_s:g} s")
             return
         except UpstreamError as exc:
@@ -175,6 +199,8 @@ class RelayResponse:
             kind: ErrorKind = "stream_cut" if isinstance(exc, ProtocolFailed) else exc.kind
             await self._fail(send, kind, exc.message)
             return
+        finally:
+            timer[0].cancel()
         if not self.done:
             await self._fail(send, "stream_cut", "upstream closed the stream before it finished")
             return
@@ -206,8 +232,9 @@ class RelayResponse:
                 self.ex.error = "upstream sent an error event"
             elif b'"content"' in data or b'"tool_calls"' in data:
                 self.content_events += 1
-            parts.append(self.rewrite(event))
-        return b"".join(parts)
+            parts.append(event)
+        # one replace per chunk, not per event (re-encoded usage events already say the id)
+        return self.rewrite(b"".join(parts)) if parts else b""
 
     def _usage_event(self, data: bytes) -> bytes | None:
         try:

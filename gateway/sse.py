@@ -19,6 +19,9 @@ class EventSplitter:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         buf = self._buf + chunk if self._buf else chunk
+        if b"\r" not in buf:  # the common case, one separator: let bytes.split find them
+            *whole, self._buf = buf.split(b"\n\n")
+            return [e + b"\n\n" for e in whole]
         events: list[bytes] = []
         start = 0
         while True:
@@ -43,6 +46,8 @@ class EventSplitter:
 
 def event_data(event: bytes) -> bytes:
     """The event's ``data`` field (multi-line data joined with newlines)."""
+    if event.startswith(b"data: ") and event.find(b"\n") == len(event) - 2:
+        return event[6:-2]  # the common case: one ``data: ...`` line and its blank line
     parts = []
     for line in event.splitlines():
         if line.startswith(b"data:"):
