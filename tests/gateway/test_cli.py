@@ -97,6 +97,19 @@ def demo_policy(small: FakeUpstreamHandle, big: FakeUpstreamHandle) -> dict[str,
     return data
 
 
+def wait_ready(proc: subprocess.Popen[bytes], origin: str, log: Path) -> None:
+    """Until the process answers /readyz; fails with its log if it exits first."""
+
+    def ready() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            return httpx.get(origin + "/readyz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(ready, 60, f"{log.stem} ready")
+
+
 @pytest.fixture
 def served(
     tmp_path: Path, small: FakeUpstreamHandle, big: FakeUpstreamHandle
@@ -119,15 +132,7 @@ def served(
     )
     origin = f"http://127.0.0.1:{port}"
     try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                return httpx.get(origin + "/readyz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, 60, "effgate serve ready")
+        wait_ready(proc, origin, tmp_path / "serve.log")
         yield proc, origin, policy
     finally:
         if proc.poll() is None:
@@ -201,15 +206,7 @@ def test_demo_serves_the_readme_request_from_any_directory(tmp_path: Path) -> No
     )
     origin = f"http://127.0.0.1:{port}"
     try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, (tmp_path / "demo.log").read_text()
-            try:
-                return httpx.get(origin + "/readyz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, 60, "effgate demo ready")
+        wait_ready(proc, origin, tmp_path / "demo.log")
         r = httpx.post(
             origin + "/v1/chat/completions",
             json={"model": "auto", "messages": [{"role": "user", "content": "Summarise: hi"}]},
