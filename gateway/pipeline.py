@@ -160,8 +160,7 @@ def route_input(
     meta_task = req.metadata.get("task") if req.metadata else None
     task = headers.get("x-effgate-task") or (meta_task if isinstance(meta_task, str) else None)
     ex.task = task
-    smallest = min((m.context_window for m in policy.models.values()), default=0)
-    ex.prompt_tokens = state.tokens.estimate_prompt(text, messages, smallest)
+    ex.prompt_tokens = state.tokens.estimate_prompt(text, messages, policy.smallest_context_window)
     if policy.log_prompts:
         ex.prompt = text
     return RouteInput(

@@ -12,6 +12,7 @@ stalls past the idle deadline or ends without ``[DONE]`` ends with one OpenAI-sh
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -47,8 +48,10 @@ async def close_chunks(chunks: AsyncIterator[bytes]) -> None:
         await chunks.aclose()
 
 
+@functools.lru_cache(maxsize=1024)
 def model_rewriter(upstream_name: str, catalog_id: str) -> Callable[[bytes], bytes]:
-    """Byte-level ``"model": "<upstream>"`` -> ``"model": "<catalog>"`` for relayed chunks."""
+    """Byte-level ``"model": "<upstream>"`` -> ``"model": "<catalog>"`` for relayed chunks
+    (built once per pair of names: the names come from policies, bounded by the cache)."""
     if upstream_name == catalog_id:
         return lambda b: b
     src = orjson.dumps(upstream_name)

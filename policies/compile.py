@@ -124,6 +124,7 @@ class CompiledPolicy:
     default_expected_output_tokens: int
     budget_daily_usd: float | None
     targets: Mapping[str, Target]  # every model id, route name and "auto"
+    smallest_context_window: int = 0  # of every catalog model: prompts far below it fit all
 
 
 def resolve(policy: CompiledPolicy, name: str, route_override: str | None = None) -> Target | None:
@@ -223,6 +224,7 @@ def compile_policy(
         default_expected_output_tokens=spec.default_expected_output_tokens,
         budget_daily_usd=spec.budget.daily_usd if spec.budget is not None else None,
         targets=MappingProxyType(targets),
+        smallest_context_window=min((m.context_window for m in models.values()), default=0),
     )
 
 
