@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -20,6 +21,7 @@ import orjson
 log = logging.getLogger("effgate.records")
 
 Record = dict[str, Any] | Callable[[], dict[str, Any]]
+LOG_EVERY_S = 10.0
 
 
 class JSONLFile:
@@ -80,6 +82,8 @@ class RecordLog:
         self._on_drop = on_drop
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
+        self._unlogged = 0
+        self._logged_at = -LOG_EVERY_S
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="effgate-records")
@@ -97,7 +101,17 @@ class RecordLog:
         if self._on_drop is not None:
             for _ in range(n):
                 self._on_drop(sink)
-        log.error("dropped %d request record(s): %s full or failing", n, sink)
+        # one line per interval, not per record: an overloaded writer must not also flood
+        # the log (the counter has every drop)
+        self._unlogged += n
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_EVERY_S:
+            log.error(
+                "dropped %d request record(s) since the last report: %s full or failing",
+                self._unlogged,
+                sink,
+            )
+            self._logged_at, self._unlogged = now, 0
 
     async def _run(self) -> None:
         done = False

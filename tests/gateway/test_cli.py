@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,3 +225,17 @@ def test_demo_serves_the_readme_request_from_any_directory(tmp_path: Path) -> No
             proc.wait(timeout=10)
         log.close()
     assert (tmp_path / "records" / "records.jsonl").exists(), "the demo writes ./records"
+
+
+def test_serve_freezes_the_start_up_heap_and_widens_the_young_generation() -> None:
+    """In a process of its own: the collector settings are global."""
+    code = (
+        "import gc, sys\n"
+        "from gateway.cli.serve import GC_THRESHOLDS, tune_gc\n"
+        "before = gc.get_freeze_count()\n"
+        "tune_gc()\n"
+        "assert gc.get_threshold() == GC_THRESHOLDS, gc.get_threshold()\n"
+        "assert gc.get_freeze_count() > before + 1000, gc.get_freeze_count()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -215,3 +215,16 @@ def test_gateway_rotates_and_loses_nothing(
     recs = gw.records(at_least=12)
     assert [r["id"] for r in recs] == ids
     assert len(list(gw.records_dir.glob("records.jsonl.*"))) >= 2  # rotated at least twice
+
+
+def test_an_overflowing_buffer_counts_every_drop_and_logs_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    drops: list[str] = []
+    log = RecordLog(file=None, buffer=1, on_drop=drops.append)
+    with caplog.at_level("ERROR", logger="effgate.records"):
+        for i in range(50):
+            log.emit({"type": "request", "id": str(i)})
+    assert log.dropped == 49 and drops == ["buffer"] * 49
+    lines = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
