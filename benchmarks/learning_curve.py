@@ -1,0 +1,455 @@
+"""Learning curve of the per-deployment learner (`router_models.learner`) against baselines.
+
+    python -m benchmarks.learning_curve [--data FILE ...] [--k 100 300 1000 3000 2000]
+        [--regime full bandit] [--seeds N] [--json OUT] [--no-tfidf] [--latency-only]
+
+Protocol, per file, K and seed: draw K labelled prompts at random (seeded), train on them,
+evaluate on the rest. Regimes: `full` (every model's label of the K prompts) and `bandit`
+(per prompt only the model the current policy would serve: the prior's cheapest priced
+model with P >= bar, bar drawn uniformly from 0.05..0.95 per prompt, and with probability
+0.1 a model drawn uniformly from all of them instead). Reported on the rest:
+
+- APGR of the default strong/weak pair (`routing.default_pair` on the whole file) and the
+  mean over the pair table (`routing.pair_candidates`);
+- the many-model cost to reach the best single model's quality (cheapest model with
+  P >= bar, bars 0.05..0.95, on the upper hull), as a share of that model's cost.
+
+Routers: the learner (P(strong ok) - P(weak ok) from its heads), the prior (the shipped
+estimator's raw difficulty, and its IRT gain), length, random, and the TF-IDF logistic
+baseline (scikit-learn word 1-2-grams + char_wb 3-5-grams, 50,000 features each, sublinear
+tf, LogisticRegression(C=2) on strong score > weak score; full regime, pairs only).
+Also the serving latency of signature + heads for 8 models on typical requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+DEFAULT_DATA = (
+    Path("/work/shared/data/mmlu_pro.jsonl"),
+    Path("/work/shared/data/llmrouter_train.jsonl"),
+)
+F64 = npt.NDArray[np.float64]
+EXPLORE = 0.1
+
+
+def _quiet_threads() -> None:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
+
+class FileData:
+    """One labelled file, prepared once: rows, labels, signatures, prior difficulty."""
+
+    def __init__(self, path: Path) -> None:
+        from router_models import load_estimator, routing
+        from router_models.data import label_matrix, load_dataset
+        from router_models.features import prompt_text
+        from router_models.learner import examples_from_rows
+
+        ds = load_dataset([path])
+        self.name = path.stem
+        self.rows = ds.rows
+        self.prices = ds.prices
+        self.labels = label_matrix(self.rows)
+        self.est = load_estimator()
+        self.d = self.est.difficulties([list(r.messages) for r in self.rows])
+        self.examples = examples_from_rows(self.rows)
+        self.texts = [prompt_text(list(r.messages)) for r in self.rows]
+        self.length = np.log1p(np.array([r.prompt_chars for r in self.rows], dtype=np.float64))
+        self.strong, self.weak = routing.default_pair(self.labels, self.prices)
+        self.partners = routing.pair_candidates(self.labels, self.strong, self.prices)
+        self.table = routing.cost_table(self.rows, self.labels, self.prices)
+
+    def prior_logit(self, model: str, idx: npt.NDArray[np.intp]) -> F64 | None:
+        s = self.est.skills.get(model)
+        return None if s is None else self.est.discrimination * (s - self.d[idx])
+
+
+def bandit_labels(
+    fd: FileData, idx: npt.NDArray[np.intp], rng: np.random.Generator
+) -> list[dict[str, float]]:
+    """One label per prompt: the prior policy's pick at a random bar, or 10% exploration."""
+    from router_models.irt import irt_p
+
+    priced = [m for m in fd.labels.models if m in fd.prices]
+    price = np.array(
+        [fd.prices[m].input_usd_per_mtok + fd.prices[m].output_usd_per_mtok for m in priced]
+    )
+    order = np.argsort(price, kind="stable")
+    a = fd.est.discrimination
+    skills = fd.est.skills
+    out = []
+    for i in idx:
+        row = fd.rows[int(i)]
+        models = list(row.results)
+        if rng.random() < EXPLORE or not priced:
+            pick = models[int(rng.integers(len(models)))]
+        else:
+            bar = float(rng.choice(np.arange(1, 20) * 0.05))
+            pick = None
+            best, best_p = None, -1.0
+            for j in order:
+                m = priced[int(j)]
+                if m not in row.results:
+                    continue
+                p = float(irt_p(a, skills.get(m, 0.0), float(fd.d[int(i)])))
+                if p >= bar:
+                    pick = m
+                    break
+                if p > best_p:
+                    best, best_p = m, p
+            pick = pick or best or models[0]
+        out.append({str(pick): row.results[str(pick)].score})
+    return out
+
+
+def draw(fd: FileData, k: int, seed: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    perm = np.random.default_rng(seed).permutation(len(fd.rows))
+    return np.sort(perm[:k]), np.sort(perm[k:])
+
+
+def fit_learner(
+    fd: FileData, train: npt.NDArray[np.intp], regime: str, seed: int, params: Any = None
+) -> Any:
+    from router_models.learner import Example, LearnerParams, fit_heads
+
+    if regime == "bandit":
+        labs = bandit_labels(fd, train, np.random.default_rng(1000 + seed))
+        exs = [
+            Example(fd.examples[int(i)].sig, lab, fd.examples[int(i)].group)
+            for i, lab in zip(train, labs, strict=True)
+        ]
+    else:
+        exs = [fd.examples[int(i)] for i in train]
+    return fit_heads(
+        exs,
+        fd.d[train],
+        lambda m: fd.prior_logit(m, train),
+        params or LearnerParams(),
+        seed=seed,
+    )
+
+
+def learner_p(fd: FileData, heads: Any, idx: npt.NDArray[np.intp], models: Sequence[str]) -> F64:
+    """(len(idx), len(models)) P from the heads; the prior's P for models they lack."""
+    from router_models.irt import sigmoid
+
+    out = np.zeros((idx.size, len(models)))
+    cols = [heads.index(m) for m in models]
+    have = np.array([c for c in cols if c is not None], dtype=np.intp)
+    where = [j for j, c in enumerate(cols) if c is not None]
+    for r, i in enumerate(idx):
+        out[r, where] = heads.p(fd.examples[int(i)].sig, float(fd.d[int(i)]), have)
+    for j, c in enumerate(cols):
+        if c is None:
+            lg = fd.prior_logit(models[j], idx)
+            out[:, j] = sigmoid(lg) if lg is not None else 0.5
+    return out
+
+
+class Tfidf:
+    """The TF-IDF + logistic baseline (benchmark only)."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        from scipy.sparse import hstack
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.word = TfidfVectorizer(ngram_range=(1, 2), max_features=50000, sublinear_tf=True)
+        self.char = TfidfVectorizer(
+            analyzer="char_wb", ngram_range=(3, 5), max_features=50000, sublinear_tf=True
+        )
+        self._hstack = hstack
+        self.x = self._hstack(
+            [self.word.fit_transform(texts), self.char.fit_transform(texts)]
+        ).tocsr()
+
+    def transform(self, texts: Sequence[str]) -> Any:
+        return self._hstack([self.word.transform(texts), self.char.transform(texts)]).tocsr()
+
+    def pair_score(self, ys: F64, yw: F64, sel: npt.NDArray[np.bool_], x_eval: Any) -> F64 | None:
+        from sklearn.linear_model import LogisticRegression
+
+        target = (ys[sel] > yw[sel]).astype(int)
+        if target.min() == target.max():
+            return None
+        clf = LogisticRegression(C=2.0, max_iter=1000)
+        clf.fit(self.x[sel], target)
+        out: F64 = clf.predict_proba(x_eval)[:, 1]
+        return out
+
+
+def _apgr(score: F64, ys: F64, yw: F64) -> float:
+    from router_models import routing
+
+    return routing.pair_result(score, ys, yw).apgr
+
+
+def evaluate(
+    fd: FileData, k: int, regime: str, seed: int, tfidf: bool, params: Any = None
+) -> dict[str, Any]:
+    from router_models import metrics, routing
+    from router_models.data import LabelMatrix
+
+    train, rest = draw(fd, k, seed)
+    t0 = time.perf_counter()
+    heads = fit_learner(fd, train, regime, seed, params)
+    fit_s = time.perf_counter() - t0
+    lab = fd.labels
+    rest_labels = LabelMatrix(lab.models, lab.scores[rest], lab.mask[rest])
+    all_models = list(lab.models)
+    p_rest = learner_p(fd, heads, rest, all_models)
+    d_rest = fd.d[rest]
+    rand = np.random.default_rng(seed + 7).random(rest.size)
+    tf = Tfidf([fd.texts[int(i)] for i in train]) if tfidf and regime == "full" else None
+    x_eval = tf.transform([fd.texts[int(i)] for i in rest]) if tf is not None else None
+
+    def pair(weak: str) -> dict[str, float]:
+        js, jw = all_models.index(fd.strong), all_models.index(weak)
+        sel = rest_labels.mask[:, js] & rest_labels.mask[:, jw]
+        sub = LabelMatrix(lab.models, rest_labels.scores[sel], rest_labels.mask[sel])
+        ys, yw = sub.scores[:, js], sub.scores[:, jw]
+        res = {
+            "learner": _apgr(p_rest[sel, js] - p_rest[sel, jw], ys, yw),
+            "prior": _apgr(d_rest[sel], ys, yw),
+            "prior_gain": _apgr(
+                routing.gain_score(
+                    routing.standardise(d_rest[sel]), fd.est.discrimination, sub, fd.strong, weak
+                ),
+                ys,
+                yw,
+            ),
+            "length": _apgr(fd.length[rest][sel], ys, yw),
+            "random": _apgr(rand[sel], ys, yw),
+        }
+        if tf is not None and x_eval is not None:
+            tsel = lab.mask[train, js] & lab.mask[train, jw]
+            sc = tf.pair_score(lab.scores[train, js], lab.scores[train, jw], tsel, x_eval[sel])
+            if sc is not None:
+                res["tfidf"] = _apgr(sc, ys, yw)
+        return {kk: round(v, 4) for kk, v in res.items()}
+
+    default = pair(fd.weak)
+    table = [pair(w) for w in fd.partners]
+    mean_table = {
+        name: round(float(np.mean([t[name] for t in table if name in t])), 4)
+        for name in default
+        if any(name in t for t in table)
+    }
+    # many models
+    tab = fd.table
+    used_rest = tab.used[rest]
+    pos = np.cumsum(tab.used) - 1  # row -> position in the table
+    trows = pos[rest[used_rest]]
+    cost, score = tab.cost[trows], tab.score[trows]
+    mc, mq = cost.mean(axis=0), score.mean(axis=0)
+    best = int(np.argmax(mq))
+    cols = [all_models.index(m) for m in tab.models]
+    p_many = p_rest[used_rest][:, cols]
+
+    def share(p: F64) -> float | None:
+        curve = metrics.cost_quality_curve(p, cost, score, routing.BARS)
+        xs = np.array([c.cost for c in curve])
+        qs = np.array([c.quality for c in curve])
+        hit = metrics.cost_to_reach(xs, qs, float(mq[best]))
+        return None if hit is None else round(hit / float(mc[best]), 4)
+
+    sub_tab = routing.CostTable(tab.models, cost, score, tab.left_out, np.ones(len(trows), bool))
+    many = {"learner": share(p_many)}
+    for name, dd in (
+        ("prior", d_rest[used_rest]),
+        ("length", routing.standardise(fd.length[rest][used_rest])),
+        ("random", routing.standardise(rand[used_rest])),
+    ):
+        res = routing.multi_result(dd, fd.est.discrimination, sub_tab)
+        m = res.cost_to_match_best
+        many[name] = None if m is None else round(m / float(mc[best]), 4)
+    # calibration on the rest (every labelled pair)
+    mask = rest_labels.mask
+    y = rest_labels.scores[mask]
+    from router_models.irt import irt_p
+
+    skills = np.array([fd.est.skills.get(m, np.nan) for m in all_models])
+    p_prior = irt_p(fd.est.discrimination, skills[None, :], d_rest[:, None])
+    known = np.isfinite(p_prior) & mask
+    brier = {
+        "learner": round(metrics.brier(p_rest[known], rest_labels.scores[known]), 4),
+        "prior": round(metrics.brier(p_prior[known], rest_labels.scores[known]), 4),
+    }
+    del y
+    return {
+        "file": fd.name,
+        "k": k,
+        "regime": regime,
+        "seed": seed,
+        "fit_s": round(fit_s, 2),
+        "labels": int(heads.label_counts.sum()),
+        "pair": {"strong": fd.strong, "weak": fd.weak, **default},
+        "pair_table_mean": mean_table,
+        "many_cost_share": many,
+        "brier": brier,
+    }
+
+
+def latency(fd_list: Sequence[FileData], n: int = 2000) -> dict[str, Any]:
+    """signature + heads (8 models) on typical (1-2k character) requests, ms."""
+    from router_models.learner import LearnerParams
+    from router_models.signature import signature
+
+    fd = fd_list[0]
+    train, _ = draw(fd, min(2000, len(fd.rows) // 2), 0)
+    heads = fit_learner(fd, train, "full", 0, LearnerParams())
+    idx = np.arange(min(8, len(heads.models)), dtype=np.intp)
+    prompts = [t for f in fd_list for t in f.texts if 1000 <= len(t) <= 2000]
+    rng = np.random.default_rng(0)
+    system = {"role": "system", "content": "You are a helpful assistant."}
+    reqs = [
+        [system, {"role": "user", "content": prompts[int(rng.integers(len(prompts)))]}]
+        for _ in range(n)
+    ]
+    est = fd.est
+    for m in reqs[:200]:
+        heads.p(signature(m), 0.0, idx)
+    sig_t, all_t = [], []
+    for m in reqs:
+        t0 = time.perf_counter()
+        s = signature(m)
+        t1 = time.perf_counter()
+        d = est._compiled.difficulty(s.dense)  # the prior from the signature's features
+        heads.p(s, d, idx)
+        t2 = time.perf_counter()
+        sig_t.append(t1 - t0)
+        all_t.append(t2 - t0)
+
+    def pct(xs: list[float]) -> dict[str, float]:
+        a = np.array(xs) * 1e3
+        return {
+            q: round(float(np.percentile(a, v)), 4)
+            for q, v in (("p50", 50), ("p90", 90), ("p99", 99))
+        }
+
+    return {
+        "requests": n,
+        "models": len(idx),
+        "signature_ms": pct(sig_t),
+        "signature_prior_heads_ms": pct(all_t),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def format_results(results: Sequence[Mapping[str, Any]]) -> str:
+    routers = ("learner", "prior", "prior_gain", "length", "random", "tfidf")
+    head = "file            regime  K     | default pair APGR: " + " ".join(
+        f"{r:>8}" for r in routers
+    )
+    lines = [head]
+    for r in results:
+        p, t, m = r["pair"], r["pair_table_mean"], r["many_cost_share"]
+        lines.append(
+            f"{r['file'][:15]:15} {r['regime']:7} {r['k']:<5} | default "
+            + " ".join(f"{_fmt(p.get(x)):>8}" for x in routers)
+            + f" | table mean {' '.join(_fmt(t.get(x)) for x in routers)}"
+            + " | many cost share "
+            + " ".join(f"{x}={_fmt(m.get(x))}" for x in ("learner", "prior", "length", "random"))
+            + f" | brier {r['brier']['learner']:.4f}/{r['brier']['prior']:.4f} fit {r['fit_s']}s"
+        )
+    return "\n".join(lines)
+
+
+def aggregate(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean over seeds per (file, K, regime)."""
+    groups: dict[tuple[str, int, str], list[Mapping[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["file"], r["k"], r["regime"]), []).append(r)
+    out = []
+    for (f, k, reg), rs in groups.items():
+
+        def mean(block: str, rs: Sequence[Mapping[str, Any]] = rs) -> dict[str, float | None]:
+            keys = {x for r in rs for x in r[block] if isinstance(r[block][x], float | int)}
+            res: dict[str, float | None] = {}
+            for x in keys:
+                vals = [r[block].get(x) for r in rs]
+                nums = [v for v in vals if isinstance(v, float | int)]
+                res[x] = round(float(np.mean(nums)), 4) if len(nums) == len(vals) else None
+            return res
+
+        out.append(
+            {
+                "file": f,
+                "k": k,
+                "regime": reg,
+                "seeds": len(rs),
+                "fit_s": round(float(np.mean([r["fit_s"] for r in rs])), 2),
+                "pair": {
+                    "strong": rs[0]["pair"]["strong"],
+                    "weak": rs[0]["pair"]["weak"],
+                    **mean("pair"),
+                },
+                "pair_table_mean": mean("pair_table_mean"),
+                "many_cost_share": mean("many_cost_share"),
+                "brier": mean("brier"),
+            }
+        )
+    return out
+
+
+def main(argv: list[str]) -> int:
+    _quiet_threads()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", action="append", type=Path)
+    parser.add_argument("--k", nargs="+", type=int, default=[100, 300, 1000, 2000, 3000])
+    parser.add_argument(
+        "--regime", nargs="+", default=["full", "bandit"], choices=["full", "bandit"]
+    )
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--no-tfidf", action="store_true")
+    parser.add_argument("--latency-only", action="store_true")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    files = [FileData(p) for p in (args.data or list(DEFAULT_DATA))]
+    print(f"prepared {len(files)} files in {time.perf_counter() - start:.1f}s", flush=True)
+    results: list[dict[str, Any]] = []
+    if not args.latency_only:
+        for fd in files:
+            for k in args.k:
+                if k >= len(fd.rows) - 100:
+                    continue
+                for regime in args.regime:
+                    for seed in range(args.seeds):
+                        res = evaluate(fd, k, regime, seed, not args.no_tfidf)
+                        results.append(res)
+                        print(format_results([res]), flush=True)
+    lat = latency(files)
+    agg = aggregate(results)
+    print("\nmean over seeds")
+    print(format_results(agg))
+    print("\nlatency (ms):", json.dumps(lat))
+    total = round(time.perf_counter() - start, 1)
+    print(f"total {total}s")
+    if args.json:
+        args.json.write_text(
+            json.dumps({"runs": results, "mean": agg, "latency": lat, "total_s": total}, indent=1),
+            encoding="utf-8",
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,499 @@
+"""Per-deployment learning: calibrated per-model P(acceptable) from partial labels.
+
+From labelled requests (a `Signature`, and scores in [0, 1] for whichever models served it)
+`fit_heads` fits one logistic head per model on the same features,
+
+    logit_m(x) = prior_m(d) + b_m + phi(x) . (u + v_m)
+
+- `prior_m(d)`: the shipped estimator's logit a * (s_m - d), refitted exactly as an affine
+  function of the prior difficulty d (a model the prior does not know gets the logit of
+  its own smoothed label mean): the offset every head starts from;
+- `phi(x)`: the signature's hashed word and character n-grams (sublinear tf times idf,
+  each block l2-normalised) and its standardised dense features plus d;
+- `u` is shared by all models (what makes a prompt harder or easier for everyone), `v_m`
+  is model m's own deviation (which model succeeds where another fails), penalised more
+  strongly than `u`, so a model with few labels keeps the prior plus the shared part and
+  a model with many labels moves (see docs/learner.md).
+
+Training (scipy, at fit time only) works in the span of the training prompts: the n-gram
+kernel K = X X^T gives coordinates Q sqrt(L) (its top `rank` eigenpairs), which makes the
+penalised fit the same as the primal one restricted to those directions, at a cost that
+does not grow with the number of n-grams; the weights are mapped back to n-gram buckets
+afterwards. Serving (`Heads.logits`) is numpy only: a gather and two dot products.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from router_models.features import N_DENSE
+from router_models.signature import N_BUCKETS, WORD_BUCKETS, Signature, signature
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+HEADS_VERSION = 1
+N_EXTRA = N_DENSE + 1  # dense features and the prior difficulty
+CLIP = 5.0
+
+PriorLogit = Callable[[str], "npt.ArrayLike | None"] | Mapping[str, "npt.ArrayLike"]
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One labelled request: its signature, scores of the models that served it, a group
+    (task, tenant, ...) for grouped validation."""
+
+    sig: Signature
+    labels: Mapping[str, float]
+    group: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LearnerParams:
+    rank: int = 768  # kernel eigenpairs kept (<= training prompts)
+    lam_shared: float = 0.5  # penalty on u (1 / C in scikit-learn terms)
+    lam_model: float = 2.0  # penalty on each v_m
+    dense_penalty: float = 4.0  # multiplies both penalties on the dense coefficients
+    lam_bias: float = 5.0  # penalty on b_m, each model's shift from its prior
+    word_weight: float = 1.0
+    char_weight: float = 1.0
+    min_df: int = 2  # n-gram buckets seen in fewer training prompts get no weight
+    max_iter: int = 400
+
+
+def _sigmoid(z: F64) -> F64:
+    out: F64 = 0.5 * (1.0 + np.tanh(0.5 * z))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Heads:
+    """Per-model logistic heads over a signature; numpy only, plain arrays."""
+
+    models: tuple[str, ...]
+    label_counts: I64  # (M,) labels each model was fitted on
+    active_ids: I64  # (A,) sorted bucket ids that carry weight
+    idf: F64  # (A,)
+    idf_default: float  # idf of every other bucket (for the l2 norms)
+    sparse_w: F64  # (A, M)
+    dense_mean: F64  # (N_EXTRA,)
+    dense_scale: F64  # (N_EXTRA,)
+    dense_w: F64  # (N_EXTRA, M)
+    intercept: F64  # (M,)
+    d_coef: F64  # (M,) prior slope on the difficulty
+    word_weight: float = 1.0
+    char_weight: float = 1.0
+    _lookup: npt.NDArray[np.int32] = field(init=False, repr=False, compare=False)
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        lookup = np.full(N_BUCKETS, -1, dtype=np.int32)
+        lookup[self.active_ids] = np.arange(self.active_ids.size, dtype=np.int32)
+        object.__setattr__(self, "_lookup", lookup)
+        object.__setattr__(self, "_index", {m: j for j, m in enumerate(self.models)})
+
+    def index(self, name: str) -> int | None:
+        return self._index.get(name)
+
+    def _x(self, sig: Signature) -> tuple[npt.NDArray[np.int32], F64]:
+        rows = self._lookup[sig.ids]
+        hit = rows >= 0
+        w = (1.0 + np.log(sig.counts)) * np.where(hit, self.idf[rows], self.idf_default)
+        sq = w * w
+        word = sig.ids < WORD_BUCKETS
+        nw = math.sqrt(float(sq[word].sum())) or 1.0
+        nc = math.sqrt(float(sq.sum()) - nw * nw) if word.size else 0.0
+        scale = np.where(
+            word, self.word_weight / nw, self.char_weight / (nc if nc > 1e-12 else 1.0)
+        )
+        return rows[hit], (w * scale)[hit]
+
+    def logits(
+        self,
+        sig: Signature,
+        prior_difficulty: float,
+        models_idx: npt.NDArray[np.intp] | None = None,
+    ) -> F64:
+        """One logit per model (all, or those at `models_idx`)."""
+        rows, x = self._x(sig)
+        z = np.empty(N_EXTRA)
+        z[:N_DENSE] = sig.dense
+        z[N_DENSE] = prior_difficulty
+        z = np.clip((z - self.dense_mean) / self.dense_scale, -CLIP, CLIP)
+        if models_idx is None:
+            out: F64 = (
+                self.intercept
+                + self.d_coef * prior_difficulty
+                + z @ self.dense_w
+                + x @ self.sparse_w.take(rows, axis=0)
+            )
+            return out
+        cols = np.asarray(models_idx, dtype=np.intp)
+        out = (
+            self.intercept[cols]
+            + self.d_coef[cols] * prior_difficulty
+            + z @ self.dense_w[:, cols]
+            + (x @ self.sparse_w.take(rows, axis=0))[cols]
+        )
+        return out
+
+    def p(
+        self,
+        sig: Signature,
+        prior_difficulty: float,
+        models_idx: npt.NDArray[np.intp] | None = None,
+    ) -> F64:
+        return _sigmoid(self.logits(sig, prior_difficulty, models_idx))
+
+    def p_many(self, sigs: Sequence[Signature], difficulty: F64) -> F64:
+        """(len(sigs), M) probabilities (offline evaluation)."""
+        return np.stack([self.p(s, float(d)) for s, d in zip(sigs, difficulty, strict=True)])
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "label_counts": self.label_counts,
+            "active_ids": self.active_ids,
+            "idf": self.idf,
+            "sparse_w": self.sparse_w.astype(np.float32),
+            "dense_mean": self.dense_mean,
+            "dense_scale": self.dense_scale,
+            "dense_w": self.dense_w,
+            "intercept": self.intercept,
+            "d_coef": self.d_coef,
+        }
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "version": HEADS_VERSION,
+            "models": list(self.models),
+            "idf_default": self.idf_default,
+            "word_weight": self.word_weight,
+            "char_weight": self.char_weight,
+            "label_counts": {
+                m: int(c) for m, c in zip(self.models, self.label_counts, strict=True)
+            },
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Heads:
+        """Validate and load; ValueError on anything wrong."""
+        try:
+            if meta.get("version") != HEADS_VERSION:
+                raise ValueError(f"unsupported heads version {meta.get('version')!r}")
+            models = meta["models"]
+            if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+                raise ValueError("models must be a list of names")
+            if len(set(models)) != len(models) or not models:
+                raise ValueError("models must be distinct and non-empty")
+            scalars = [float(meta[k]) for k in ("idf_default", "word_weight", "char_weight")]
+            if not all(math.isfinite(v) and v >= 0 for v in scalars):
+                raise ValueError("idf_default and block weights must be finite and >= 0")
+            n_models = len(models)
+
+            def arr(name: str, shape: tuple[int, ...], kind: str = "f") -> np.ndarray:
+                a = np.asarray(arrays[name])
+                if a.dtype.kind not in ("iu" if kind == "i" else "f"):
+                    raise ValueError(f"{name} has dtype {a.dtype}")
+                if a.shape != shape:
+                    raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
+                if kind == "f" and not np.isfinite(a).all():
+                    raise ValueError(f"{name} is not finite")
+                return a
+
+            ids = np.asarray(arrays["active_ids"])
+            if ids.ndim != 1 or ids.dtype.kind not in "iu":
+                raise ValueError("active_ids must be a 1-d integer array")
+            n_active = ids.shape[0]
+            ids = ids.astype(np.int64)
+            if n_active and (ids[0] < 0 or ids[-1] >= N_BUCKETS or np.any(np.diff(ids) <= 0)):
+                raise ValueError("active_ids must be sorted, distinct and in range")
+            counts = arr("label_counts", (n_models,), "i").astype(np.int64)
+            if counts.size and counts.min() < 0:
+                raise ValueError("negative label count")
+            scale = arr("dense_scale", (N_EXTRA,)).astype(np.float64)
+            if np.any(scale <= 0):
+                raise ValueError("dense_scale must be positive")
+            return cls(
+                models=tuple(models),
+                label_counts=counts,
+                active_ids=ids,
+                idf=arr("idf", (n_active,)).astype(np.float64),
+                idf_default=scalars[0],
+                sparse_w=arr("sparse_w", (n_active, n_models)).astype(np.float64),
+                dense_mean=arr("dense_mean", (N_EXTRA,)).astype(np.float64),
+                dense_scale=scale,
+                dense_w=arr("dense_w", (N_EXTRA, n_models)).astype(np.float64),
+                intercept=arr("intercept", (n_models,)).astype(np.float64),
+                d_coef=arr("d_coef", (n_models,)).astype(np.float64),
+                word_weight=scalars[1],
+                char_weight=scalars[2],
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"invalid heads: {exc!r}") from None
+
+
+# ---------------------------------------------------------------- training (scipy)
+
+
+def examples_from_rows(rows: Sequence[Any]) -> list[Example]:
+    """`router_models.data.Row`s -> Examples (signature of the row's messages, group = task)."""
+    return [
+        Example(
+            sig=signature(list(r.messages)),
+            labels={m: float(res.score) for m, res in r.results.items()},
+            group=str(r.task),
+        )
+        for r in rows
+    ]
+
+
+def prior_from_estimator(skills: Mapping[str, float], a: float, difficulty: F64) -> PriorLogit:
+    """The shipped estimator's logits a * (s_m - d) over `difficulty`; None for unknown m."""
+    d = np.asarray(difficulty, dtype=np.float64)
+
+    def logit(model: str) -> F64 | None:
+        s = skills.get(model)
+        return None if s is None else a * (float(s) - d)
+
+    return logit
+
+
+@dataclass(frozen=True, slots=True)
+class Design:
+    """Training-time view of examples: label matrix, features in kernel coordinates."""
+
+    models: tuple[str, ...]
+    y: F64  # (n, M), 0 where unlabelled
+    mask: npt.NDArray[np.bool_]  # (n, M)
+    offset: F64  # (n, M) prior logit (affine in d)
+    off_c: F64  # (M,)
+    off_g: F64  # (M,)
+    feats: F64  # (n, r + N_EXTRA)
+    n_kernel: int
+    phi_mean: F64  # (r,) subtracted from the kernel coordinates
+    # mapping back to buckets
+    x_active: Any  # scipy CSR (n, A)
+    basis: F64  # (n, r) Q / sqrt(L)
+    active_ids: I64
+    idf: F64
+    idf_default: float
+    dense_mean: F64
+    dense_scale: F64
+
+
+def _label_matrix(
+    examples: Sequence[Example],
+) -> tuple[tuple[str, ...], F64, npt.NDArray[np.bool_]]:
+    models = tuple(sorted({m for e in examples for m in e.labels}))
+    index = {m: j for j, m in enumerate(models)}
+    y = np.zeros((len(examples), len(models)))
+    mask = np.zeros((len(examples), len(models)), dtype=bool)
+    for i, e in enumerate(examples):
+        for m, s in e.labels.items():
+            v = float(s)
+            if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+                raise ValueError(f"label {v!r} for {m!r} is not a score in [0, 1]")
+            y[i, index[m]] = v
+            mask[i, index[m]] = True
+    return models, y, mask
+
+
+def _offsets(
+    models: tuple[str, ...], y: F64, mask: npt.NDArray[np.bool_], d: F64, prior: PriorLogit
+) -> tuple[F64, F64]:
+    """Per model (c, g) with prior logit ~= c + g d (least squares; exact for IRT)."""
+    c = np.zeros(len(models))
+    g = np.zeros(len(models))
+    design = np.column_stack([np.ones_like(d), d])
+    for j, m in enumerate(models):
+        raw = prior.get(m) if isinstance(prior, Mapping) else prior(m)
+        if raw is not None:
+            val = np.asarray(raw, dtype=np.float64).reshape(-1)
+            if val.shape != d.shape or not np.isfinite(val).all():
+                raise ValueError(f"prior logit for {m!r} must be finite, one per example")
+            coef = np.linalg.lstsq(design, val, rcond=None)[0]
+            c[j], g[j] = float(coef[0]), float(coef[1])
+        else:
+            seen = mask[:, j]
+            mean = (float(y[seen, j].sum()) + 1.0) / (float(seen.sum()) + 2.0)
+            c[j] = math.log(mean / (1.0 - mean))
+    return c, g
+
+
+def build_design(
+    examples: Sequence[Example],
+    prior_difficulty: F64,
+    prior_logit: PriorLogit,
+    params: LearnerParams,
+) -> Design:
+    import scipy.linalg
+    import scipy.sparse as sp
+
+    n = len(examples)
+    if n == 0:
+        raise ValueError("no examples")
+    d = np.asarray(prior_difficulty, dtype=np.float64).reshape(-1)
+    if d.shape != (n,) or not np.isfinite(d).all():
+        raise ValueError("prior_difficulty must be finite, one per example")
+    models, y, mask = _label_matrix(examples)
+    if not models:
+        raise ValueError("no labels")
+    c, g = _offsets(models, y, mask, d, prior_logit)
+    offset = c[None, :] + d[:, None] * g[None, :]
+
+    lens = np.array([e.sig.ids.size for e in examples])
+    ids = np.concatenate([e.sig.ids for e in examples]) if lens.sum() else np.zeros(0, np.int64)
+    cnt = np.concatenate([e.sig.counts for e in examples]) if lens.sum() else np.zeros(0)
+    row = np.repeat(np.arange(n), lens)
+    df = np.bincount(ids, minlength=N_BUCKETS)
+    active_ids = np.flatnonzero(df >= max(params.min_df, 1)).astype(np.int64)
+    idf_all = np.log((1.0 + n) / (1.0 + df)) + 1.0
+    idf_default = float(math.log(1.0 + n) + 1.0)
+    is_active = df >= max(params.min_df, 1)
+    w = (1.0 + np.log(cnt)) * np.where(is_active[ids], idf_all[ids], idf_default)
+    word = ids < WORD_BUCKETS
+    sq = w * w
+    nw = np.sqrt(np.bincount(row, weights=sq * word, minlength=n))
+    nc = np.sqrt(np.bincount(row, weights=sq * ~word, minlength=n))
+    nw[nw < 1e-12] = 1.0
+    nc[nc < 1e-12] = 1.0
+    w = w * np.where(word, params.word_weight / nw[row], params.char_weight / nc[row])
+    lookup = np.full(N_BUCKETS, -1, dtype=np.int64)
+    lookup[active_ids] = np.arange(active_ids.size)
+    keep = lookup[ids] >= 0
+    x_active = sp.csr_matrix((w[keep], (row[keep], lookup[ids[keep]])), shape=(n, active_ids.size))
+    kern = (x_active @ x_active.T).toarray()
+    r = int(min(params.rank, n))
+    vals, vecs = scipy.linalg.eigh(kern, subset_by_index=(n - r, n - 1))
+    good = vals > 1e-8 * max(float(vals.max()), 1e-12)
+    vals, vecs = vals[good], vecs[:, good]
+    # centred coordinates, so that u (shared) cannot act as a common intercept
+    phi = vecs * np.sqrt(vals)[None, :]
+    phi_mean = phi.mean(axis=0)
+    phi = phi - phi_mean
+    basis = vecs / np.sqrt(vals)[None, :]
+
+    dense = np.column_stack([np.stack([e.sig.dense for e in examples]), d])
+    mean = dense.mean(axis=0)
+    sd = dense.std(axis=0)
+    sd[sd < 1e-9] = 1.0
+    z = np.clip((dense - mean) / sd, -CLIP, CLIP)
+    return Design(
+        models=models,
+        y=y,
+        mask=mask,
+        offset=offset,
+        off_c=c,
+        off_g=g,
+        feats=np.column_stack([phi, z]),
+        n_kernel=phi.shape[1],
+        phi_mean=phi_mean,
+        x_active=x_active,
+        basis=basis,
+        active_ids=active_ids,
+        idf=idf_all[active_ids],
+        idf_default=idf_default,
+        dense_mean=mean,
+        dense_scale=sd,
+    )
+
+
+def fit_core(
+    feats: F64,
+    y: F64,
+    mask: npt.NDArray[np.bool_],
+    offset: F64,
+    n_kernel: int,
+    params: LearnerParams,
+) -> tuple[F64, F64, F64]:
+    """(b (M,), u (p,), V (p, M)) minimising the masked soft-label log loss plus penalties."""
+    from scipy.optimize import minimize
+
+    n, p = feats.shape
+    n_models = y.shape[1]
+    pen = np.ones(p)
+    pen[n_kernel:] = params.dense_penalty
+    pen_u = params.lam_shared * pen
+    pen_v = params.lam_model * pen
+    wmask = mask.astype(np.float64)
+
+    def unpack(theta: F64) -> tuple[F64, F64, F64]:
+        b = theta[:n_models]
+        u = theta[n_models : n_models + p]
+        v = theta[n_models + p :].reshape(p, n_models)
+        return b, u, v
+
+    def loss(theta: F64) -> tuple[float, F64]:
+        b, u, v = unpack(theta)
+        z = offset + b[None, :] + (feats @ (u[:, None] + v))
+        # soft-label log loss: log(1 + e^z) - y z, stable
+        ll = np.logaddexp(0.0, z) - y * z
+        r = (_sigmoid(z) - y) * wmask
+        f = float((ll * wmask).sum())
+        f += 0.5 * params.lam_bias * float(b @ b)
+        f += 0.5 * float(pen_u @ (u * u)) + 0.5 * float(pen_v @ (v * v).sum(axis=1))
+        gr = feats.T @ r
+        grad = np.concatenate(
+            [
+                r.sum(axis=0) + params.lam_bias * b,
+                gr.sum(axis=1) + pen_u * u,
+                (gr + pen_v[:, None] * v).ravel(),
+            ]
+        )
+        return f, grad
+
+    theta0 = np.zeros(n_models + p + p * n_models)
+    res = minimize(
+        loss,
+        theta0,
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": params.max_iter, "gtol": 1e-5},
+    )
+    return unpack(np.asarray(res.x, dtype=np.float64))
+
+
+def heads_from_fit(design: Design, fit: tuple[F64, F64, F64], params: LearnerParams) -> Heads:
+    b, u, v = fit
+    w = u[:, None] + v  # (p, M)
+    r = design.n_kernel
+    sparse_w = np.asarray(design.x_active.T @ (design.basis @ w[:r]))
+    return Heads(
+        models=design.models,
+        label_counts=design.mask.sum(axis=0).astype(np.int64),
+        active_ids=design.active_ids,
+        idf=design.idf,
+        idf_default=design.idf_default,
+        sparse_w=sparse_w,
+        dense_mean=design.dense_mean,
+        dense_scale=design.dense_scale,
+        dense_w=w[r:],
+        intercept=design.off_c + b - design.phi_mean @ w[:r],
+        d_coef=design.off_g,
+        word_weight=params.word_weight,
+        char_weight=params.char_weight,
+    )
+
+
+def fit_heads(
+    examples: Sequence[Example],
+    prior_difficulty: F64,
+    prior_logit: PriorLogit,
+    params: LearnerParams = LearnerParams(),
+    seed: int = 0,
+) -> Heads:
+    """Fit per-model heads on (partially) labelled examples; see the module docstring.
+
+    `prior_logit(model)` (or a mapping) gives the prior's logit of that model on every
+    example, or None for a model the prior does not know. `seed` is accepted for API
+    stability (the fit is deterministic)."""
+    del seed
+    design = build_design(examples, prior_difficulty, prior_logit, params)
+    fit = fit_core(design.feats, design.y, design.mask, design.offset, design.n_kernel, params)
+    return heads_from_fit(design, fit, params)

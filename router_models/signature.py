@@ -1,0 +1,315 @@
+"""A compact, non-reversible signature of a chat request, for per-deployment learning.
+
+The gateway keeps a `Signature` in its request records instead of the prompt text; the
+learner (`router_models.learner`) reads only signatures. One signature holds:
+
+- `dense`: the estimator's dense features (`router_models.features.extract`), rounded to
+  DENSE_DIGITS decimals;
+- `ids` / `counts`: hashed n-gram buckets, sorted, with their counts. Word 1- and 2-grams
+  go to buckets [0, WORD_BUCKETS), character 3- to 5-grams (on lowered bytes) to
+  [WORD_BUCKETS, N_BUCKETS). Every n-gram hash is seeded by the role of the text it came
+  from (system, user, assistant, tool, tool call, tool definitions), so the same word in a
+  system prompt and in a user turn lands in different buckets. Only a fixed quarter of
+  the character n-gram space is kept (by a second hash), and at most MAX_ENTRIES distinct
+  buckets (the ones with the lowest priority hash: a consistent sample), so the JSON stays
+  under ~4 KB whatever the prompt length;
+- `n_chars`: the length of all message text; `digest`: 16 hex of sha256 of the
+  normalised, role-tagged text (a grouping key for duplicate prompts).
+
+Hashes are polynomial hashes over uint8 arrays with uint64 wraparound (numpy only,
+deterministic across processes; never Python's `hash()`). The text read is capped like the
+features' TEXT_CAP: the first HEAD_CAP and last TAIL_CAP bytes. Bump SIGNATURE_VERSION
+whenever anything here changes what a request maps to.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from router_models.features import N_DENSE, _content_text, extract
+
+SIGNATURE_VERSION = 1
+WORD_BUCKETS = 1 << 16
+CHAR_BUCKETS = 1 << 16
+N_BUCKETS = WORD_BUCKETS + CHAR_BUCKETS
+MAX_ENTRIES = 1200
+MAX_COUNT = 255
+CHAR_KEEP_SHIFT = 2  # keep 1 / 2**CHAR_KEEP_SHIFT of the character n-gram space
+HEAD_CAP = 3000
+TAIL_CAP = 1000
+DENSE_DIGITS = 6  # decimals
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+
+_P = np.uint64(0x100000001B3)  # odd: invertible mod 2**64
+_P_INV = np.uint64(pow(int(_P), -1, 1 << 64))
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_PAIR = np.uint64(0x9E3779B97F4A7C15)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_WORD_SHIFT = np.uint64(64 - 16)
+_CHAR_SHIFT = np.uint64(64 - 16)
+_ROLE_CODE = {"system": 1, "developer": 1, "user": 2, "assistant": 3, "tool": 4, "function": 4}
+_TOOL_CALL, _TOOLS_DEF = 5, 6
+_CAP = HEAD_CAP + TAIL_CAP + 16
+_ROLE_OFFSET = np.arange(8, dtype=np.uint64) << np.uint64(8)
+_LOW = np.uint64(0xFF)
+_KEEP = np.uint64(0x9FB21C651E98DF25)
+_KEEP_BELOW = np.uint64(1 << (64 - CHAR_KEEP_SHIFT))
+_WORD_BUCKETS_U = np.uint64(WORD_BUCKETS)
+
+_POW = np.ones(_CAP + 1, dtype=np.uint64)
+_IPOW = np.ones(_CAP + 1, dtype=np.uint64)
+with np.errstate(over="ignore"):
+    _POW[1:] = np.cumprod(np.full(_CAP, _P, dtype=np.uint64), dtype=np.uint64)
+    _IPOW[1:] = np.cumprod(np.full(_CAP, _P_INV, dtype=np.uint64), dtype=np.uint64)
+# [a-z0-9_] and non-ASCII bytes form words (as the features' word table)
+_IS_WORD = np.array(
+    [(97 <= b <= 122 or 48 <= b <= 57 or b == 95 or b >= 128) for b in range(256)], dtype=np.bool_
+)
+_WS = re.compile(r"\s+")
+
+
+def _mix(h: U64) -> U64:
+    """splitmix64's finaliser: every input bit reaches the top bits."""
+    h = h ^ (h >> _S30)
+    h = h * _MIX1
+    h = h ^ (h >> _S27)
+    h = h * _MIX2
+    out: U64 = h ^ (h >> _S31)
+    return out
+
+
+# a fixed pseudo-random priority per bucket: the capped sample keeps the lowest ones
+_PRIORITY = _mix(np.arange(N_BUCKETS, dtype=np.uint64) ^ np.uint64(0x3C6EF372FE94F82B))
+
+
+def _segments(messages: Sequence[Any], tools: Sequence[Any] | None) -> list[tuple[int, str]]:
+    """(role code, text) for every message part the signature reads, in order."""
+    out: list[tuple[int, str]] = []
+    if tools:
+        out.append((_TOOLS_DEF, json.dumps(list(tools), sort_keys=True, default=str)))
+    for m in messages:
+        if not isinstance(m, Mapping):
+            continue
+        role = m.get("role", "user")
+        code = _ROLE_CODE.get(role if isinstance(role, str) else "user", 2)
+        text = _content_text(m.get("content"))
+        if text:
+            out.append((code, text))
+        calls = m.get("tool_calls")
+        if calls:
+            out.append((_TOOL_CALL, json.dumps(calls, sort_keys=True, default=str)))
+    return out
+
+
+def _bucket_ids(b: U64, isw: npt.NDArray[np.bool_]) -> U64:
+    """Bucket ids (with repeats) of the word 1-2-grams and kept character 3-5-grams of `b`:
+    lowered bytes plus 256 * role code, so the role is part of every n-gram's hash; `isw`
+    marks word bytes. Polynomial hashes, then multiply-shift (the top 16 bits of h * odd)."""
+    n = b.shape[0]
+    # prefix sums g[k] = sum_{t<k} b[t] P^-t; the hash of b[i:j] is P^(j-1) (g[j] - g[i])
+    g = np.zeros(n + 1, dtype=np.uint64)
+    np.cumsum(b * _IPOW[:n], out=g[1:])
+    edge = np.flatnonzero(np.diff(isw.view(np.int8)))
+    starts, ends = edge[0::2], edge[1::2]
+    wh = _POW[ends - 1] * (g[ends] - g[starts])
+    words = (np.concatenate((wh, wh[:-1] * _PAIR + wh[1:])) * _MIX1) >> _WORD_SHIFT
+    chars = [_POW[k - 1 : n] * (g[k:] - g[: n - k + 1]) for k in (3, 4, 5) if n >= k]
+    if not chars:
+        return words
+    ch = np.concatenate(chars)
+    ch = ch[(ch * _KEEP) < _KEEP_BELOW]
+    return np.concatenate((words, ((ch * _MIX2) >> _CHAR_SHIFT) + _WORD_BUCKETS_U))
+
+
+def _capped(segments: list[tuple[int, str]]) -> list[tuple[int, bytes]]:
+    """The segments' bytes, cut to the first HEAD_CAP and last TAIL_CAP bytes overall."""
+    raw = [(c, t.encode("utf-8", "replace")) for c, t in segments]
+    total = sum(len(r) for _, r in raw)
+    if total <= HEAD_CAP + TAIL_CAP:
+        return raw
+    out: list[tuple[int, bytes]] = []
+    pos = 0
+    for c, r in raw:
+        lo, hi = pos, pos + len(r)
+        pos = hi
+        head = r[: max(0, HEAD_CAP - lo)]
+        tail = r[max(0, total - TAIL_CAP - lo) :] if hi > total - TAIL_CAP else b""
+        if head and tail and len(head) + len(tail) >= len(r):
+            out.append((c, r))
+            continue
+        if head:
+            out.append((c, head))
+        if tail:
+            out.append((c, tail))
+    return out
+
+
+def _normalised(segments: list[tuple[int, str]]) -> str:
+    return "\n".join(f"{c}:{' '.join(t.lower().split())}" for c, t in segments)
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """What the learner sees of one request (no text)."""
+
+    dense: F64  # (N_DENSE,)
+    ids: I64  # sorted distinct bucket ids in [0, N_BUCKETS)
+    counts: I64  # same length, in [1, MAX_COUNT]
+    n_chars: int
+    digest: str
+
+    def to_json(self) -> dict[str, Any]:
+        ids, more = _encode(self.ids, self.counts)
+        return {
+            "v": SIGNATURE_VERSION,
+            "dense": [float(x) for x in np.round(self.dense, DENSE_DIGITS)],
+            "ids": ids,
+            "more": more,
+            "n_chars": int(self.n_chars),
+            "digest": self.digest,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Signature:
+        """Parse an untrusted JSON object; ValueError on anything malformed."""
+        if not isinstance(obj, Mapping):
+            raise ValueError("signature must be a JSON object")
+        expected = {"v", "dense", "ids", "more", "n_chars", "digest"}
+        if set(obj) != expected:
+            raise ValueError(f"signature keys must be {sorted(expected)}")
+        if obj["v"] != SIGNATURE_VERSION or isinstance(obj["v"], bool):
+            raise ValueError(f"unsupported signature version {obj['v']!r}")
+        dense_raw = obj["dense"]
+        if not isinstance(dense_raw, list) or len(dense_raw) != N_DENSE:
+            raise ValueError(f"dense must be a list of {N_DENSE} numbers")
+        if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in dense_raw):
+            raise ValueError("dense must hold numbers")
+        dense = np.array(dense_raw, dtype=np.float64)
+        if not np.isfinite(dense).all():
+            raise ValueError("dense must be finite")
+        if not isinstance(obj["ids"], str) or not isinstance(obj["more"], str):
+            raise ValueError("ids and more must be base64 strings")
+        ids, counts = _decode(obj["ids"], obj["more"])
+        n_chars = obj["n_chars"]
+        if not isinstance(n_chars, int) or isinstance(n_chars, bool) or n_chars < 0:
+            raise ValueError("n_chars must be a non-negative integer")
+        digest = obj["digest"]
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{16}", digest):
+            raise ValueError("digest must be 16 lowercase hex characters")
+        return cls(dense=dense, ids=ids, counts=counts, n_chars=n_chars, digest=digest)
+
+
+def _b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise ValueError(f"bad base64: {exc}") from None
+
+
+def _varints(values: list[int]) -> bytes:
+    out = bytearray()
+    for v in values:
+        while v >= 0x80:
+            out.append((v & 0x7F) | 0x80)
+            v >>= 7
+        out.append(v)
+    return bytes(out)
+
+
+def _parse_varints(text: str, limit: int) -> I64:
+    """LEB128 varints of at most 3 bytes each, base64-encoded."""
+    data = _b64(text)
+    if len(data) > 3 * limit:
+        raise ValueError("encoded list too long")
+    arr = np.frombuffer(data, dtype=np.uint8)
+    if arr.size and arr[-1] & 0x80:
+        raise ValueError("truncated varint")
+    ends = np.flatnonzero((arr & 0x80) == 0)
+    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+    if np.any(ends - starts >= 3):
+        raise ValueError("varint too long")
+    low = (arr & 0x7F).astype(np.int64)
+    values = np.zeros(ends.size, dtype=np.int64)
+    for k in range(3):
+        pos = starts + k
+        has = pos <= ends
+        values[has] += low[pos[has]] << (7 * k)
+    return values
+
+
+def _encode(ids: I64, counts: I64) -> tuple[str, str]:
+    """(ids, more): varints of gap << 2 | min(count, 4) - 1 (first gap from 0), then the
+    varints of count - 4 for the entries whose count is at least 4; both base64."""
+    gaps = np.diff(ids, prepend=0)
+    packed = (gaps << 2) | (np.minimum(counts, 4) - 1)
+    more = counts[counts >= 4] - 4
+    enc = base64.b64encode
+    return enc(_varints(packed.tolist())).decode(), enc(_varints(more.tolist())).decode()
+
+
+def _decode(ids_text: str, more_text: str) -> tuple[I64, I64]:
+    packed = _parse_varints(ids_text, MAX_ENTRIES)
+    if packed.size > MAX_ENTRIES:
+        raise ValueError(f"more than {MAX_ENTRIES} ids")
+    gaps, counts = packed >> 2, (packed & 3) + 1
+    if gaps.size > 1 and gaps[1:].min() < 1:
+        raise ValueError("ids must be strictly increasing")
+    ids = np.cumsum(gaps)
+    if ids.size and ids[-1] >= N_BUCKETS:
+        raise ValueError("bucket id out of range")
+    more = _parse_varints(more_text, MAX_ENTRIES)
+    big = counts == 4
+    if more.size != int(big.sum()):
+        raise ValueError("counts do not match ids")
+    counts[big] += more
+    if counts.size and counts.max() > MAX_COUNT:
+        raise ValueError("count out of range")
+    return ids, counts
+
+
+def hashed_ngrams(segments: list[tuple[int, str]]) -> tuple[I64, I64]:
+    """(sorted distinct bucket ids, counts) of (role code, text) segments' n-grams."""
+    capped = _capped(segments)
+    if not capped:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    # bytes with a word-boundary pad each side, plus 256 * the role code of their segment
+    raw = b" " + b"\n".join(r for _, r in capped).lower() + b" "
+    low = np.frombuffer(raw, dtype=np.uint8)
+    b = low.astype(np.uint64)
+    if len(capped) == 1:
+        b += _ROLE_OFFSET[capped[0][0]]
+    else:
+        lengths = [len(r) + 1 for _, r in capped]
+        lengths[0] += 1
+        b += np.repeat(_ROLE_OFFSET[[c for c, _ in capped]], lengths)
+    ids = _bucket_ids(b, _IS_WORD[low])
+    uniq, counts = np.unique(ids.astype(np.int64), return_counts=True)
+    if uniq.size > MAX_ENTRIES:
+        keep = np.sort(np.argpartition(_PRIORITY[uniq], MAX_ENTRIES)[:MAX_ENTRIES])
+        uniq, counts = uniq[keep], counts[keep]
+    return uniq, np.minimum(counts, MAX_COUNT).astype(np.int64)
+
+
+def signature(messages: Sequence[Any], tools: Sequence[Any] | None = None) -> Signature:
+    """The signature of one chat request (OpenAI messages, optional tool definitions)."""
+    if not isinstance(messages, Sequence) or isinstance(messages, str | bytes):
+        messages = []
+    segments = _segments(messages, tools)
+    ids, counts = hashed_ngrams(segments)
+    dense = np.round(extract(messages).dense, DENSE_DIGITS)
+    digest = hashlib.sha256(_normalised(segments).encode("utf-8", "replace")).hexdigest()[:16]
+    n_chars = sum(len(t) for _, t in segments)
+    return Signature(dense=dense, ids=ids, counts=counts, n_chars=n_chars, digest=digest)

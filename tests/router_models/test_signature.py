@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from router_models.signature import MAX_ENTRIES, N_BUCKETS, Signature, signature
+
+MSGS = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Explain photosynthesis in plants, briefly please."},
+]
+
+
+def test_round_trip_is_exact() -> None:
+    sig = signature(MSGS)
+    back = Signature.from_json(json.loads(json.dumps(sig.to_json())))
+    assert np.array_equal(back.ids, sig.ids) and np.array_equal(back.counts, sig.counts)
+    assert np.array_equal(back.dense, sig.dense)
+    assert back.digest == sig.digest and back.n_chars == sig.n_chars
+    assert sig.ids.size and np.all(np.diff(sig.ids) > 0) and sig.ids.max() < N_BUCKETS
+
+
+def test_roles_tools_and_duplicates() -> None:
+    as_user = signature([{"role": "user", "content": "You are terse."}])
+    as_system = signature([{"role": "system", "content": "You are terse."}])
+    assert not np.array_equal(as_user.ids, as_system.ids)
+    with_tools = signature(MSGS, tools=[{"type": "function", "function": {"name": "lookup"}}])
+    assert with_tools.ids.size > signature(MSGS).ids.size
+    spaced = [{"role": m["role"], "content": "  " + m["content"].upper() + " "} for m in MSGS]
+    assert signature(spaced).digest == signature(MSGS).digest
+    assert signature(MSGS[1:]).digest != signature(MSGS).digest
+
+
+def test_size_bound_and_no_words() -> None:
+    rng = np.random.default_rng(0)
+    words = ["alpha", "photosynthesis", "chlorophyll", "quantum", "integral", "banana"]
+    text = " ".join(rng.choice(words, 2000))[:10000]
+    sig = signature([{"role": "user", "content": text}])
+    blob = json.dumps(sig.to_json())
+    assert len(blob) <= 4200 and sig.ids.size <= MAX_ENTRIES
+    for w in words:
+        assert w not in blob.lower()
+
+
+def test_deterministic_across_processes() -> None:
+    code = (
+        "import json; from router_models.signature import signature; "
+        f"print(json.dumps(signature({MSGS!r}).to_json(), sort_keys=True))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == json.loads(json.dumps(signature(MSGS).to_json()))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda o: o.pop("ids"),
+        lambda o: o.update(v=2),
+        lambda o: o.update(ids="***"),
+        lambda o: o.update(ids="gA=="),  # truncated varint
+        lambda o: o.update(dense=o["dense"][:-1]),
+        lambda o: o.update(dense=[float("nan")] * len(o["dense"])),
+        lambda o: o.update(n_chars=-1),
+        lambda o: o.update(digest="XYZ"),
+        lambda o: o.update(more="AQ=="),
+        lambda o: o.update(extra=1),
+        lambda o: o.update(ids="/////w=="),  # out of range
+    ],
+)
+def test_malformed_json_is_rejected(mutate: object) -> None:
+    obj = signature(MSGS).to_json()
+    mutate(obj)  # type: ignore[operator]
+    with pytest.raises(ValueError):
+        Signature.from_json(obj)
+
+
+def test_odd_messages_do_not_raise() -> None:
+    for msgs in (
+        [],
+        [{"role": "user", "content": None}],
+        [1, "x"],
+        [{"content": [{"text": "hi"}]}],
+    ):
+        sig = signature(msgs)
+        Signature.from_json(sig.to_json())
+    assert Signature.from_json(signature([]).to_json()).ids.size == 0
+    with pytest.raises(ValueError):
+        Signature.from_json([1, 2])
