@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -79,10 +80,18 @@ def session_cpu_s(leader: int) -> float:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port free now, for a child process to bind later. Drawn below Linux's ephemeral
+    range (32768-60999): a port 0 bind elsewhere (tests, other benchmarks' clients) never
+    takes one from there in the gap between this check and the child's bind."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,8 +159,26 @@ def _stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool]:
     return body.get("stream") is True, usage
 
 
-def plan_chat(body: Mapping[str, Any], model: str, words: int) -> Plan:
-    """Decide the reply to a chat completions request (text, tool call or JSON)."""
+_ANSWER = re.compile(r'<answer id="([A-Z])">\n?(.*?)\n?</answer>', re.DOTALL)
+
+
+def judge_text(texts: list[str], rules: tuple[tuple[str, float], ...]) -> str | None:
+    """A judge's grades for a grading prompt (answers in ``<answer id="A">`` blocks, as the
+    gateway's shadow evaluation writes them): each answer scores the value of the first rule
+    whose text it contains, else 0.5. None when the last message holds no answers."""
+    answers = _ANSWER.findall(texts[-1]) if texts else []
+    if not answers:
+        return None
+    grades = {}
+    for letter, answer in answers:
+        grades[letter] = next((score for needle, score in rules if needle in answer), 0.5)
+    return json.dumps(grades)
+
+
+def plan_chat(
+    body: Mapping[str, Any], model: str, words: int, judge: tuple[tuple[str, float], ...] = ()
+) -> Plan:
+    """Decide the reply to a chat completions request (text, tool call, JSON or grades)."""
     messages = body.get("messages")
     if (
         not isinstance(messages, list)
@@ -180,7 +198,10 @@ def plan_chat(body: Mapping[str, Any], model: str, words: int) -> Plan:
             call = ToolCall(_call_id(name, args, i), name)
             choices.append(_choice(split_pieces(args), limit, "tool_calls", call))
             continue
-        if last.get("role") == "tool":
+        graded = judge_text(texts, judge) if judge else None
+        if graded is not None:
+            pieces = split_pieces(graded)
+        elif last.get("role") == "tool":
             pieces = reply_pieces(model, texts[-1], words, i, lead="the tool returned")
         else:
             pieces = reply_pieces(model, " ".join(texts), words, i)

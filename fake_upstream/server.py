@@ -72,6 +72,9 @@ class FakeConfig:
     tokens_per_s: float = 0.0
     reply_words: int = 16
     embedding_dims: int = 64
+    # a judge: grading prompts get {"A": score, ...} by these (text in the answer, score)
+    # rules (fake_upstream.replies.judge_text); empty: grading prompts are echoed like any
+    judge: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.latency_ms < 0 or self.tokens_per_s < 0:
@@ -194,7 +197,7 @@ class FakeUpstream:
             return self._reply(Response(200, payload), fault, 0)
         words = self.config.reply_words
         if kind == "chat":
-            plan = plan_chat(body, model, words)
+            plan = plan_chat(body, model, words, self.config.judge)
             rid = f"chatcmpl-{rid}"
             if plan.stream:
                 return partial(self._stream, chat_events(plan, rid, created), fault)
@@ -324,7 +327,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens-per-s", type=float, default=0.0, help="stream pacing; 0 = none")
     p.add_argument("--reply-words", type=int, default=16)
     p.add_argument("--embedding-dims", type=int, default=64)
+    p.add_argument(
+        "--judge",
+        default="",
+        help="grade grading prompts: comma-separated TEXT=SCORE rules, e.g. 'big says=1,small=0'",
+    )
     return p
+
+
+def judge_rules(text: str) -> tuple[tuple[str, float], ...]:
+    """``"a=1,b=0.2"`` -> (("a", 1.0), ("b", 0.2)); ValueError on a malformed rule."""
+    rules = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        needle, sep, score = part.rpartition("=")
+        value = float(score) if sep and needle else -1.0
+        if not 0 <= value <= 1:
+            raise ValueError(f"--judge rule {part!r} is not TEXT=SCORE with SCORE in [0, 1]")
+        rules.append((needle, value))
+    return tuple(rules)
 
 
 def main(argv: list[str]) -> int:
@@ -336,6 +356,7 @@ def main(argv: list[str]) -> int:
             tokens_per_s=args.tokens_per_s,
             reply_words=args.reply_words,
             embedding_dims=args.embedding_dims,
+            judge=judge_rules(args.judge),
         )
     except ValueError as exc:
         print(f"effgate fake-upstream: {exc}", file=sys.stderr)

@@ -7,7 +7,6 @@ queued, not written, and the summary put is a scheduled task, so none of it dela
 from __future__ import annotations
 
 import functools
-import math
 import time
 from typing import Any
 
@@ -18,36 +17,43 @@ from gateway.explain import candidate_rows
 from gateway.health import Health
 from gateway.kv import KV
 from gateway.metrics import Metrics
-from gateway.records import RecordLog
-
-
-def iso(ts: float) -> str:
-    """``2026-11-28T21:58:35.123Z``: UTC, milliseconds truncated (datetime's isoformat)."""
-    sec = math.floor(ts)
-    us = round((ts - sec) * 1_000_000)
-    if us >= 1_000_000:
-        sec, us = sec + 1, us - 1_000_000
-    return f"{_second(sec)}.{us // 1000:03d}Z"
-
-
-@functools.lru_cache(maxsize=4)
-def _second(sec: int) -> str:
-    """The date and time of one second: formatted once a second, not once a request."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-
+from gateway.records import RecordLog, iso
+from gateway.shadow import Evaluator, Job, answer_from_events
+from router_models.irt import irt_p
+from router_models.signature import signature
 
 _STATUS_CLASS = {200: "2xx", 400: "4xx", 499: "4xx"}
 
 
+def _served_p(ex: Exchange) -> float | None:
+    """The predicted P(acceptable) of the model that served (after fallbacks: its own)."""
+    d = ex.decision
+    if d is None or ex.model is None:
+        return None
+    if d.model == ex.model.id:
+        return d.p
+    return next((c.p for c in d.candidates if c.model == ex.model.id), None)
+
+
 class Accountant:
     def __init__(
-        self, *, metrics: Metrics, health: Health, kv: KV, records: RecordLog, ttl_s: int
+        self,
+        *,
+        metrics: Metrics,
+        health: Health,
+        kv: KV,
+        records: RecordLog,
+        ttl_s: int,
+        evaluator: Evaluator | None = None,
+        signatures: bool = True,
     ) -> None:
         self.metrics = metrics
         self.health = health
         self.kv = kv
         self.records = records
         self.ttl_s = ttl_s
+        self.evaluator = evaluator
+        self.signatures = signatures
 
     def finish(self, ex: Exchange) -> None:
         m = self.metrics
@@ -85,10 +91,42 @@ class Accountant:
             if ex.outcome == "ok" and d is not None and d.route is not None:
                 self.health.observe_output(d.route, model, u.output)
         if ex.model is not None:
-            summary = orjson.dumps(
-                {"route": route, "model": model, "time": iso(ex.wall_time), "tenant": ex.tenant}
+            summary: dict[str, str | float] = {
+                "route": route,
+                "model": model,
+                "time": iso(ex.wall_time),
+                "tenant": ex.tenant,
+            }
+            p = _served_p(ex)
+            if p is not None:
+                summary["p"] = p
+            self.kv.put_later("req:" + ex.request_id, orjson.dumps(summary), self.ttl_s)
+        if ex.shadow is not None and ex.outcome == "ok" and self.evaluator is not None:
+            self._evaluate(ex, self.evaluator)
+
+    def _evaluate(self, ex: Exchange, evaluator: Evaluator) -> None:
+        """Hand a sampled, served request to shadow evaluation (it runs in the background)."""
+        assert ex.shadow is not None and ex.model is not None and ex.body is not None
+        d = ex.decision
+        answer = ex.answer
+        if answer is None and ex.answer_events is not None:
+            answer = answer_from_events(ex.answer_events)
+        predicted = {c.model: c.p for c in d.candidates if c.p is not None} if d else {}
+        if ex.model.id not in predicted and (p := _served_p(ex)) is not None:
+            predicted[ex.model.id] = p
+        evaluator.submit(
+            Job(
+                request_id=ex.request_id,
+                route=ex.route,
+                served=ex.model,
+                shadow=ex.shadow,
+                body=ex.body,
+                answer=answer or "",
+                prompt_tokens=ex.prompt_tokens,
+                predicted=predicted,
+                size=len(answer or "") + 4 * ex.prompt_tokens + 1024,
             )
-            self.kv.put_later("req:" + ex.request_id, summary, self.ttl_s)
+        )
 
     def record(self, ex: Exchange, latency_s: float) -> dict[str, Any]:
         d = ex.decision
@@ -128,6 +166,16 @@ class Accountant:
             "upstream_ms": round(ex.upstream_s * 1000, 3),
         }
         if d is not None:
+            rows = candidate_rows(d)
+            if d.difficulty is not None:
+                # what the prior (the IRT link of each skill) said, beside what was used: the
+                # report shows where a learned router disagrees with it
+                for row in rows:
+                    m = ex.policy.models.get(row["model"])
+                    if m is not None and m.skill is not None:
+                        row["p_prior"] = round(
+                            irt_p(ex.policy.discrimination, m.skill, d.difficulty), 6
+                        )
             rec["decision"] = {
                 "reason": d.reason,
                 "difficulty": d.difficulty,
@@ -135,10 +183,16 @@ class Accountant:
                 "quality_bar": d.quality_bar,
                 "rule": d.rule,
                 "fallbacks": list(d.fallbacks),
-                "candidates": candidate_rows(d),
+                "candidates": rows,
             }
         if ex.prompt is not None:
             rec["prompt"] = ex.prompt
+        if self.signatures and ex.endpoint == "chat" and ex.messages is not None:
+            # what training needs without the text: hashed, not reversible (docs/contracts.md)
+            try:
+                rec["signature"] = signature(ex.messages, ex.tools).to_json()
+            except Exception:  # a message shape the hashing does not know: no signature
+                rec["signature"] = None
         return rec
 
     async def feedback(
@@ -169,6 +223,10 @@ class Accountant:
             self.metrics.outcomes.labels(route, model, outcome).inc()
             if score is not None:
                 self.metrics.feedback_score.labels(route, model).observe(score)
+            p = summary.get("p")
+            if isinstance(p, int | float):
+                observed = score if score is not None else (1.0 if accepted else 0.0)
+                self.metrics.observe_outcome(route, model, "feedback", float(p), observed)
         self.records.emit(
             {
                 "type": "feedback",

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -24,7 +25,9 @@ from gateway.health import Health
 from gateway.kv import KV, MemoryKV, RedisKV
 from gateway.metrics import CircuitCollector, Metrics
 from gateway.records import JSONLFile, RecordLog
+from gateway.scoring import EstimatorStore
 from gateway.settings import Settings
+from gateway.shadow import Evaluator
 from gateway.state import AppState
 from gateway.tokens import TokenCounter
 from gateway.upstreams.pool import Factory, UpstreamPool, default_factory
@@ -39,6 +42,12 @@ def load_estimator(settings: Settings) -> Any:
     import router_models
 
     path = str(settings.estimator_path) if settings.estimator_path else None
+    return router_models.load_estimator(path)
+
+
+def _load_artifact(path: Path) -> Any:
+    import router_models
+
     return router_models.load_estimator(path)
 
 
@@ -82,6 +91,20 @@ def create_app(
         store = PolicyStore(
             settings.policy_path, skills=skills, discrimination=discrimination, on_reload=on_reload
         )
+
+        def on_estimator(result: str, new: Any, error: str | None) -> None:
+            metrics.estimator_reloads.labels(result).inc()
+            if new is not None:
+                metrics.set_estimator(estimators.sha256, getattr(new, "heads", None) is not None)
+
+        estimators = EstimatorStore(
+            est,
+            policies=store,
+            path=settings.estimator_path,
+            load=_load_artifact,
+            on_reload=on_estimator,
+        )
+        metrics.set_estimator(estimators.sha256, getattr(est, "heads", None) is not None)
         # the policy first: a file that does not load must leave nothing open behind it
         stack.push_async_callback(pool.aclose)
         store_kv = kv or _build_kv(settings, metrics)
@@ -106,6 +129,7 @@ def create_app(
         )
         stack.push_async_callback(records.aclose)  # flushes what is queued, then closes
 
+        tokens = TokenCounter.load()
         policy = store.current
         pool.sync(policy)
         metrics.set_policy(policy.sha256, policy.version, policy.budget_daily_usd)
@@ -115,30 +139,48 @@ def create_app(
         gpu = _register_gpu(registry, store, metrics)
         stack.callback(registry.unregister, gpu)
         stack.callback(gpu.close)
+        evaluator = Evaluator(
+            upstream=pool.get,
+            metrics=metrics,
+            records=records,
+            kv=store_kv,
+            tokens=tokens,
+            observe=metrics.observe_outcome,
+        )
+        # closed before the record log (the stack unwinds in reverse): labels still land
+        stack.push_async_callback(evaluator.aclose)
         accountant = Accountant(
             metrics=metrics,
             health=health,
             kv=store_kv,
             records=records,
             ttl_s=settings.feedback_ttl_s,
+            evaluator=evaluator,
+            signatures=settings.records_signatures,
         )
         state = AppState(
             settings=settings,
             policies=store,
-            estimator=est,
+            estimator=estimators,
             upstreams=pool,
             health=health,
             metrics=metrics,
             kv=store_kv,
             records=records,
             accountant=accountant,
-            tokens=TokenCounter.load(),
+            tokens=tokens,
+            evaluator=evaluator,
         )
         app.state.effgate = state
         records.start()
         watcher = asyncio.create_task(store.watch(settings.policy_poll_s), name="policy-watch")
         stack.push_async_callback(_cancel, watcher)
-        stack.callback(_on_sighup(lambda: store.reload()))
+        if settings.estimator_path is not None:
+            est_watch = asyncio.create_task(
+                estimators.watch(settings.policy_poll_s), name="estimator-watch"
+            )
+            stack.push_async_callback(_cancel, est_watch)
+        stack.callback(_on_sighup(lambda: (store.reload(), estimators.reload())))
         state.ready = True
         stack.callback(setattr, state, "ready", False)
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.accounting import Usage, cost_usd
 from gateway.errors import Outcome
-from policies.compile import CompiledPolicy, ModelEntry
+from policies.compile import CompiledPolicy, ModelEntry, ShadowEntry
 from policies.engine import Decision
 
 # the /v1 endpoints, as the ``endpoint`` label and record field name them
@@ -46,6 +46,14 @@ class Exchange:
     usage: Usage | None = None
     cost_usd: float = 0.0
     baseline_cost_usd: float = 0.0
+    # the request's messages (for the record's signature) and, when shadow evaluation
+    # sampled this request, what the evaluation needs: the body and the served answer
+    messages: list[Any] | None = None
+    tools: list[Any] | None = None
+    shadow: ShadowEntry | None = None
+    body: dict[str, Any] | None = None
+    answer: str | None = None
+    answer_events: list[bytes] | None = None
 
     @property
     def route(self) -> str:

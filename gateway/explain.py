@@ -69,6 +69,12 @@ def explain_body(policy: CompiledPolicy, inp: RouteInput, d: Decision) -> bytes:
             "needs": sorted(inp.needs),
             "task": inp.task,
             "candidates": candidate_rows(d),
+            # where each P came from: a learned head of the estimator, or the IRT prior
+            "p_source": {
+                c.model: ("learned" if inp.p is not None and c.model in inp.p else "prior")
+                for c in d.candidates
+                if c.p is not None
+            },
         }
     )
 

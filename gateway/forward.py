@@ -30,6 +30,7 @@ from gateway.errors import (
 from gateway.exchange import Exchange
 from gateway.lifecycle import finish
 from gateway.relay import RelayResponse, close_chunks, model_rewriter
+from gateway.shadow import answer_from_json
 from gateway.state import AppState
 from gateway.upstreams.base import Reply, Stream, Upstream
 from policies.compile import ModelEntry
@@ -99,6 +100,8 @@ def _json_reply(state: AppState, ex: Exchange, data: bytes) -> Reply:
         )
         usage = Usage(ex.prompt_tokens, state.tokens.count(text), estimated=True)
     ex.price(usage)
+    if ex.shadow is not None:
+        ex.answer = answer_from_json(obj)
     headers = _headers(ex)
     headers["x-effgate-cost-usd"] = f"{ex.cost_usd:.10f}"
     return Reply(200, _with_model(data, obj, ex), headers)

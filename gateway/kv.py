@@ -34,6 +34,10 @@ class KV(Protocol):
 
     async def hit(self, key: str, window_s: int) -> int: ...
 
+    async def add(self, key: str, amount: float, ttl_s: int) -> float:
+        """Add ``amount`` to a float counter (created at 0 with ``ttl_s``); the new total."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -45,6 +49,7 @@ class MemoryKV:
     ) -> None:
         self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._windows: dict[str, tuple[int, int]] = {}
+        self._totals: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._max = max_items
         self._clock = clock
 
@@ -80,6 +85,18 @@ class MemoryKV:
         n = n + 1 if w == window else 1
         self._windows[key] = (window, n)
         return n
+
+    async def add(self, key: str, amount: float, ttl_s: int) -> float:
+        now = self._clock()
+        expires, total = self._totals.get(key, (now + ttl_s, 0.0))
+        if expires <= now:
+            expires, total = now + ttl_s, 0.0
+        total += amount
+        self._totals[key] = (expires, total)
+        self._totals.move_to_end(key)
+        while len(self._totals) > 4096:  # a few keys per route and day; bounded all the same
+            self._totals.popitem(last=False)
+        return total
 
     async def aclose(self) -> None:
         self._data.clear()
@@ -174,6 +191,18 @@ class RedisKV:
         except self._errors as exc:
             self._failed("hit", exc)
             return await self._fallback.hit(key, window_s)
+
+    async def add(self, key: str, amount: float, ttl_s: int) -> float:
+        rkey = f"{self._prefix}sum:{key}"
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incrbyfloat(rkey, amount)
+                pipe.expire(rkey, ttl_s, nx=True)
+                total, _ = await pipe.execute()
+            return float(total)
+        except self._errors as exc:
+            self._failed("add", exc)
+            return await self._fallback.add(key, amount, ttl_s)
 
     @property
     def client(self) -> Any:

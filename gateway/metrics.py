@@ -90,6 +90,22 @@ class Metrics:
             "Routing decisions by reason.",
             ["route", "model", "reason"],
         )
+        self.calibration_predicted = CounterSeries(
+            "effgate_calibration_predicted",
+            "Sum of the predicted P(acceptable) of requests whose outcome was observed, by "
+            "route, model and label source (feedback, judge).",
+            ["route", "model", "source"],
+        )
+        self.calibration_observed = CounterSeries(
+            "effgate_calibration_observed",
+            "Sum of the observed outcomes (score, or accepted = 1) of the same requests.",
+            ["route", "model", "source"],
+        )
+        self.calibration_outcomes = CounterSeries(
+            "effgate_calibration_outcomes",
+            "Requests with both a predicted P and an observed outcome.",
+            ["route", "model", "source"],
+        )
         self.estimator_duration = HistogramSeries(
             "effgate_estimator_duration_seconds",
             "Difficulty estimation time.",
@@ -111,6 +127,9 @@ class Metrics:
                     self.savings,
                     self.predicted_quality,
                     self.decisions,
+                    self.calibration_predicted,
+                    self.calibration_observed,
+                    self.calibration_outcomes,
                     self.estimator_duration,
                     self.in_flight,
                 ]
@@ -144,6 +163,20 @@ class Metrics:
             buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
             registry=r,
         )
+        self.evaluations = Counter(
+            "effgate_evaluations",
+            "Shadow evaluations by result (ok, budget, dropped, shadow_error, judge_error, "
+            "unparseable, no_answer).",
+            ["route", "result"],
+            registry=r,
+        )
+        self.evaluation_cost = Counter(
+            "effgate_evaluation_cost_usd",
+            "Spend on shadow evaluation (shadow answers and the judge), never part of "
+            "effgate_cost_usd or the savings.",
+            ["route", "model", "role"],
+            registry=r,
+        )
         self.policy_reloads = Counter(
             "effgate_policy_reloads", "Policy reloads by result.", ["result"], registry=r
         )
@@ -151,6 +184,18 @@ class Metrics:
             "effgate_policy_info", "The live policy (value 1).", ["sha256", "version"], registry=r
         )
         self.budget = Gauge("effgate_budget_usd", "Configured budget.", ["period"], registry=r)
+        self.estimator_reloads = Counter(
+            "effgate_estimator_reloads",
+            "Estimator artifact reloads by result.",
+            ["result"],
+            registry=r,
+        )
+        self.estimator_info = Gauge(
+            "effgate_estimator_info",
+            "The live estimator artifact (value 1); learned: whether it has per-model heads.",
+            ["sha256", "learned"],
+            registry=r,
+        )
         self.records_dropped = Counter(
             "effgate_records_dropped",
             "Request records that could not be written.",
@@ -166,11 +211,31 @@ class Metrics:
         # series that only move on rare events start at 0, so dashboards show 0, not "No data"
         for result in ("ok", "error"):
             self.policy_reloads.labels(result)
+            self.estimator_reloads.labels(result)
         for sink in ("buffer", "file", "redis"):
             self.records_dropped.labels(sink)
-        for op in ("put", "get", "hit"):
+        for op in ("put", "get", "hit", "add"):
             self.store_fallbacks.labels(op)
         self._live_policy: tuple[str, str] | None = None
+        self._live_estimator: tuple[str, str] | None = None
+
+    def observe_outcome(
+        self, route: str, model: str, source: str, predicted: float, observed: float
+    ) -> None:
+        """One outcome beside its prediction: the calibration gap is
+        (predicted - observed) / outcomes over any window (docs/operations.md)."""
+        key = (route, model, source)
+        self.calibration_predicted.inc(key, predicted)
+        self.calibration_observed.inc(key, observed)
+        self.calibration_outcomes.inc(key)
+
+    def set_estimator(self, sha256: str, learned: bool) -> None:
+        """Point ``effgate_estimator_info`` at the live artifact (one series)."""
+        key = (sha256[:12], "true" if learned else "false")
+        if self._live_estimator is not None and self._live_estimator != key:
+            self.estimator_info.remove(*self._live_estimator)
+        self.estimator_info.labels(*key).set(1)
+        self._live_estimator = key
 
     def set_policy(self, sha256: str, version: int, daily_budget_usd: float | None) -> None:
         """Point ``effgate_policy_info`` at the live policy (one series) and export its budget."""

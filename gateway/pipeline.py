@@ -37,7 +37,7 @@ from gateway.protocol import ChatCompletionRequest, EmbeddingRequest, FeedbackRe
 from gateway.relay import RelayResponse
 from gateway.state import AppState
 from gateway.upstreams.base import Reply
-from policies.compile import needs_difficulty
+from policies.compile import resolve
 from policies.engine import Decision, NoEligibleModel, RouteInput, UnknownModel, decide
 from router_models.features import prompt_text
 
@@ -49,6 +49,12 @@ async def chat(state: AppState, ex: Exchange, call: Call) -> Reply | RelayRespon
     ex.stream = bool(req.stream)
     inp = route_input(state, ex, req, call.body, call.headers)
     decision = make_decision(state, ex, inp)
+    if decision.route is not None:
+        shadow = ex.policy.routes[decision.route].shadow
+        if shadow is not None and state.evaluator.sampled(shadow):
+            ex.shadow, ex.body = shadow, call.body
+            if ex.stream:
+                ex.answer_events = []
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     chain = (decision.model, *decision.fallbacks)
     return await forward(
@@ -152,20 +158,28 @@ def route_input(
     messages = body["messages"]
     text = prompt_text(messages)
     override = headers.get("x-effgate-route")
-    difficulty = None
-    if needs_difficulty(policy, req.model, override):
+    difficulty = p = None
+    target = resolve(policy, req.model, override)
+    if (
+        target is not None
+        and target.kind == "route"
+        and policy.routes[target.name].uses_quality_bar
+    ):
         t0 = time.perf_counter()
-        difficulty = state.estimator.difficulty(messages)
+        difficulty, p = state.estimator.score(policy, target.name, messages, body.get("tools"))
         state.metrics.estimator_duration.observe((), time.perf_counter() - t0)
     meta_task = req.metadata.get("task") if req.metadata else None
     task = headers.get("x-effgate-task") or (meta_task if isinstance(meta_task, str) else None)
     ex.task = task
+    ex.messages = messages
+    ex.tools = body.get("tools")
     ex.prompt_tokens = state.tokens.estimate_prompt(text, messages, policy.smallest_context_window)
     if policy.log_prompts:
         ex.prompt = text
     return RouteInput(
         model=req.model,
         difficulty=difficulty,
+        p=p,
         prompt_text=text,
         prompt_tokens=ex.prompt_tokens,
         max_output_tokens=req.max_completion_tokens or req.max_tokens,

@@ -9,7 +9,9 @@ silently. Format: docs/contracts.md.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +24,21 @@ log = logging.getLogger("effgate.records")
 
 Record = dict[str, Any] | Callable[[], dict[str, Any]]
 LOG_EVERY_S = 10.0
+
+
+def iso(ts: float) -> str:
+    """``2026-11-28T21:58:35.123Z``: UTC, milliseconds truncated (datetime's isoformat)."""
+    sec = math.floor(ts)
+    us = round((ts - sec) * 1_000_000)
+    if us >= 1_000_000:
+        sec, us = sec + 1, us - 1_000_000
+    return f"{_second(sec)}.{us // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second(sec: int) -> str:
+    """The date and time of one second: formatted once a second, not once a request."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
 
 
 class JSONLFile:

@@ -29,6 +29,8 @@ from gateway.upstreams.base import Stream
 # after [DONE], how long the end of the upstream's HTTP message may take to arrive: read to
 # its end, the connection goes back to the pool; not there yet, it is closed instead
 DRAIN_S = 0.005
+# of a stream sampled for shadow evaluation, the content events kept for the judge
+CAPTURE_BYTES = 256 * 1024
 
 
 async def _drain(chunks: AsyncIterator[bytes]) -> None:
@@ -98,6 +100,7 @@ class RelayResponse:
         self.done = False
         self.usage: Usage | None = None
         self.content_events = 0
+        self.captured = 0
         self.completed = False
         self.watcher: asyncio.Task[None] | None = None
         self.last_chunk = 0.0
@@ -235,6 +238,10 @@ class RelayResponse:
                 self.ex.error = "upstream sent an error event"
             elif b'"content"' in data or b'"tool_calls"' in data:
                 self.content_events += 1
+                captured = self.ex.answer_events
+                if captured is not None and self.captured < CAPTURE_BYTES:
+                    captured.append(data)  # a sampled request: the judge will read it
+                    self.captured += len(data)
             parts.append(event)
         # one replace per chunk, not per event (re-encoded usage events already say the id)
         return self.rewrite(b"".join(parts)) if parts else b""

@@ -57,3 +57,6 @@ class Settings(BaseSettings):
     records_backups: int = 10
     records_buffer: int = 10_000
     records_redis_stream: str | None = None
+    # each chat record carries the request's hashed signature (router_models.signature),
+    # what `effgate train --records` learns from without `log_prompts`
+    records_signatures: bool = True

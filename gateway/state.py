@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 from gateway.accountant import Accountant
 from gateway.health import Health
 from gateway.kv import KV
 from gateway.metrics import Metrics
 from gateway.records import RecordLog
+from gateway.scoring import EstimatorStore
 from gateway.settings import Settings
+from gateway.shadow import Evaluator
 from gateway.tokens import TokenCounter
 from gateway.upstreams.pool import UpstreamPool
 from policies.store import PolicyStore
-
-
-class DifficultyEstimator(Protocol):
-    def difficulty(self, messages: list[object]) -> float: ...
 
 
 @dataclass(slots=True)
 class AppState:
     settings: Settings
     policies: PolicyStore
-    estimator: DifficultyEstimator
+    estimator: EstimatorStore
     upstreams: UpstreamPool
     health: Health
     metrics: Metrics
@@ -32,4 +29,5 @@ class AppState:
     records: RecordLog
     accountant: Accountant
     tokens: TokenCounter
+    evaluator: Evaluator
     ready: bool = False

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -25,11 +25,21 @@ from policies.schema import (
     Provider,
     RouteSpec,
     RuleSpec,
+    ShadowSpec,
     WhenSpec,
 )
 
 AUTO = "auto"
 """A requested model named ``auto`` means the policy's default route."""
+
+DEFAULT_RUBRIC = (
+    "Grade each answer to the conversation above on its own merits: is it correct, complete "
+    "and useful for what the user asked, and does it follow the user's instructions and any "
+    "format they required? 1.0 means a user would accept it as is, 0.0 means it is wrong or "
+    "useless; use values in between for partly acceptable answers. Length and style do not "
+    "earn points by themselves."
+)
+"""The judge's rubric when a route's ``shadow`` names none (shadow evaluation, docs/policies.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +96,19 @@ class CompiledRule:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowEntry:
+    """A route's shadow evaluation with its models resolved (``ShadowSpec``)."""
+
+    sample: float
+    judge: ModelEntry
+    models: tuple[ModelEntry, ...]
+    rubric: str
+    daily_usd: float
+    max_output_tokens: int
+    max_pending: int
+
+
+@dataclass(frozen=True, slots=True)
 class RouteEntry:
     """A route with its candidates resolved to catalog entries."""
 
@@ -99,6 +122,9 @@ class RouteEntry:
     reference_model: str
     rules: tuple[CompiledRule, ...]
     uses_quality_bar: bool  # the route or one of its rules sets a bar
+    # every model the route may choose (candidates, rules' candidates and pins), in order
+    scored: tuple[ModelEntry, ...] = ()
+    shadow: ShadowEntry | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,10 +390,19 @@ def _route(
     reference = route.reference_model
     if reference is not None and reference not in index:
         issues.append(Issue((*loc, "reference_model"), f"unknown model {reference!r}"))
+    shadow = None
+    if route.shadow is not None:
+        shadow = _shadow(route.shadow, (*loc, "shadow"), models, index, issues)
     if len(issues) > before or entries is None:
         return None
     if reference is None:  # the most expensive candidate, by input + output price
         reference = max(entries, key=lambda m: m.input_usd_per_mtok + m.output_usd_per_mtok).id
+    scored: dict[str, ModelEntry] = {m.id: m for m in entries}
+    for r in rules:
+        scored.update((m.id, m) for m in (*(r.entries or ()), *((r.model,) if r.model else ())))
+    if shadow is not None and not shadow.models:
+        ref_entry = models[reference]
+        shadow = replace(shadow, models=(ref_entry,))
     return RouteEntry(
         name=route.name,
         candidates=route.candidates,
@@ -379,6 +414,39 @@ def _route(
         reference_model=reference,
         rules=tuple(rules),
         uses_quality_bar=any(bar is not None for _, bar in bars),
+        scored=tuple(scored.values()),
+        shadow=shadow,
+    )
+
+
+def _shadow(
+    spec: ShadowSpec,
+    loc: Loc,
+    models: Mapping[str, ModelEntry],
+    index: Mapping[str, int],
+    issues: list[Issue],
+) -> ShadowEntry | None:
+    """Resolve a route's shadow models and judge; ``models`` left empty means the reference
+    model, filled in by the caller once it is known."""
+    before = len(issues)
+    judge = None
+    if spec.judge not in index:
+        issues.append(Issue((*loc, "judge"), f"unknown model {spec.judge!r}"))
+    else:
+        judge = models.get(spec.judge)
+    shadow_models: tuple[ModelEntry, ...] | None = ()
+    if spec.models is not None:
+        shadow_models = _refs(spec.models, (*loc, "models"), models, index, issues)
+    if len(issues) > before or judge is None or shadow_models is None:
+        return None
+    return ShadowEntry(
+        sample=spec.sample,
+        judge=judge,
+        models=shadow_models,
+        rubric=spec.rubric or DEFAULT_RUBRIC,
+        daily_usd=spec.daily_usd,
+        max_output_tokens=spec.max_output_tokens,
+        max_pending=spec.max_pending,
     )
 
 

@@ -11,7 +11,9 @@ at compile time. How a route decides:
    only lower the route's.
 3. A candidate is eligible when its capabilities cover the request's needs, the prompt plus
    the requested output fits its context window, its circuit is closed, and its expected
-   cost is within the cap. P(acceptable) = sigmoid(discrimination * (skill - difficulty)).
+   cost is within the cap. P(acceptable) is the estimator's probability for that model on
+   this request (``RouteInput.p``, by catalog id), else the IRT link
+   sigmoid(discrimination * (skill - difficulty)) with the model's skill.
 4. With a bar: the cheapest eligible model with P >= bar (``cheapest_above_bar``), else the
    highest P (``best_below_bar``); the rest follow as fallbacks, cheapest first among those
    clearing the bar, then by P. Without a bar: candidate order (``first_candidate``).
@@ -21,6 +23,7 @@ at compile time. How a route decides:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -44,6 +47,9 @@ class RouteInput:
 
     model: str  # what the client asked for: catalog id, route name or "auto"
     difficulty: float | None = None
+    # the estimator's P(acceptable) per catalog id (learned per model); a model missing here
+    # gets the IRT link of its skill and ``difficulty``
+    p: Mapping[str, float] | None = None
     prompt_text: str = ""
     prompt_tokens: int = 0
     max_output_tokens: int | None = None
@@ -133,7 +139,8 @@ def decide(policy: CompiledPolicy, inp: RouteInput, stats: LiveStats) -> Decisio
 
     Raises ``UnknownModel`` for a name the policy does not know, ``NoEligibleModel`` when no
     candidate can serve, and ``ValueError`` for a bar route called without a finite
-    difficulty (ask ``needs_difficulty`` first) or a non-finite bar override.
+    difficulty or probabilities (ask ``needs_difficulty`` first), a probability outside
+    [0, 1], or a non-finite bar override.
     """
     d = inp.difficulty
     if d is not None and not math.isfinite(d):
@@ -163,7 +170,7 @@ def decide(policy: CompiledPolicy, inp: RouteInput, stats: LiveStats) -> Decisio
         if not math.isfinite(override):
             raise ValueError(f"quality bar override must be finite, got {override}")
         bar = min(max(override, route.min_quality_bar), route.max_quality_bar)
-    if bar is not None and d is None:
+    if bar is not None and d is None and inp.p is None:
         raise ValueError(f"route {route.name!r} has a quality bar: a difficulty is required")
     cap = route.max_cost_usd
     if inp.max_cost_usd is not None:
@@ -236,7 +243,11 @@ def _candidate(
     stats: LiveStats,
 ) -> Candidate:
     d = inp.difficulty
-    p = None if d is None or m.skill is None else p_acceptable(policy.discrimination, m.skill, d)
+    p = inp.p.get(m.id) if inp.p is not None else None
+    if p is None and d is not None and m.skill is not None:
+        p = p_acceptable(policy.discrimination, m.skill, d)
+    elif p is not None and not 0.0 <= p <= 1.0:
+        raise ValueError(f"P(acceptable) of {m.id!r} must be in [0, 1], got {p}")
     out = stats.avg_output_tokens(route, m.id)
     if out is None:
         out = m.expected_output_tokens or policy.default_expected_output_tokens

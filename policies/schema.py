@@ -155,6 +155,21 @@ class RuleSpec(_Spec):
         return self
 
 
+class ShadowSpec(_Spec):
+    """Shadow evaluation of a route: a sampled share of its requests is also sent, after the
+    client has its answer, to comparison models; a judge model grades the served and the
+    shadow answers, and the grades become labels for both models."""
+
+    sample: Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0, le=1)]
+    judge: Name
+    # default: the route's reference model (a comparison with itself is skipped)
+    models: Annotated[tuple[Name, ...], AfterValidator(_non_empty)] | None = None
+    rubric: Text | None = None  # default: policies.compile.DEFAULT_RUBRIC
+    daily_usd: Positive
+    max_output_tokens: PositiveCount = 1024  # cap on each shadow answer
+    max_pending: PositiveCount = 64  # evaluations queued per replica; more are dropped, counted
+
+
 class RouteSpec(_Spec):
     """A named routing recipe: candidates, an optional quality bar, and rules."""
 
@@ -166,6 +181,7 @@ class RouteSpec(_Spec):
     max_cost_usd: Positive | None = None
     reference_model: Name | None = None
     rules: tuple[RuleSpec, ...] = ()
+    shadow: ShadowSpec | None = None
 
 
 class PolicyFile(_Spec):

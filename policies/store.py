@@ -50,7 +50,8 @@ class PolicyStore:
         # one build at a time (re-entrant: a signal may land mid-poll); readers never take it
         self._lock = threading.RLock()
         self._signature = self._stat()
-        self._current = self._build(read_bytes(self.path))
+        self._data = read_bytes(self.path)
+        self._current = self._build(self._data)
         self._failed_sha: str | None = None
 
     @property
@@ -104,6 +105,29 @@ class PolicyStore:
                 return False
             return self._swap(data)
 
+    def retarget(
+        self,
+        skills: Mapping[str, float],
+        discrimination: float,
+        swap: Callable[[CompiledPolicy], None] | None = None,
+    ) -> CompiledPolicy:
+        """Recompile the live policy file with a new estimator's skills and discrimination.
+
+        Raises ``PolicyLoadError`` (nothing changed) when the policy does not compile with
+        them, e.g. a bar route's model has no skill in the new estimator. ``swap(policy)``
+        runs under the build lock just before the new policy goes live, so a caller can
+        switch the estimator in the same step."""
+        with self._lock:
+            policy = build_policy(
+                self._data, path=self.path, skills=skills, discrimination=discrimination
+            )
+            self._skills, self._discrimination = dict(skills), discrimination
+            if swap is not None:
+                swap(policy)
+            self._current = policy
+            self._report("ok", policy, None)
+            return policy
+
     def _swap(self, data: bytes) -> bool:
         try:
             policy = self._build(data)
@@ -112,6 +136,7 @@ class PolicyStore:
             self._report("error", None, str(exc))
             return False
         self._failed_sha = None
+        self._data = data
         self._current = policy
         self._report("ok", policy, None)
         return True

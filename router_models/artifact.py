@@ -1,7 +1,10 @@
-"""Artifacts on disk: `metadata.json` + `weights.npz` (no pickle), and their validation.
+"""Artifacts on disk: `metadata.json` + `weights.npz` (+ `heads.npz`), no pickle; validation.
 
 metadata.json carries the feature version, the weights' sha256, the fitted skills and
-discrimination, the training data files with their sha256, and evaluation metrics.
+discrimination, the training data files with their sha256, and evaluation metrics. An
+artifact adapted to a deployment's labels (`effgate train --records` / `--base`) also has
+`heads.npz`, the learned per-model heads (`router_models.learner.Heads`), described under
+`metadata["heads"]` with their sha256, and the held-out comparison that let it be written.
 Anything unexpected (missing file, bad JSON, hash mismatch, wrong feature version, wrong
 shapes, non-finite numbers) raises `ArtifactError`, never a half-loaded estimator.
 """
@@ -14,7 +17,7 @@ import zipfile
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,8 +25,12 @@ from router_models.data import sha256_file
 from router_models.estimator import Estimator, Trees, Weights
 from router_models.features import FEATURE_VERSION
 
+if TYPE_CHECKING:
+    from router_models.learner import Heads
+
 METADATA = "metadata.json"
 WEIGHTS = "weights.npz"
+HEADS = "heads.npz"
 FORMAT = 1
 
 
@@ -56,13 +63,25 @@ def save_artifact(
     skills: Mapping[str, float],
     discrimination: float,
     metadata: Mapping[str, Any],
+    heads: Heads | None = None,
 ) -> Path:
-    """Write weights and metadata; returns the directory."""
+    """Write weights (and heads), then metadata last; returns the directory.
+
+    metadata.json is written last, to a temporary name renamed into place, so a gateway
+    watching the directory sees either the old artifact or a complete new one."""
     directory.mkdir(parents=True, exist_ok=True)
     weights_path = directory / WEIGHTS
     with weights_path.open("wb") as fh:
         np.savez_compressed(fh, **_weight_arrays(weights))  # type: ignore[arg-type]
     meta = dict(metadata)
+    heads_path = directory / HEADS
+    if heads is not None:
+        with heads_path.open("wb") as fh:
+            np.savez_compressed(fh, **heads.to_arrays())  # type: ignore[arg-type]
+        meta["heads"] = {"file": HEADS, "sha256": sha256_file(heads_path), **heads.meta()}
+    else:
+        meta.pop("heads", None)
+        heads_path.unlink(missing_ok=True)
     meta.update(
         format=FORMAT,
         feature_version=FEATURE_VERSION,
@@ -72,7 +91,9 @@ def save_artifact(
         discrimination=float(discrimination),
     )
     text = json.dumps(meta, indent=1, sort_keys=True, allow_nan=False)
-    (directory / METADATA).write_text(text + "\n", encoding="utf-8")
+    tmp = directory / (METADATA + ".tmp")
+    tmp.write_text(text + "\n", encoding="utf-8")
+    tmp.replace(directory / METADATA)
     return directory
 
 
@@ -127,11 +148,33 @@ def _read_weights(directory: Path, meta: Mapping[str, Any]) -> Weights:
         raise ArtifactError(f"{path}: unreadable weights: {exc}") from exc
 
 
+def _read_heads(directory: Path, meta: Mapping[str, Any]) -> Heads | None:
+    spec = meta.get("heads")
+    if spec is None:
+        return None
+    from router_models.learner import Heads
+
+    if not isinstance(spec, dict):
+        raise ArtifactError(f"{directory / METADATA}: heads must be an object")
+    path = directory / HEADS
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing (metadata.json lists learned heads)")
+    if sha256_file(path) != spec.get("sha256"):
+        raise ArtifactError(f"{path}: sha256 does not match metadata.json (corrupt or replaced)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: np.asarray(npz[k]) for k in npz.files}
+        return Heads.from_arrays(arrays, spec)
+    except (KeyError, IndexError, ValueError, TypeError, OSError, zipfile.BadZipFile) as exc:
+        raise ArtifactError(f"{path}: unreadable heads: {exc}") from exc
+
+
 def load_estimator(directory: str | Path | None = None) -> Estimator:
     """Load an artifact directory (default: the one shipped in the package)."""
     root = Path(directory) if directory is not None else default_artifact_dir()
     meta = _read_metadata(root)
     weights = _read_weights(root, meta)
+    heads = _read_heads(root, meta)
     try:
         skills = {str(k): float(v) for k, v in dict(meta["skills"]).items()}
         if not all(math.isfinite(v) for v in skills.values()):
@@ -141,6 +184,7 @@ def load_estimator(directory: str | Path | None = None) -> Estimator:
             skills=skills,
             discrimination=float(meta["discrimination"]),
             metadata=meta,
+            heads=heads,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{root}: invalid artifact: {exc}") from exc

@@ -1,8 +1,13 @@
-"""The run-time difficulty estimator: features -> difficulty -> P(acceptable), numpy only.
+"""The run-time estimator: features -> difficulty -> P(acceptable) per model, numpy only.
 
 difficulty = scale * raw + shift, where raw is a linear model on standardised dense
 features plus an optional ensemble of small regression trees on them. The trees are
 stored as flat arrays and walked for all trees at once, level by level.
+
+P(acceptable) of a model: when the artifact carries learned per-model heads
+(``router_models.learner.Heads``, fitted on a deployment's own labels) and has one for that
+model, the head's calibrated probability; otherwise the IRT link of the model's skill and
+the difficulty (the prior).
 """
 
 from __future__ import annotations
@@ -10,13 +15,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from router_models.features import N_DENSE, Features, extract
 from router_models.irt import irt_p
+
+if TYPE_CHECKING:
+    from router_models.learner import Heads
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -163,10 +171,48 @@ def _check_shapes(w: Weights) -> None:
             raise ValueError("tree feature index out of range")
 
 
-class Estimator:
-    """Difficulty of a chat request, and the chance a model of a given skill handles it."""
+class Scorer:
+    """P(acceptable) of a fixed list of models, compiled once (per policy route) so that one
+    request costs one feature pass, one difficulty and, where heads exist, one head pass.
 
-    __slots__ = ("_compiled", "_skills", "_weights", "discrimination", "metadata")
+    ``scorer(messages) -> (difficulty, {catalog id: P})``; the mapping is None when no model
+    of the list has a learned head (the IRT link then applies, as ``decide`` computes it)."""
+
+    __slots__ = ("_est", "_head_idx", "_head_ids", "_signature", "ids")
+
+    def __init__(self, est: Estimator, models: Sequence[tuple[str, str]]) -> None:
+        self._est = est
+        self.ids = tuple(i for i, _ in models)
+        heads = est.heads
+        found = [] if heads is None else [(i, heads.index(i), heads.index(u)) for i, u in models]
+        pairs = [(i, a if a is not None else b) for i, a, b in found]
+        hits = [(i, k) for i, k in pairs if k is not None]
+        self._head_ids = tuple(i for i, _ in hits)
+        self._head_idx = np.array([k for _, k in hits], dtype=np.intp)
+        if hits:
+            from router_models.signature import signature
+
+            self._signature = signature
+
+    def __call__(
+        self, messages: Sequence[Any], tools: Sequence[Any] | None = None
+    ) -> tuple[float, dict[str, float] | None]:
+        est = self._est
+        if not self._head_ids:
+            return est._compiled.difficulty(extract(messages).dense), None
+        assert est.heads is not None
+        # one feature pass: the signature's dense features (as training saw them) give the
+        # prior's difficulty, which is one input of the heads
+        sig = self._signature(messages, tools)
+        d = est._compiled.difficulty(sig.dense)
+        p = est.heads.p(sig, d, self._head_idx)
+        return d, dict(zip(self._head_ids, p.tolist(), strict=True))
+
+
+class Estimator:
+    """Difficulty of a chat request, and the chance each model handles it."""
+
+    __slots__ = ("_compiled", "_skills", "_weights", "discrimination", "heads", "metadata")
 
     def __init__(
         self,
@@ -175,6 +221,7 @@ class Estimator:
         skills: Mapping[str, float],
         discrimination: float,
         metadata: Mapping[str, Any] | None = None,
+        heads: Heads | None = None,
     ) -> None:
         _check_shapes(weights)
         if not (math.isfinite(discrimination) and discrimination > 0):
@@ -184,6 +231,7 @@ class Estimator:
         self._skills = {str(k): float(v) for k, v in skills.items()}
         self.discrimination = float(discrimination)
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self.heads = heads
 
     @property
     def weights(self) -> Weights:
@@ -197,9 +245,39 @@ class Estimator:
         """One scalar per request; higher is harder (skill units)."""
         return self._compiled.difficulty(extract(messages).dense)
 
+    def difficulty_of_dense(self, dense: F64) -> float:
+        """The difficulty of a request from its dense features (a signature's ``dense``)."""
+        return self._compiled.difficulty(np.asarray(dense, dtype=np.float64))
+
     def difficulties(self, batch: Sequence[Sequence[Any]]) -> F64:
         return np.array([self.difficulty(m) for m in batch], dtype=np.float64)
 
-    def p_acceptable(self, messages: Sequence[Any], skill: float) -> float:
-        """sigmoid(a * (skill - difficulty)), by `router_models.irt.irt_p`."""
+    def p_acceptable(
+        self, messages: Sequence[Any], skill: float | None = None, *, model: str | None = None
+    ) -> float:
+        """P(acceptable answer) of one model on this request.
+
+        ``model`` (a catalog id or upstream model name): the learned head's probability when
+        the artifact has labels for it, else the IRT link with its fitted skill (``skill``
+        wins when given). Without ``model``: sigmoid(a * (skill - difficulty)). Raises
+        ``KeyError`` for a model with neither a head nor a skill (and no ``skill`` given)."""
+        if model is not None:
+            k = self.heads.index(model) if self.heads is not None else None
+            if k is not None:
+                from router_models.signature import signature
+
+                assert self.heads is not None
+                sig = signature(messages)
+                d = self._compiled.difficulty(sig.dense)
+                return float(self.heads.p(sig, d, np.array([k]))[0])
+            if skill is None:
+                if model not in self._skills:
+                    raise KeyError(f"no head and no skill for model {model!r}")
+                skill = self._skills[model]
+        if skill is None:
+            raise TypeError("p_acceptable needs a skill or a model")
         return irt_p(self.discrimination, skill, self.difficulty(messages))
+
+    def scorer(self, models: Sequence[tuple[str, str]]) -> Scorer:
+        """A ``Scorer`` for (catalog id, upstream model name) pairs, heads matched by either."""
+        return Scorer(self, models)

@@ -1,7 +1,7 @@
 """Gateway request records: the one reader of the log, and labelled rows from it.
 
 The format is docs/contracts.md, "Request records". Two readers use this module: `effgate
-train --records` (`load_records` here) and `effgate report` (`gateway.report.data`, which
+train --records` (`load_examples` here) and `effgate report` (`gateway.report.data`, which
 keeps its own compact columns but takes its files and records from here), so both see the
 same records in the same order:
 
@@ -9,15 +9,17 @@ same records in the same order:
   oldest first: the gateway rotates `records.jsonl` to `records.jsonl.1`, `.1` to `.2`, ...,
   so a higher N is older (numerically: `.10` before `.2`). Several bases (two replicas' logs)
   are read one after the other, by name.
-- `RecordStream(files)`: every request and feedback record in that log order, streamed line
+- `RecordStream(files)`: every request, feedback and label record in that log order, streamed line
   by line (a log can be hundreds of MB). Lines it cannot use are counted, never fatal;
   requests from the `explain` endpoint (a routing decision shown, nothing served) are
   skipped and counted. A record without `endpoint` is from an older log: a chat request.
 
-Feedback joins onto requests by id, and the last one in log order wins. For training, a
-request gives one (prompt, model, score) label: `score` when sent, else 1/0 from `accepted`.
-Only chat requests carry a prompt; other requests (embeddings), requests without a prompt
-and requests without feedback are skipped and counted.
+Feedback and judge labels join onto requests by id, and the last one in log order wins.
+For training (`load_examples`), a chat request gives one example: its signature (recorded,
+or computed from a logged prompt) and a score per labelled model: feedback's `score` when
+sent, else 1/0 from `accepted`, for the model that served it; the shadow judge's grades for
+the served and the comparison models. Other requests (embeddings), requests without a
+signature or prompt and requests without labels are skipped and counted.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from typing import Any, Literal
 
 import orjson
 
-from router_models.data import DataError, Result, Row
+from router_models.data import DataError
+from router_models.learner import Example
+from router_models.signature import Signature, signature
 
 ROTATED_NAME = re.compile(r"^(?P<base>.+\.jsonl)(?:\.(?P<n>\d+))?$")
 IGNORED_ENDPOINTS = frozenset({"explain"})
-Kind = Literal["request", "feedback"]
+Kind = Literal["request", "feedback", "label"]
 
 
 class RecordsError(DataError):
@@ -78,6 +82,7 @@ class FileCounts:
     lines: int = 0
     requests: int = 0
     feedback: int = 0
+    labels: int = 0
     malformed: int = 0
 
 
@@ -131,6 +136,11 @@ class RecordStream:
                         self._bad(file, "request_id is not a string")
                         continue
                     file.feedback += 1
+                elif kind == "label":
+                    if type(rec.get("request_id")) is not str or type(rec.get("model")) is not str:
+                        self._bad(file, "label without a string request_id and model")
+                        continue
+                    file.labels += 1
                 elif type(rec) is dict:
                     self.other += 1
                     continue
@@ -148,6 +158,8 @@ class RecordStream:
             file.requests -= 1
         elif self._yielded == "feedback":
             file.feedback -= 1
+        elif self._yielded == "label":
+            file.labels -= 1
         self._yielded = None
         self._bad(file, why)
 
@@ -159,10 +171,14 @@ class RecordStream:
 
 @dataclass(frozen=True, slots=True)
 class RecordsSummary:
+    """What `load_examples` found: requests, labelled examples, labels by source, skips."""
+
     requests: int
     labelled: int
-    skipped_no_prompt: int
-    skipped_no_feedback: int
+    labels_feedback: int
+    labels_judge: int
+    skipped_no_signature: int
+    skipped_no_label: int
     bad_lines: int
     skipped_not_chat: int = 0
     ignored_explain: int = 0
@@ -178,56 +194,80 @@ def _label(feedback: dict[str, Any]) -> float | None:
     return None
 
 
-def load_records(path: Path) -> tuple[list[Row], RecordsSummary]:
-    """Labelled rows from a records file or directory, and what was skipped."""
-    stream = RecordStream(record_files(path))
-    requests: dict[str, dict[str, Any]] = {}
-    labels: dict[str, float] = {}
+def _signature(req: dict[str, Any]) -> Signature | None:
+    """The request's signature: the recorded one, else computed from a logged prompt."""
+    raw = req.get("signature")
+    if raw is not None:
+        return Signature.from_json(raw)  # ValueError: the caller counts a malformed line
+    prompt = req.get("prompt")
+    if isinstance(prompt, str) and prompt:
+        return signature([{"role": "user", "content": prompt}])
+    return None
+
+
+def load_examples(path: Path) -> tuple[list[Example], RecordsSummary]:
+    """Labelled examples from a records file or directory, and what was skipped.
+
+    Two passes over the log: the first collects labels by request id (feedback for the
+    served model, the last in log order winning; judge labels per model, the last per
+    model winning; feedback, a person's verdict, wins over a judge's grade of the same
+    model), the second builds one example per labelled chat request from its signature.
+    Memory holds labels and the labelled requests' signatures, never the whole log."""
+    files = record_files(path)
+    feedback: dict[str, float] = {}
+    judged: dict[str, dict[str, float]] = {}
+    for kind, rec in RecordStream(files):
+        if kind == "feedback":
+            label = _label(rec)
+            if label is not None:  # neither score nor accepted changes nothing
+                feedback[rec["request_id"]] = label
+        elif kind == "label":
+            score = rec.get("score")
+            if isinstance(score, int | float) and not isinstance(score, bool) and 0 <= score <= 1:
+                judged.setdefault(rec["request_id"], {})[rec["model"]] = float(score)
+    stream = RecordStream(files)
+    seen: dict[str, int] = {}
+    examples: list[Example] = []
+    not_chat = no_sig = no_label = n_fb = n_judge = requests = 0
     for kind, rec in stream:
-        if kind == "request":
-            requests[rec["id"]] = rec  # a repeated id: the last record counts
+        if kind != "request":
             continue
-        label = _label(rec)
-        if label is not None:  # feedback with neither score nor accepted changes nothing
-            labels[rec["request_id"]] = label  # log order, oldest first: the last one wins
-    by_prompt: dict[str, dict[str, list[float]]] = {}
-    tasks: dict[str, str] = {}
-    not_chat = no_prompt = no_feedback = labelled = 0
-    for rid, req in requests.items():
-        if (req.get("endpoint") or "chat") != "chat":
+        rid = rec["id"]
+        if rid in seen:  # a repeated id (a replayed log): the last record counts
+            continue
+        requests += 1
+        seen[rid] = -1
+        if (rec.get("endpoint") or "chat") != "chat":
             not_chat += 1  # embeddings: real spend, but no prompt to learn from
             continue
-        prompt = req.get("prompt")
-        if not isinstance(prompt, str) or not prompt:
-            no_prompt += 1
+        labels = dict(judged.get(rid, {}))
+        model = rec.get("model")
+        if rid in feedback and isinstance(model, str):
+            labels[model] = feedback[rid]
+        if not labels:
+            no_label += 1
             continue
-        label = labels.get(rid)
-        model = req.get("model")
-        if label is None or not isinstance(model, str):
-            no_feedback += 1
+        try:
+            sig = _signature(rec)
+        except ValueError as exc:
+            stream.malformed(f"signature: {exc}")
             continue
-        labelled += 1
-        by_prompt.setdefault(prompt, {}).setdefault(model, []).append(label)
-        tasks.setdefault(prompt, str(req.get("task") or "records"))
-    # one row per distinct prompt; repeated (prompt, model) labels are averaged
-    rows = [
-        Row(
-            id=f"records:{k}",
-            source="records",
-            task=tasks[prompt],
-            messages=({"role": "user", "content": prompt},),
-            results={m: Result(score=sum(v) / len(v)) for m, v in models.items()},
-            prompt_chars=len(prompt),
-        )
-        for k, (prompt, models) in enumerate(by_prompt.items())
-    ]
+        if sig is None:
+            no_sig += 1
+            continue
+        n_fb += int(rid in feedback and isinstance(model, str))
+        n_judge += len(judged.get(rid, {}))
+        seen[rid] = len(examples)
+        examples.append(Example(sig=sig, labels=labels, group=sig.digest))
     summary = RecordsSummary(
-        requests=len(requests),
-        labelled=labelled,
-        skipped_no_prompt=no_prompt,
-        skipped_no_feedback=no_feedback,
+        requests=requests,
+        labelled=len(examples),
+        labels_feedback=n_fb,
+        labels_judge=n_judge,
+        skipped_no_signature=no_sig,
+        skipped_no_label=no_label,
         bad_lines=stream.malformed_lines,
         skipped_not_chat=not_chat,
         ignored_explain=stream.explain,
     )
-    return rows, summary
+    return examples, summary

@@ -1,12 +1,13 @@
 """`effgate train`: labelled data (shared JSONL and/or gateway records) -> artifact directory.
 
     effgate train --data F.jsonl [--data ...] --out DIR [--seed N]
-    effgate train --records PATH [--base DIR] --out DIR [--seed N]
+        train the prior from scratch: IRT difficulty, the regressor, calibration
+    effgate train --records PATH [--data F.jsonl ...] [--base DIR] --out DIR [--force]
+    effgate train --data F.jsonl --base DIR --out DIR [--force]
+        adapt a base artifact (default: the shipped one) to these labels: learned per-model
+        heads, written only when they beat the base on held-out labels (router_models.adapt)
 
-With --records, each request record that carries a prompt and feedback is one
-(prompt, model, score) label. Those labels are added to the base artifact's training data
-when its files are found under --data-dir with the same sha256, else used alone; skills of models
-the base artifact knows stay anchored at its values. Deterministic for a fixed seed.
+Deterministic for a fixed seed.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from router_models.artifact import ArtifactError, load_estimator, save_artifact
-from router_models.data import DataError, Dataset, Price, Row, load_dataset, sha256_file
+from router_models import adapt
+from router_models.artifact import ArtifactError, save_artifact
+from router_models.data import DataError, Price, Row, load_dataset, sha256_file
 from router_models.evaluate import evaluate_rows
 from router_models.fit import TRAIN_EXTRA, FitParams, MissingExtra, sklearn_models
 from router_models.pipeline import train
-from router_models.records import load_records
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,17 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", action="append", default=[], type=Path)
     p.add_argument("--records", type=Path)
-    p.add_argument("--base", type=Path, help="artifact to extend (default: the shipped one)")
-    p.add_argument("--out", required=True, type=Path)
     p.add_argument(
-        "--data-dir",
+        "--base",
         type=Path,
-        default=Path("."),
-        help="where --records retraining looks for the base artifact's training files "
-        "(metadata.json stores their names relative to their data directory)",
+        help="adapt this artifact to the labels (with --records: default the shipped one)",
     )
+    p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-fraction", type=float, default=0.15)
+    adapt.add_arguments(p)
     return p
 
 
@@ -58,19 +57,6 @@ def data_entries(paths: Sequence[Path]) -> list[dict[str, str]]:
     resolved = [p.resolve() for p in paths]
     root = Path(os.path.commonpath([p.parent for p in resolved]))
     return [{"file": p.relative_to(root).as_posix(), "sha256": sha256_file(p)} for p in resolved]
-
-
-def _base_data(meta: dict[str, Any], data_dir: Path) -> tuple[list[Path], list[str]]:
-    """Base training files found unchanged under data_dir, and notes on the others."""
-    usable, notes = [], []
-    for entry in meta.get("training_data", []):
-        name = str(entry.get("file", ""))
-        path = data_dir / name
-        if name and path.is_file() and sha256_file(path) == entry.get("sha256"):
-            usable.append(path)
-        else:
-            notes.append(f"base data {name!r} missing or changed under {data_dir}; not reused")
-    return usable, notes
 
 
 def _held_out_reports(
@@ -113,6 +99,12 @@ def main(argv: list[str]) -> int:
     if not args.data and args.records is None:
         print("effgate train: give --data FILE (repeatable) and/or --records PATH", file=sys.stderr)
         return 2
+    if args.records is not None or args.base is not None:
+        try:
+            return adapt.main(args)
+        except (ArtifactError, DataError, OSError, ValueError) as exc:
+            print(f"effgate train: {exc}", file=sys.stderr)
+            return 1
     try:  # before reading any data: fitting needs both
         tqdm = progress_bar()
         sklearn_models()
@@ -120,35 +112,16 @@ def main(argv: list[str]) -> int:
         print(f"effgate train: {exc}", file=sys.stderr)
         return 2
     notes: list[str] = []
-    anchors: dict[str, float] = {}
-    anchor_a: float | None = None
     data_paths: list[Path] = list(args.data)
     try:
-        if args.records is not None:
-            base = load_estimator(args.base)
-            anchors, anchor_a = base.skills, base.discrimination
-            reused, notes = _base_data(base.metadata, args.data_dir)
-            data_paths = [*reused, *(p for p in data_paths if p not in reused)]
-        dataset = load_dataset(data_paths) if data_paths else Dataset(rows=())
+        dataset = load_dataset(data_paths)
         rows = list(dataset.rows)
-        summary = None
-        if args.records is not None:
-            record_rows, summary = load_records(args.records)
-            rows += record_rows
-            print(
-                f"records: {summary.labelled} labels from {summary.requests} requests; skipped "
-                f"{summary.skipped_no_prompt} without prompt, {summary.skipped_no_feedback} "
-                f"without feedback, {summary.bad_lines} unreadable lines",
-                file=sys.stderr,
-            )
         if len(rows) < 10:
             raise DataError(f"only {len(rows)} labelled prompts; need at least 10")
         with tqdm(total=len(rows), desc="features", unit="prompt", file=sys.stderr) as bar:
             trained = train(
                 rows,
                 seed=args.seed,
-                anchors=anchors or None,
-                anchor_discrimination=anchor_a,
                 test_fraction=args.test_fraction,
                 step=lambda s: bar.set_description(s),
                 featurize_progress=bar,
@@ -163,8 +136,8 @@ def main(argv: list[str]) -> int:
     )
     meta = {
         "training_data": data_entries(data_paths),
-        "records": None if summary is None else {"name": args.records.name, **asdict(summary)},
-        "anchored_skills": sorted(anchors),
+        "records": None,
+        "anchored_skills": [],
         "seed": args.seed,
         "params": asdict(FitParams()),
         "rows": {"train": trained.n_train, "held_out": trained.n_test},

@@ -226,3 +226,138 @@ def latency_histograms(rec: Records, bins: int = 30) -> list[LatencyHistogram]:
             LatencyHistogram(rec.models[model], tuple(map(float, edges)), tuple(map(int, counts)))
         )
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class ModelReliability:
+    """One model's reliability: observed acceptance per bin of the P it was served with, and
+    the Brier score of that P against the prior's P for the same requests (where recorded)."""
+
+    model: str
+    requests: int  # served with an outcome (feedback, or the judge's grade) and a p
+    bins: tuple[CalibrationBin, ...]
+    brier: float | None
+    brier_prior: float | None  # None when no request recorded the prior's P
+
+
+@dataclass(frozen=True, slots=True)
+class Disagreement:
+    """Where the learned router and the prior would choose differently, per route.
+
+    For every request with a bar whose eligible candidates all have both Ps, the choice each
+    would make (the cheapest eligible candidate at or above the bar, else the highest P) is
+    compared; `learned_cheaper` counts disagreements where the learned router's choice has
+    the lower expected cost. Acceptance is over the disagreeing requests with an outcome."""
+
+    route: str
+    decisions: int
+    differ: int
+    learned_cheaper: int
+    learned_dearer: int
+    mean_abs_p_gap: float | None  # |p - p_prior| of the served model, over the decisions
+    acceptance_when_differ: float | None
+    outcomes_when_differ: int
+
+
+def _choose(p: NDArray[np.float64], cost: NDArray[np.float64], bar: float) -> int:
+    above = np.flatnonzero(p >= bar)
+    if above.size:
+        return int(above[np.lexsort((-p[above], cost[above]))[0]])
+    return int(np.argmax(p))
+
+
+def reliability_by_model(rec: Records, width: float = 0.1) -> list[ModelReliability]:
+    """Per served model, most outcomes first (requests with an outcome and a p)."""
+    rows = (rec.accepted != NO_FEEDBACK) & np.isfinite(rec.p) & (rec.model >= 0)
+    prior = _served_prior(rec)
+    out = []
+    for code in np.unique(rec.model[rows]):
+        sel = rows & (rec.model == code)
+        p, ok = rec.p[sel], (rec.accepted[sel] == ACCEPTED).astype(np.float64)
+        edges = int(round(1 / width))
+        index = np.clip((p / width).astype(np.int64), 0, edges - 1)
+        bins = []
+        for i in range(edges):
+            b = index == i
+            n = int(b.sum())
+            if n:
+                k = int(ok[b].sum())
+                low, high = wilson(k, n)
+                bins.append(
+                    CalibrationBin(
+                        i * width, (i + 1) * width, n, float(p[b].mean()), k / n, low, high
+                    )
+                )
+        pp = prior[sel]
+        has = np.isfinite(pp)
+        out.append(
+            ModelReliability(
+                model=rec.models[int(code)],
+                requests=int(sel.sum()),
+                bins=tuple(bins),
+                brier=float(np.mean((p - ok) ** 2)),
+                brier_prior=float(np.mean((pp[has] - ok[has]) ** 2)) if has.any() else None,
+            )
+        )
+    out.sort(key=lambda r: -r.requests)
+    return out
+
+
+def _served_prior(rec: Records) -> NDArray[np.float64]:
+    """The prior's P of the model that served each request (nan where not recorded)."""
+    out = np.full(rec.n, np.nan)
+    prior = rec.cand_p_prior
+    if prior is None or prior.size == 0:
+        return out
+    row = np.repeat(np.arange(rec.n), np.diff(rec.cand_offsets))
+    match = np.flatnonzero(rec.cand_model == rec.model[row])
+    rows, first = np.unique(row[match], return_index=True)
+    out[rows] = prior[match[first]]
+    return out
+
+
+def disagreement(rec: Records) -> list[Disagreement]:
+    """Per route: how often, and which way, the learned router departs from the prior."""
+    prior = rec.cand_p_prior
+    if prior is None:
+        return []
+    served_prior = _served_prior(rec)
+    tallies: dict[int, list[float]] = {}
+    for i in range(rec.n):
+        bar = rec.bar[i]
+        lo, hi = rec.cand_offsets[i], rec.cand_offsets[i + 1]
+        ok = rec.cand_eligible[lo:hi]
+        p, pp, cost = rec.cand_p[lo:hi][ok], prior[lo:hi][ok], rec.cand_cost[lo:hi][ok]
+        if (
+            not np.isfinite(bar)
+            or p.size == 0
+            or not (np.isfinite(p).all() and np.isfinite(pp).all())
+        ):
+            continue
+        t = tallies.setdefault(int(rec.route[i]), [0, 0, 0, 0, 0.0, 0, 0])
+        learned, by_prior = _choose(p, cost, float(bar)), _choose(pp, cost, float(bar))
+        t[0] += 1
+        if np.isfinite(served_prior[i]) and np.isfinite(rec.p[i]):
+            t[4] += abs(float(rec.p[i]) - float(served_prior[i]))
+        if learned != by_prior:
+            t[1] += 1
+            t[2] += cost[learned] < cost[by_prior]
+            t[3] += cost[learned] > cost[by_prior]
+            if rec.accepted[i] != NO_FEEDBACK:
+                t[5] += 1
+                t[6] += rec.accepted[i] == ACCEPTED
+    out = []
+    for code, (n, differ, cheaper, dearer, gap, outcomes, accepted) in sorted(tallies.items()):
+        out.append(
+            Disagreement(
+                route=rec.routes[code] if code >= 0 else "(none)",
+                decisions=int(n),
+                differ=int(differ),
+                learned_cheaper=int(cheaper),
+                learned_dearer=int(dearer),
+                mean_abs_p_gap=gap / n if n else None,
+                acceptance_when_differ=accepted / outcomes if outcomes else None,
+                outcomes_when_differ=int(outcomes),
+            )
+        )
+    return out

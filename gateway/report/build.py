@@ -23,15 +23,19 @@ import orjson
 
 from gateway.report.analysis import (
     CalibrationBin,
+    Disagreement,
     GroupStats,
     LatencyHistogram,
+    ModelReliability,
     Span,
     SpendSeries,
     calibration,
+    disagreement,
     grouped,
     iso,
     latency_histograms,
     overall,
+    reliability_by_model,
     span_of,
     spend_series,
 )
@@ -87,6 +91,8 @@ class Report:
     latency: list[LatencyHistogram]
     findings: list[Finding]
     totals: Totals
+    reliability: list[ModelReliability] = field(default_factory=list)
+    disagreement: list[Disagreement] = field(default_factory=list)
     plots: dict[str, str] = field(default_factory=dict)  # plot key -> PNG file name in OUT
 
 
@@ -146,6 +152,8 @@ def build(
         latency=latency_histograms(rec),
         findings=[f for f, _ in over + under],
         totals=totals,
+        reliability=reliability_by_model(rec),
+        disagreement=disagreement(rec),
     )
 
 

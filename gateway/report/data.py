@@ -89,6 +89,8 @@ class Records:
     cand_p: NDArray[np.float64]
     cand_cost: NDArray[np.float64]
     cand_eligible: NDArray[np.bool_]
+    # the prior's P (IRT link of the skill) beside the P the decision used; nan when absent
+    cand_p_prior: NDArray[np.float64] | None = None
 
     @property
     def n(self) -> int:
@@ -156,6 +158,7 @@ class _Builder:
         self.cols: tuple[array[Any], ...] = tuple(array(t) for _, t in COLUMNS)
         self.cand_offsets = array("q", [0])
         self.cand_model, self.cand_p, self.cand_cost = array("i"), array("d"), array("d")
+        self.cand_p_prior = array("d")
         self.cand_eligible = array("b")
         self.keep = array("b")
         self.index: dict[str, int] = {}
@@ -167,9 +170,10 @@ class _Builder:
         for col, value in zip(self.cols, row, strict=True):
             col.append(value)
         models = self.vocab["model"]
-        for model, p, cost, eligible in cands:
+        for model, p, cost, eligible, p_prior in cands:
             self.cand_model.append(models.code(model))
             self.cand_p.append(p)
+            self.cand_p_prior.append(p_prior)
             self.cand_cost.append(cost)
             self.cand_eligible.append(eligible)
         self.cand_offsets.append(len(self.cand_model))
@@ -196,7 +200,8 @@ class _Builder:
                 raise Malformed("a decision candidate has no model")
             p = _number(cand.get("p"), "p", NAN)
             cost = _number(cand.get("expected_cost_usd"), "expected_cost_usd", NAN)
-            cands.append((model, p, cost, cand.get("eligible", True) is True))
+            p_prior = _number(cand.get("p_prior"), "p_prior", NAN)
+            cands.append((model, p, cost, cand.get("eligible", True) is True, p_prior))
         cost = _number(get("cost_usd"), "cost_usd", 0.0)
         vocab = self.vocab
         row = (
@@ -237,6 +242,7 @@ def load_records(paths: Iterable[Path], since: float | None = None) -> tuple[Rec
     """Stream every file once; return compact columns plus counts of what was skipped and why."""
     build = _Builder()
     feedback: dict[str, int] = {}
+    judged: dict[str, int] = {}
     counts = dict.fromkeys(("dup", "window", "empty", "score", "override"), 0)
     stream = RecordStream(paths, max_examples=MAX_EXAMPLES)
     for kind, rec in stream:
@@ -254,6 +260,12 @@ def load_records(paths: Iterable[Path], since: float | None = None) -> tuple[Rec
                 build.keep[build.index[rid]] = 0
             build.index[rid] = len(build.keep)
             build.keep.append(1)
+        elif kind == "label":
+            # the shadow judge's grade of the answer the client got: an outcome where no
+            # person sent feedback (feedback, read below, wins)
+            score = rec.get("score")
+            if rec.get("served") is True and isinstance(score, int | float):
+                judged[rec["request_id"]] = ACCEPTED if score >= 0.5 else REJECTED
         else:
             rid = rec["request_id"]
             verdict = _verdict(rec)
@@ -263,6 +275,8 @@ def load_records(paths: Iterable[Path], since: float | None = None) -> tuple[Rec
             counts["score"] += not isinstance(rec.get("accepted"), bool)
             counts["override"] += rid in feedback
             feedback[rid] = verdict
+    for rid, verdict in judged.items():
+        feedback.setdefault(rid, verdict)
     records = _finish(build, feedback)
     orphans = sum(1 for rid in feedback if rid not in build.index)
     files = tuple(
@@ -311,5 +325,6 @@ def _finish(build: _Builder, feedback: dict[str, int]) -> Records:
         cand_p=np.frombuffer(build.cand_p, dtype=np.float64)[cand_keep],
         cand_cost=np.frombuffer(build.cand_cost, dtype=np.float64)[cand_keep],
         cand_eligible=np.frombuffer(build.cand_eligible, dtype=np.int8)[cand_keep].astype(bool),
+        cand_p_prior=np.frombuffer(build.cand_p_prior, dtype=np.float64)[cand_keep],
         **cols,
     )

@@ -166,12 +166,39 @@ def _excess(report: Report) -> str:
     return table(columns, report.excess)
 
 
+def _learning(report: Report) -> str:
+    rel: list[Column] = [
+        ("model", lambda r: r.model, "text"),
+        ("requests with an outcome", lambda r: r.requests, "int"),
+        ("Brier (P used)", lambda r: r.brier, "p"),
+        ("Brier (prior's P)", lambda r: r.brier_prior, "p"),
+    ]
+    dis: list[Column] = [
+        ("route", lambda d: d.route, "text"),
+        ("decisions", lambda d: d.decisions, "int"),
+        ("learned differs", lambda d: d.differ, "int"),
+        ("learned cheaper", lambda d: d.learned_cheaper, "int"),
+        ("learned dearer", lambda d: d.learned_dearer, "int"),
+        ("mean |P - prior|", lambda d: d.mean_abs_p_gap, "p"),
+        ("acceptance when different", lambda d: d.acceptance_when_differ, "pct"),
+        ("outcomes", lambda d: d.outcomes_when_differ, "int"),
+    ]
+    out = table(rel, report.reliability) if report.reliability else "<p>No outcomes yet.</p>"
+    if any(d.differ for d in report.disagreement):
+        out += "<p>Where the learned router chooses differently from the prior:</p>"
+        out += table(dis, report.disagreement)
+    elif report.disagreement:
+        out += "<p>The learned router and the prior choose the same model everywhere.</p>"
+    return out
+
+
 def _plots(report: Report) -> str:
     captions = {
         "spend_over_time": "Spend vs baseline (what the reference model would have cost) over time",
         "model_mix": "Model mix per route",
         "cost_per_accepted": "Cost per accepted outcome per route and model",
         "calibration": "Observed acceptance vs predicted quality (calibration)",
+        "reliability": "Reliability per model: predicted P against observed acceptance",
         "latency": "Latency distribution per model",
     }
     return "".join(
@@ -221,6 +248,8 @@ def render(report: Report) -> str:
         table([ROUTE, MODEL, *GROUP_COLUMNS], report.route_models),
         "<h2>Per task and model</h2>",
         table([TASK, MODEL, *GROUP_COLUMNS], report.task_models),
+        "<h2>Calibration per model, and the learned router against the prior</h2>",
+        _learning(report),
         "<h2>Spend above a cheaper candidate that cleared the bar, by cause</h2>",
         _excess(report),
         "<h2>Input</h2>",

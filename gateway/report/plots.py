@@ -19,7 +19,14 @@ if TYPE_CHECKING:
 
     from gateway.report.build import Report
 
-PLOTS = ("spend_over_time", "model_mix", "cost_per_accepted", "calibration", "latency")
+PLOTS = (
+    "spend_over_time",
+    "model_mix",
+    "cost_per_accepted",
+    "calibration",
+    "reliability",
+    "latency",
+)
 
 
 class PlotsUnavailable(ImportError):
@@ -50,6 +57,7 @@ def draw(report: Report, out: Path) -> dict[str, str]:
         "model_mix": _mix,
         "cost_per_accepted": _cost_per_accepted,
         "calibration": _calibration,
+        "reliability": _reliability,
         "latency": _latency,
     }
     files = {}
@@ -155,6 +163,29 @@ def _calibration(fig: Figure, report: Report) -> None:
     ax.set_ylabel("observed acceptance")
     ax.set_title("Acceptance vs predicted quality")
     ax.legend(loc="upper left", fontsize="small")
+
+
+def _reliability(fig: Figure, report: Report) -> None:
+    shown = [r for r in report.reliability if r.bins][:8]
+    if not shown:
+        _empty(fig, "no served requests with both an outcome and a predicted p")
+        return
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="#999", linestyle="--", label="perfect calibration")
+    for r in shown:
+        x = [b.mean_predicted_p for b in r.bins]
+        y = [b.acceptance for b in r.bins]
+        brier = "" if r.brier is None else f", Brier {r.brier:.3f}"
+        prior = "" if r.brier_prior is None else f" (prior {r.brier_prior:.3f})"
+        ax.plot(
+            x, y, "o-", markersize=4, label=f"{text(r.model, 24)}: n={r.requests}{brier}{prior}"
+        )
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("predicted P(acceptable) of the serving model")
+    ax.set_ylabel("observed acceptance (feedback, else the judge)")
+    ax.set_title("Reliability per model")
+    ax.legend(loc="upper left", fontsize="x-small")
 
 
 def _latency(fig: Figure, report: Report) -> None:

@@ -102,7 +102,8 @@ models:
      input_usd_per_mtok: 3.0, output_usd_per_mtok: 15.0, context_window: 128000, skill: 3.0,
      max_retries: 0}}
 routes:
-  - {{name: auto, candidates: [small, big], quality_bar: 0.5, reference_model: big}}
+  - {{name: auto, candidates: [small, big], quality_bar: 0.5, reference_model: big,
+     shadow: {{sample: 0.5, judge: big, daily_usd: 1.0}}}}
   - {{name: premium, candidates: [big]}}
 default_route: auto
 """

@@ -15,8 +15,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.accountant import iso
 from gateway.accounting import Usage, cost_usd, usage_from
+from gateway.records import iso
 from policies.compile import CompiledPolicy
 from policies.loader import build_policy
 from tests.fakes.servers import FakeUpstreamHandle

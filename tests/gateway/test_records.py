@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.metrics import Metrics
 from gateway.records import JSONLFile, RecordLog
+from router_models.signature import Signature
 from tests.fakes.servers import FakeUpstreamHandle
 from tests.gateway.conftest import GatewayFactory, PolicyFactory, chat
 
@@ -24,7 +25,7 @@ REQUEST_KEYS = {
     "upstream_ms",
 }  # fmt: skip
 DECISION_KEYS = {"reason", "difficulty", "p", "quality_bar", "rule", "fallbacks", "candidates"}
-CANDIDATE_KEYS = {"model", "p", "expected_cost_usd", "eligible", "reason"}
+CANDIDATE_KEYS = {"model", "p", "p_prior", "expected_cost_usd", "eligible", "reason"}
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
@@ -150,7 +151,9 @@ def test_request_record_matches_the_contract(
             headers={"x-request-id": "rec-1"},
         )
     (rec,) = gw.records(at_least=1)
-    assert set(rec) == REQUEST_KEYS, "no prompt unless the policy sets log_prompts"
+    assert set(rec) == REQUEST_KEYS | {"signature"}, "no prompt unless the policy sets log_prompts"
+    sig = Signature.from_json(rec["signature"])  # hashed features, never the text
+    assert sig.digest and "summarize" not in orjson.dumps(rec["signature"]).decode()
     assert rec["type"] == "request" and rec["id"] == "rec-1" and rec["endpoint"] == "chat"
     assert TIME.match(rec["time"]), rec["time"]
     assert (rec["tenant"], rec["route"], rec["model"]) == ("default", "routed", "big")

@@ -137,6 +137,26 @@ def test_bar_route_needs_a_finite_difficulty(compile_text):
         decide(policy, RouteInput(model="chat", difficulty=math.inf), STATS)
 
 
+def test_per_candidate_probabilities_decide_where_given(compile_text):
+    policy = compile_text(THREE)
+    # at difficulty 3 the skills say "big, below the bar"; the learned P says small clears it
+    inp = RouteInput(model="chat", difficulty=3.0, p={"small": 0.9, "big": 0.97}, prompt_tokens=5)
+    d = decide(policy, inp, STATS)
+    assert (d.model, d.reason, d.p) == ("small", "cheapest_above_bar", 0.9)
+    by_model = {c.model: c.p for c in d.candidates}
+    # a model without a learned P falls back to the IRT link of its skill
+    assert by_model["mid"] == pytest.approx(p_acceptable(1.0, 1.0, 3.0))
+    assert d.fallbacks == ("big", "mid")
+    # probabilities alone are enough for a bar route (no difficulty)
+    only_p = RouteInput(model="chat", p={"small": 0.1, "mid": 0.85, "big": 0.99})
+    assert decide(policy, only_p, STATS).model == "mid"
+    for bad in (1.5, -0.1, math.nan):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            decide(policy, replace(only_p, p={"small": bad}), STATS)
+    # pure: the same inputs, the same decision
+    assert decide(policy, inp, STATS) == decide(policy, inp, STATS)
+
+
 def test_eligibility_reasons_in_the_table(compile_text):
     policy = compile_text(THREE)
     inp = RouteInput(

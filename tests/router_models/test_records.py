@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 
 from router_models.data import DataError
-from router_models.records import RecordsError, RecordStream, load_records, record_files
+from router_models.records import RecordsError, RecordStream, load_examples, record_files
+from router_models.signature import signature
 from tests.router_models.records_log import accept_then_reject, feedback, request, write
+
+
+def _digest(rid: str) -> str:
+    return signature([{"role": "user", "content": f"Q {rid}?"}]).digest
 
 
 def test_files_oldest_first_numerically_per_base(tmp_path: Path) -> None:
@@ -32,10 +37,10 @@ def test_missing_or_empty_paths_are_errors(tmp_path: Path) -> None:
 
 
 def test_the_last_verdict_in_log_order_wins(tmp_path: Path) -> None:
-    rows, summary = load_records(accept_then_reject(tmp_path / "logs"))
-    label = {r.messages[0]["content"]: r.results["m"].score for r in rows}
-    assert label == {"Q a?": 0.0}  # the newer file's reject, not the older accept
-    assert (summary.requests, summary.labelled, summary.skipped_no_feedback) == (2, 1, 1)
+    examples, summary = load_examples(accept_then_reject(tmp_path / "logs"))
+    label = {e.group: e.labels["m"] for e in examples}
+    assert label == {_digest("a"): 0.0}  # the newer file's reject, not the older accept
+    assert (summary.requests, summary.labelled, summary.skipped_no_label) == (2, 1, 1)
 
 
 def test_rotation_order_is_numeric_not_lexical(tmp_path: Path) -> None:
@@ -45,8 +50,8 @@ def test_rotation_order_is_numeric_not_lexical(tmp_path: Path) -> None:
     write(tmp_path / "records.jsonl.2", feedback("a", score=0.25))
     write(tmp_path / "records.jsonl.1", feedback("a", accepted=False))
     write(tmp_path / "records.jsonl", feedback("a"))  # neither accepted nor score: no change
-    rows, _ = load_records(tmp_path)
-    assert [r.results["m"].score for r in rows] == [0.0]
+    examples, _ = load_examples(tmp_path)
+    assert [e.labels["m"] for e in examples] == [0.0]
 
 
 def test_explain_ignored_embeddings_skipped(tmp_path: Path) -> None:
@@ -61,8 +66,8 @@ def test_explain_ignored_embeddings_skipped(tmp_path: Path) -> None:
         request("old"),  # no endpoint: an older log's chat request
         feedback("old", accepted=True),
     )
-    rows, summary = load_records(path)
-    assert sorted(r.messages[0]["content"] for r in rows) == ["Q c?", "Q old?"]
+    examples, summary = load_examples(path)
+    assert sorted(e.group for e in examples) == sorted([_digest("c"), _digest("old")])
     assert (summary.requests, summary.labelled) == (3, 2)
     assert (summary.ignored_explain, summary.skipped_not_chat) == (1, 1)
 
@@ -95,3 +100,26 @@ def test_unreadable_file(tmp_path: Path) -> None:
     (tmp_path / "records.jsonl").mkdir()
     with pytest.raises(RecordsError, match="cannot read"):
         list(RecordStream([tmp_path / "records.jsonl"]))
+
+
+def test_signatures_and_judge_labels_make_examples_without_prompts(tmp_path: Path) -> None:
+    sig = signature([{"role": "user", "content": "Q s?"}]).to_json()
+    path = write(
+        tmp_path / "records.jsonl",
+        request("s", prompt=None, signature=sig),
+        {"type": "label", "request_id": "s", "model": "m", "score": 0.2, "source": "judge"},
+        {"type": "label", "request_id": "s", "model": "big", "score": 0.9, "source": "judge"},
+        feedback("s", accepted=True),  # a person's verdict wins over the judge's for "m"
+        request("nosig", prompt=None),
+        feedback("nosig", accepted=True),
+        request("bad", prompt=None, signature={"v": 1, "ids": "%%%"}),
+        feedback("bad", accepted=True),
+        {"type": "label", "request_id": "s", "model": "big", "score": 7},  # out of range
+        {"type": "label", "request_id": 5, "model": "big", "score": 1},  # malformed line
+    )
+    examples, summary = load_examples(path)
+    (e,) = examples
+    assert e.labels == {"m": 1.0, "big": 0.9} and e.group == _digest("s")
+    assert (summary.labels_feedback, summary.labels_judge) == (1, 2)
+    assert summary.skipped_no_signature == 1
+    assert summary.bad_lines == 2  # the bad signature and the malformed label

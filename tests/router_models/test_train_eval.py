@@ -10,6 +10,7 @@ from router_models import load_estimator
 from router_models.data import LabelMatrix
 from router_models.evaluate import main as eval_main
 from router_models.irt import calibrate, fit_irt
+from router_models.signature import signature
 from router_models.train import main as train_main
 
 from .conftest import MODELS, write_dataset
@@ -167,53 +168,79 @@ def _records(path: Path, n: int, seed: int) -> Path:
     return path
 
 
-def test_train_from_records_anchors_known_skills(tmp_path, synth_file, synth_artifact, capsys):
-    recs = _records(tmp_path / "records.jsonl", 300, 1)
-    out = tmp_path / "retrained"
-    rc = train_main(
-        [
-            "--records",
-            str(recs),
-            "--base",
-            str(synth_artifact),
-            "--data-dir",
-            str(synth_file.parent),
-            "--out",
-            str(out),
-        ]
-    )
-    assert rc == 0
-    err = capsys.readouterr().err
-    assert "skipped 30 without prompt" in err and "unreadable lines" in err
+def _judged_records(path: Path, n: int, seed: int, noise: bool = False) -> Path:
+    """Records whose labels have a per-model structure no difficulty can express: "small"
+    answers "alpha" prompts well and "beta" prompts badly, "big" the other way round.
+    Half the requests carry a signature (no prompt), half a logged prompt; the judge grades
+    both models, feedback the served one. ``noise``: labels are coin flips."""
+    rng = np.random.default_rng(seed)
+    lines: list[dict[str, object]] = []
+    for i in range(n):
+        kind = "alpha" if i % 2 else "beta"
+        prompt = f"Please handle this {kind} request number {i} about topic {i % 13}."
+        rid = f"req_{i}"
+        served = "small" if i % 3 else "big"
+        req: dict[str, object] = {"type": "request", "id": rid, "model": served, "status": 200}
+        if i % 4 < 2:
+            req["signature"] = signature([{"role": "user", "content": prompt}]).to_json()
+        else:
+            req["prompt"] = prompt
+        lines.append(req)
+        for model in ("small", "big"):
+            good = (model == "small") == (kind == "alpha")
+            p = 0.5 if noise else (0.9 if good else 0.1)
+            score = float(rng.random() < p)
+            lines.append({"type": "label", "request_id": rid, "model": model, "score": score})
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken\n", encoding="utf-8")
+    return path
+
+
+ALPHA = [{"role": "user", "content": "Please handle this alpha request number 999 about topic 1."}]
+BETA = [{"role": "user", "content": "Please handle this beta request number 998 about topic 2."}]
+
+
+def test_train_from_records_learns_per_model_heads_behind_the_gate(
+    tmp_path, synth_artifact, capsys
+):
+    recs = _judged_records(tmp_path / "records.jsonl", 400, 1)
+    out = tmp_path / "adapted"
+    rc = train_main(["--records", str(recs), "--base", str(synth_artifact), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "held-out comparison" in captured.out and "verdict: better" in captured.out
+    assert "unreadable lines" in captured.err
     base, new = load_estimator(synth_artifact), load_estimator(out)
-    assert new.discrimination == pytest.approx(base.discrimination)
-    for m in ("big", "mid", "small"):
-        assert new.skills[m] == pytest.approx(base.skills[m])
-    assert "fresh" in new.skills
-    meta = new.metadata
-    assert meta["records"]["skipped_no_prompt"] == 30
-    assert meta["records"]["labelled"] + 30 + meta["records"]["skipped_no_feedback"] == 300
-    # the base artifact's data file is found unchanged under --data-dir, so it was reused
-    assert meta["training_data"] == base.metadata["training_data"]
-    assert meta["training_data"][0]["file"] == "synth.jsonl"
+    assert new.heads is not None and set(new.heads.models) == {"small", "big"}
+    # the structure is recovered: which model wins depends on the prompt, not on difficulty
+    assert (
+        new.p_acceptable(ALPHA, model="small") > 0.7 > 0.3 > new.p_acceptable(BETA, model="small")
+    )
+    assert new.p_acceptable(BETA, model="big") > 0.7 > 0.3 > new.p_acceptable(ALPHA, model="big")
+    # a model without a head keeps the prior's IRT link and skill
+    assert new.p_acceptable(ALPHA, model="mid") == pytest.approx(
+        base.p_acceptable(ALPHA, base.skills["mid"])
+    )
+    meta = new.metadata["adapted"]
+    cmp = meta["comparison"]
+    # both models are right half the time (no pair to route), so Brier decides
+    assert cmp["better"] is True and cmp["mean_brier"]["new"] < cmp["mean_brier"]["base"] - 0.05
+    assert meta["sources"]["records"]["labelled"] == 400 and meta["forced"] is False
+    assert new.weights.dense_coef.tolist() == base.weights.dense_coef.tolist()  # prior kept
 
 
-def test_train_from_records_alone_when_base_data_is_gone(tmp_path, capsys):
-    data = write_dataset(tmp_path / "gone.jsonl", n=80, seed=2)
-    base = tmp_path / "base"
-    assert train_main(["--data", str(data), "--out", str(base)]) == 0
-    data.unlink()
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    _records(logs / "records.jsonl", 200, 3)
-    (logs / "records.jsonl.1").write_text((logs / "records.jsonl").read_text())
-    (logs / "notes.txt").write_text("not a record file")
-    out = tmp_path / "alone"
-    assert train_main(["--records", str(logs), "--base", str(base), "--out", str(out)]) == 0
-    meta = load_estimator(out).metadata
-    assert meta["training_data"] == []
-    assert meta["records"]["requests"] == 200  # rotated copy holds the same ids
-    assert any("not reused" in n for n in meta["notes"])
+def test_the_gate_refuses_a_worse_router_unless_forced(tmp_path, synth_artifact, capsys):
+    recs = _judged_records(tmp_path / "records.jsonl", 300, 2, noise=True)
+    out = tmp_path / "worse"
+    # barely penalised heads overfit coin flips: worse than the prior on held-out labels
+    overfit = ["--learner", "lam_shared=1e-6", "--learner", "lam_model=1e-6",
+               "--learner", "lam_bias=1e-6"]  # fmt: skip
+    args = ["--records", str(recs), "--base", str(synth_artifact), "--out", str(out), *overfit]
+    assert train_main(args) == 3
+    assert "NOT better" in capsys.readouterr().out and not out.exists()
+    assert train_main([*args, "--force"]) == 0
+    assert load_estimator(out).metadata["adapted"]["forced"] is True
+    assert train_main([*args[:6], "--learner", "nope=1"]) == 1
+    assert "--learner 'nope=1'" in capsys.readouterr().err
 
 
 def test_train_usage_errors(tmp_path, capsys):

@@ -11,8 +11,8 @@ from tests.router_models.records_log import accept_then_reject, feedback, reques
 
 def test_report_and_train_keep_the_same_last_verdict(tmp_path: Path) -> None:
     logs = accept_then_reject(tmp_path / "logs")
-    rows, _ = train_records.load_records(logs)
-    assert [r.results["m"].score for r in rows] == [0.0]
+    examples, _ = train_records.load_examples(logs)
+    assert [e.labels["m"] for e in examples] == [0.0]
     rec, stats = load_records(record_files(logs))
     assert rec.accepted.tolist() == [REJECTED, NO_FEEDBACK]  # a (older file), then b
     assert stats.feedback_overridden == 1

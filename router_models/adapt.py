@@ -1,0 +1,216 @@
+"""`effgate train --records PATH` / `--data F --base DIR`: adapt an artifact to these labels.
+
+The base artifact (default: the shipped one) is the prior. From labelled examples (the
+gateway's records: feedback and shadow-judge labels joined to each request's signature; or
+files in the shared format) the learner (`router_models.learner`) fits per-model heads on
+top of it. Before anything is written, the gate (`router_models.gate.compare`) scores the
+new router, the base, length and random on labels none of them trained on (grouped k-fold);
+the artifact is written only when the new router is at least as good as the base, unless
+`--force`, and the comparison is stored in its metadata.json. The written artifact keeps the
+base's difficulty weights and discrimination (the prior stays one input of every head), adds
+`heads.npz`, and gives every head model a skill (the base's, or one fitted to the model's
+label mean) so policies compile and the IRT fallback still works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from router_models.artifact import load_estimator, save_artifact
+from router_models.data import DataError, load_dataset, prompt_cost, sha256_file
+from router_models.estimator import Estimator
+from router_models.gate import compare, format_comparison
+from router_models.irt import irt_p
+from router_models.learner import (
+    Example,
+    Heads,
+    LearnerParams,
+    examples_from_rows,
+    fit_heads,
+    prior_from_estimator,
+)
+from router_models.records import load_examples
+from router_models.routing import skill_from_mean
+
+F64 = npt.NDArray[np.float64]
+MIN_EXAMPLES = 50
+
+
+def _difficulty(est: Estimator, examples: Sequence[Example]) -> F64:
+    return np.array([est.difficulty_of_dense(e.sig.dense) for e in examples], dtype=np.float64)
+
+
+def fit_for(base: Estimator, params: LearnerParams, seed: int) -> Any:
+    """A gate ``fit``: examples -> a scorer of the heads fitted on them over ``base``."""
+
+    def fit(train: Sequence[Example]) -> Any:
+        d = _difficulty(base, train)
+        heads = fit_heads(
+            train, d, prior_from_estimator(base.skills, base.discrimination, d), params, seed
+        )
+        return scorer(base, heads)
+
+    return fit
+
+
+def scorer(est: Estimator, heads: Heads | None) -> Any:
+    """examples -> {model: P}: the heads where they have the model, else the IRT prior."""
+
+    def score(examples: Sequence[Example]) -> Mapping[str, F64]:
+        d = _difficulty(est, examples)
+        out: dict[str, F64] = {m: irt_p(est.discrimination, s, d) for m, s in est.skills.items()}
+        if heads is not None and examples:
+            p = heads.p_many([e.sig for e in examples], d)
+            for j, m in enumerate(heads.models):
+                out[m] = p[:, j]
+        return out
+
+    return score
+
+
+def _skills(base: Estimator, heads: Heads, examples: Sequence[Example]) -> dict[str, float]:
+    """The base's skills, plus one per head model it lacks (fitted to its label mean)."""
+    skills = dict(base.skills)
+    d = _difficulty(base, examples)
+    for m in heads.models:
+        if m in skills:
+            continue
+        rows = [i for i, e in enumerate(examples) if m in e.labels]
+        mean = float(np.mean([examples[i].labels[m] for i in rows]))
+        skills[m] = skill_from_mean(d[rows], base.discrimination, mean)
+    return skills
+
+
+def _prices(rows: Sequence[Any], prices: Mapping[str, Any]) -> dict[str, float]:
+    """Mean USD per request of each priced model over the rows that label it."""
+    totals: dict[str, list[float]] = {}
+    for r in rows:
+        for m in r.results:
+            c = prompt_cost(r, m, prices)
+            if c is not None:
+                totals.setdefault(m, []).append(c)
+    return {m: float(np.mean(v)) for m, v in totals.items() if v}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write the adapted artifact even when the held-out comparison says it is worse",
+    )
+    p.add_argument("--folds", type=int, default=5, help="grouped folds of the comparison")
+    p.add_argument(
+        "--learner",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one router_models.learner.LearnerParams field (repeatable)",
+    )
+
+
+def learner_params(pairs: Sequence[str]) -> LearnerParams:
+    """``["lam_model=4", ...]`` -> LearnerParams; ValueError naming a bad pair."""
+    fields = {f.name: f.type for f in dataclasses.fields(LearnerParams)}
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(
+                f"--learner {pair!r}: expected NAME=VALUE, NAME one of {sorted(fields)}"
+            )
+        kind = int if "int" in str(fields[name]) else float
+        try:
+            values[name] = kind(raw)
+        except ValueError:
+            raise ValueError(f"--learner {pair!r}: {raw!r} is not a {kind.__name__}") from None
+    return LearnerParams(**values)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Adapt ``args.base`` (None: the shipped artifact) to ``args.records`` / ``args.data``."""
+    base = load_estimator(args.base)
+    examples: list[Example] = []
+    prices: dict[str, float] = {}
+    sources: dict[str, Any] = {}
+    if args.data:
+        dataset = load_dataset(args.data)
+        examples += examples_from_rows(dataset.rows)
+        prices = _prices(dataset.rows, dataset.prices)
+        sources["data"] = [
+            {"file": Path(p).name, "sha256": sha256_file(Path(p))} for p in args.data
+        ]
+    if args.records is not None:
+        recs, summary = load_examples(args.records)
+        examples += recs
+        sources["records"] = {"name": args.records.name, **asdict(summary)}
+        print(
+            f"records: {summary.labelled} labelled requests ({summary.labels_feedback} feedback, "
+            f"{summary.labels_judge} judge labels) of {summary.requests}; skipped "
+            f"{summary.skipped_no_signature} without signature or prompt, "
+            f"{summary.skipped_no_label} without labels, {summary.bad_lines} unreadable lines",
+            file=sys.stderr,
+        )
+    if len(examples) < MIN_EXAMPLES:
+        raise DataError(
+            f"only {len(examples)} labelled requests; adapting needs at least {MIN_EXAMPLES}"
+        )
+    params = learner_params(args.learner)
+    base_heads = base.heads
+    report = compare(
+        examples,
+        fit_for(base, params, args.seed),
+        scorer(base, base_heads),
+        folds=args.folds,
+        seed=args.seed,
+        prices=prices or None,
+    )
+    print(format_comparison(report))
+    if not report["better"] and not args.force:
+        print(
+            f"effgate train: not written: the adapted router is not better than its base on "
+            f"held-out labels ({report['rule']}); --force writes it anyway",
+            file=sys.stderr,
+        )
+        return 3
+    d = _difficulty(base, examples)
+    heads = fit_heads(
+        examples, d, prior_from_estimator(base.skills, base.discrimination, d), params, args.seed
+    )
+    meta = {
+        key: value
+        for key, value in base.metadata.items()
+        if key not in ("format", "feature_version", "weights_file", "weights_sha256", "skills")
+        and key not in ("discrimination", "heads", "adapted")
+    }
+    meta["adapted"] = {
+        "base": str(args.base) if args.base is not None else "default",
+        "base_weights_sha256": base.metadata.get("weights_sha256"),
+        "sources": sources,
+        "examples": len(examples),
+        "seed": args.seed,
+        "params": asdict(params),
+        "comparison": report,
+        "forced": bool(args.force and not report["better"]),
+    }
+    save_artifact(
+        args.out,
+        base.weights,
+        skills=_skills(base, heads, examples),
+        discrimination=base.discrimination,
+        metadata=meta,
+        heads=heads,
+    )
+    counts = ", ".join(
+        f"{m} {int(c)}" for m, c in zip(heads.models, heads.label_counts, strict=True)
+    )
+    print(f"wrote {args.out}: heads for {len(heads.models)} models (labels: {counts})")
+    return 0
