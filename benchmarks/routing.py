@@ -1,14 +1,18 @@
 """What routing adds to a request: the estimator plus decide(), on a real policy.
 
     python -m benchmarks.routing [--policy FILE] [--route NAME] [--n 5000] [--data FILE ...]
+    python -m benchmarks.routing --adapt /work/shared/data/llmrouter_train.jsonl [--k 2000]
 
 Each request is a real prompt from the shared data (a system prompt plus the user turn, as
 in benchmarks/estimator.py). Per request, the same steps the gateway's route_input and
-make_decision run for a routed request: the prompt text, the difficulty, the prompt-token
-estimate and decide() over every candidate of the route (eligibility, P, expected cost,
-ordering). Reported per stage, wall and this thread's CPU time (on a loaded machine
-wall-time tails are mostly scheduler waits). Budget (issue 4): estimator + decide() p99
-<= 0.5 ms.
+make_decision run for a routed request: the prompt text, the scoring (the gateway's
+``EstimatorStore.score``: the difficulty and, with learned heads, P for each candidate),
+the prompt-token estimate and decide() over every candidate of the route (eligibility, P,
+expected cost, ordering). ``--adapt FILE`` first fits learned heads on K random rows of
+FILE over the shipped artifact (as ``effgate train --data FILE --base`` does, without the
+gate) and routes over a policy of 8 of that file's models, all with heads. Reported per
+stage, wall and this thread's CPU time (on a loaded machine wall-time tails are mostly
+scheduler waits). Budget: estimator for 8 candidates + decide() p99 <= 0.5 ms.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,17 +46,32 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--data", action="append", type=Path)
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--adapt", type=Path, help="fit heads on this shared-format file first")
+    parser.add_argument("--k", type=int, default=2000, help="rows of --adapt to fit on")
     args = parser.parse_args(argv)
 
     from gateway.health import Health
+    from gateway.scoring import EstimatorStore
     from gateway.tokens import TokenCounter
     from policies.engine import RouteInput, decide
-    from policies.loader import load_policy
+    from policies.errors import PolicyLoadError
+    from policies.store import PolicyStore
     from router_models import load_estimator
     from router_models.features import prompt_text
 
-    est = load_estimator()
-    policy = load_policy(args.policy, skills=est.skills, discrimination=est.discrimination)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.adapt is not None:
+            args.policy, args.route = _adapted(args.adapt, args.k, args.seed, Path(tmp))
+            est = load_estimator(Path(tmp) / "artifact")
+        else:
+            est = load_estimator()
+        try:
+            store = PolicyStore(args.policy, skills=est.skills, discrimination=est.discrimination)
+        except PolicyLoadError as exc:
+            print(f"routing: {exc}", file=sys.stderr)
+            return 2
+    policy = store.current
+    scoring = EstimatorStore(est, policies=store)
     if args.route not in policy.routes:
         print(f"routing: {args.policy} has no route {args.route!r}", file=sys.stderr)
         return 2
@@ -67,11 +87,12 @@ def main(argv: list[str]) -> int:
     for i, messages in enumerate(warm + requests):
         c0, t0 = time.thread_time(), time.perf_counter()
         text = prompt_text(messages)
-        difficulty = est.difficulty(messages)
+        difficulty, p = scoring.score(policy, args.route, messages)
         c1, t1 = time.thread_time(), time.perf_counter()
         inp = RouteInput(
             model=args.route,
             difficulty=difficulty,
+            p=p,
             prompt_text=text,
             prompt_tokens=tokens.estimate_prompt(text, messages, smallest),
         )
@@ -93,6 +114,7 @@ def main(argv: list[str]) -> int:
         "policy": str(args.policy),
         "route": args.route,
         "candidates": len(policy.routes[args.route].entries),
+        "learned_heads": 0 if est.heads is None else len(est.heads.models),
         "requests": len(wall["total"]),
         "wall_ms": {k: _pcts(v) for k, v in wall.items()},
         "cpu_ms": {k: _pcts(v) for k, v in cpu.items()},
@@ -104,6 +126,51 @@ def main(argv: list[str]) -> int:
     }
     print(json.dumps(result, indent=1))
     return 0
+
+
+def _adapted(data: Path, k: int, seed: int, tmp: Path) -> tuple[Path, str]:
+    """Heads fitted on ``k`` random rows of ``data`` over the shipped artifact, saved under
+    ``tmp/artifact``, and a policy routing over 8 of the file's priced models."""
+    import random
+
+    import numpy as np
+
+    from router_models import load_estimator
+    from router_models.artifact import save_artifact
+    from router_models.data import load_dataset
+    from router_models.learner import examples_from_rows, fit_heads, prior_from_estimator
+
+    base = load_estimator()
+    dataset = load_dataset([data])
+    rows = list(dataset.rows)
+    random.Random(seed).shuffle(rows)
+    examples = examples_from_rows(rows[:k])
+    d = np.array([base.difficulty_of_dense(e.sig.dense) for e in examples])
+    heads = fit_heads(examples, d, prior_from_estimator(base.skills, base.discrimination, d))
+    priced = [
+        m
+        for m in heads.models
+        if (pr := dataset.prices.get(m)) is not None and pr.input_usd_per_mtok is not None
+    ][:8]
+    skills = {**base.skills, **{m: base.skills.get(m, 0.0) for m in heads.models}}
+    save_artifact(
+        tmp / "artifact", base.weights, skills=skills, discrimination=base.discrimination,
+        metadata={"benchmark": "routing --adapt"}, heads=heads,
+    )  # fmt: skip
+    lines = ["version: 1", "models:"]
+    for i, m in enumerate(priced):
+        pr = dataset.prices[m]
+        lines.append(
+            f"  - {{id: m{i}, provider: openai, base_url: 'http://127.0.0.1:9/v1', "
+            f"upstream_model: {m!r}, input_usd_per_mtok: {pr.input_usd_per_mtok}, "
+            f"output_usd_per_mtok: {pr.output_usd_per_mtok}, context_window: 128000}}"
+        )
+    names = ", ".join(f"m{i}" for i in range(len(priced)))
+    lines += ["routes:", f"  - {{name: learned, candidates: [{names}], quality_bar: 0.7}}"]
+    lines.append("default_route: learned")
+    policy = tmp / "policy.yaml"
+    policy.write_text("\n".join(lines) + "\n")
+    return policy, "learned"
 
 
 if __name__ == "__main__":

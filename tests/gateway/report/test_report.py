@@ -18,6 +18,7 @@ from gateway.report.build import SCHEMA_VERSION, build, main, to_json
 from gateway.report.data import RecordsError, load_records, record_files
 from gateway.report.findings import FindingSettings, Impact, candidates, repick, union_delta
 from gateway.report.html import fmt
+from gateway.report.plots import PLOTS
 from gateway.report.policy import load_hints, rule_name, scalar
 from gateway.report.stats import newcombe, percentiles, wilson
 from tests.gateway.report.fixtures import TINY_EXPECTED, parse_html, tiny_log
@@ -335,7 +336,8 @@ def test_html_json_and_summary_of_the_planted_demo(
     html_text = (out / "report.html").read_text()
     doc = parse_html(html_text)
     assert len(doc.tables) >= 5 + 5  # one evidence table per finding, plus the summary tables
-    assert len(doc.images) == 5 and all((out / src).is_file() for src in doc.images)
+    assert [Path(src).stem for src in doc.images] == list(PLOTS)
+    assert all((out / src).is_file() for src in doc.images)
     assert all(not src.startswith(("/", "http")) for src in doc.images)
     assert "script" not in doc.tags and "<script" not in html_text.lower()
     assert "&lt;script&gt;alert(&#x27;task&#x27;)&lt;/script&gt;" in html_text
@@ -407,6 +409,7 @@ def test_a_bare_single_request_still_renders_every_plot(tmp_path: Path, capsys: 
     rc, stdout, _ = run(capsys, "--records", path, "--out", out)
     assert rc == 0 and "nothing found" in stdout and "per records' span" in stdout
     doc = parse_html((out / "report.html").read_text())
-    assert len(doc.images) == 5 and all((out / src).stat().st_size > 0 for src in doc.images)
+    assert [Path(src).stem for src in doc.images] == list(PLOTS)
+    assert all((out / src).stat().st_size > 0 for src in doc.images)
     data = json.loads((out / "report.json").read_text())
     assert data["span"]["monthly_factor"] is None and data["calibration"] == []
