@@ -63,6 +63,10 @@ class Accountant:
         status_class = _STATUS_CLASS.get(ex.status) or f"{ex.status // 100}xx"
         m.requests.inc((ex.endpoint, route, model, status_class, ex.outcome, stream))
         m.request_duration.observe((ex.endpoint, route, model, stream), latency)
+        tenant = m.tenant_label(ex.tenant)
+        m.tenant_requests.inc((tenant, ex.outcome))
+        if ex.cost_usd:
+            m.tenant_cost.inc((tenant,), ex.cost_usd)
         if ex.endpoint not in RECORDED:
             return
         # built by the record writer, after the response has gone

@@ -19,16 +19,18 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from gateway.accountant import Accountant
+from gateway.budgets import Ledger
 from gateway.edge import GatewayApp
 from gateway.gpu import GPUCollector
 from gateway.health import Health
 from gateway.kv import KV, MemoryKV, RedisKV
-from gateway.metrics import CircuitCollector, Metrics
+from gateway.metrics import CircuitCollector, LimitsCollector, Metrics
 from gateway.records import JSONLFile, RecordLog
 from gateway.scoring import EstimatorStore
 from gateway.settings import Settings
 from gateway.shadow import Evaluator
 from gateway.state import AppState
+from gateway.tenants import Tenant, Tenants, TenantStore, plain_keys
 from gateway.tokens import TokenCounter
 from gateway.upstreams.pool import Factory, UpstreamPool, default_factory
 from policies.compile import CompiledPolicy
@@ -158,6 +160,27 @@ def create_app(
             evaluator=evaluator,
             signatures=settings.records_signatures,
         )
+        tenants = _tenant_store(settings, metrics)
+        ledger = Ledger(
+            store_kv.client if isinstance(store_kv, RedisKV) else None,
+            fail_mode=settings.limits_fail_mode,
+            hold_ttl_s=settings.limits_hold_ttl_s,
+            timeout_s=settings.redis_timeout_s,
+        )
+        stack.push_async_callback(ledger.aclose)  # settles in flight, a last reconcile
+        metrics.max_tenants = settings.metrics_max_tenants
+
+        def budgets() -> list[tuple[str, str, float]]:
+            live = tenants.current.by_name.values() if tenants is not None else ()
+            out = [(t.name, "day", t.usd_per_day) for t in live if t.usd_per_day is not None]
+            out += [(t.name, "month", t.usd_per_month) for t in live if t.usd_per_month]
+            return out
+
+        limits = LimitsCollector(
+            lambda: ledger.counters, lambda: ledger.degraded, budgets, metrics.tenant_label
+        )
+        registry.register(limits)
+        stack.callback(registry.unregister, limits)
         state = AppState(
             settings=settings,
             policies=store,
@@ -170,6 +193,10 @@ def create_app(
             accountant=accountant,
             tokens=tokens,
             evaluator=evaluator,
+            ledger=ledger,
+            tenants=tenants,
+            plain_keys=plain_keys(settings.api_keys, settings.rate_limit_rpm),
+            default_tenant=Tenant("default", rpm=settings.rate_limit_rpm),
         )
         app.state.effgate = state
         records.start()
@@ -180,11 +207,30 @@ def create_app(
                 estimators.watch(settings.policy_poll_s), name="estimator-watch"
             )
             stack.push_async_callback(_cancel, est_watch)
-        stack.callback(_on_sighup(lambda: (store.reload(), estimators.reload())))
+        if tenants is not None:
+            t_watch = asyncio.create_task(tenants.watch(settings.policy_poll_s), name="tenants")
+            stack.push_async_callback(_cancel, t_watch)
+        stack.callback(_on_sighup(state.reload_all))
         state.ready = True
         stack.callback(setattr, state, "ready", False)
 
     return GatewayApp(lifespan)
+
+
+def _tenant_store(settings: Settings, metrics: Metrics) -> TenantStore | None:
+    if settings.tenants_path is None:
+        return None
+
+    def on_reload(result: str, tenants: Tenants | None, error: str | None) -> None:
+        metrics.tenants_reloads.labels(result).inc()
+        if tenants is not None:
+            log.info("tenants loaded: %s (%d tenants)", tenants.path, len(tenants.by_name))
+        else:
+            log.error("tenants reload failed, keeping the running tenants: %s", error)
+
+    return TenantStore(
+        settings.tenants_path, on_reload=on_reload, default_rpm=settings.rate_limit_rpm
+    )
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

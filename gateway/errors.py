@@ -4,12 +4,15 @@
     ├── InvalidRequest        400 invalid_request_error      client_error
     │   └── ContextLengthExceeded 400 context_length_exceeded
     ├── Unauthorized          401 authentication_error       client_error
+    ├── Forbidden             403 permission_denied          client_error
     ├── ModelNotFound         404 model_not_found            client_error
     ├── RequestNotFound       404 request_not_found          client_error
     ├── PayloadTooLarge       413 request_too_large          client_error
     ├── RateLimited           429 rate_limit_exceeded        client_error (+ Retry-After)
+    │   └── BudgetExceeded    429 budget_exceeded
     ├── NoHealthyUpstream     503 no_healthy_upstream        unavailable
     ├── PolicyUnavailable     503 policy_unavailable         unavailable
+    ├── LimitsUnavailable     503 limits_unavailable         unavailable (+ Retry-After)
     └── UpstreamError         502 an upstream failed; ``kind`` labels effgate_upstream_errors_total
         ├── UpstreamStatusError 502 the upstream's own 4xx/5xx, passed through as it came
         ├── UpstreamUnavailable 502 upstream_unavailable     upstream_error
@@ -84,6 +87,15 @@ class Unauthorized(GatewayError):
     outcome: Outcome = "client_error"
 
 
+class Forbidden(GatewayError):
+    """A valid key asking for what its tenant may not use (a route, a model, a bar, admin)."""
+
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+    outcome: Outcome = "client_error"
+
+
 class ModelNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
@@ -119,6 +131,10 @@ class RateLimited(GatewayError):
         return {**self.extra_headers, "retry-after": str(self.retry_after_s)}
 
 
+class BudgetExceeded(RateLimited):
+    code = "budget_exceeded"
+
+
 class NoHealthyUpstream(GatewayError):
     status = 503
     type = "upstream_error"
@@ -131,6 +147,18 @@ class PolicyUnavailable(GatewayError):
     type = "server_error"
     code = "policy_unavailable"
     outcome: Outcome = "unavailable"
+
+
+class LimitsUnavailable(GatewayError):
+    """The shared budget store is unreachable and limits are set to fail closed."""
+
+    status = 503
+    type = "server_error"
+    code = "limits_unavailable"
+    outcome: Outcome = "unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {**self.extra_headers, "retry-after": "1"}
 
 
 class UpstreamError(GatewayError):

@@ -12,11 +12,12 @@ from typing import Any, Literal
 
 from gateway.accounting import Usage, cost_usd
 from gateway.errors import Outcome
+from gateway.tenants import DEFAULT_TENANT, Tenant
 from policies.compile import CompiledPolicy, ModelEntry, ShadowEntry
 from policies.engine import Decision
 
 # the /v1 endpoints, as the ``endpoint`` label and record field name them
-Endpoint = Literal["chat", "embeddings", "explain", "feedback", "models"]
+Endpoint = Literal["chat", "embeddings", "explain", "feedback", "models", "tenants", "admin"]
 # endpoints whose requests are written to the request log (feedback writes its own record)
 RECORDED: frozenset[Endpoint] = frozenset({"chat", "embeddings", "explain"})
 DIRECT_ROUTE = "direct"  # the route label of requests that named a catalog model
@@ -28,6 +29,10 @@ class Exchange:
     endpoint: Endpoint
     policy: CompiledPolicy
     tenant: str = "default"
+    principal: Tenant = DEFAULT_TENANT  # the caller's tenant, its bounds and limits
+    hold: Any = None  # budgets.Hold: what the request reserved, settled by finish
+    # response headers the pipeline adds (budget pressure), merged into the reply's
+    notes: dict[str, str] | None = None
     stream: bool = False
     started: float = field(default_factory=time.perf_counter)
     wall_time: float = field(default_factory=time.time)

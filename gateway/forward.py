@@ -81,6 +81,8 @@ def _headers(ex: Exchange) -> dict[str, str]:
         h["x-effgate-quality"] = f"{d.p:.4f}"
     if d is not None and d.difficulty is not None:
         h["x-effgate-difficulty"] = f"{d.difficulty:.4f}"
+    if ex.notes is not None:
+        h.update(ex.notes)
     return h
 
 

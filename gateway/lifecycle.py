@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -28,11 +27,12 @@ from typing import Any, Literal, TypeVar
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from gateway.budgets import RPM_ONLY
 from gateway.errors import (
+    Forbidden,
     GatewayError,
     InvalidRequest,
     PayloadTooLarge,
-    RateLimited,
     Unauthorized,
     UpstreamStatusError,
     internal_error_body,
@@ -40,6 +40,7 @@ from gateway.errors import (
 from gateway.exchange import Endpoint, Exchange
 from gateway.relay import RelayResponse
 from gateway.state import AppState
+from gateway.tenants import ADMIN, Tenant, digest
 from gateway.upstreams.base import Reply
 
 T = TypeVar("T")
@@ -71,7 +72,9 @@ class Spec:
     body_limit: int | None = None  # None: the EFFGATE_MAX_BODY_BYTES setting
     rate_limited: bool = True
     # calls an upstream: a client that disconnects cancels the call (and closes the upstream)
+    # (and reserves its worst-case cost and tokens in the pipeline, not here)
     calls_out: bool = False
+    admin: bool = False  # only admin keys (tenants file admin_keys_sha256) may call it
 
 
 class Disconnected(Exception):
@@ -90,7 +93,8 @@ async def serve(
 ) -> None:
     ex = Exchange(request_id, spec.name, state.policies.current)
     try:
-        ex.tenant = await authenticate(state, headers, count=spec.rate_limited)
+        ex.principal = await authenticate(state, headers, spec)
+        ex.tenant = ex.principal.name
         body = None
         if spec.reads_body:
             limit = spec.body_limit or state.settings.max_body_bytes
@@ -136,6 +140,9 @@ async def serve(
 
 def finish(state: AppState, ex: Exchange) -> None:
     """Account for a finished exchange: the one call per request, whatever happened."""
+    if ex.hold is not None:
+        u = ex.usage
+        state.ledger.settle(ex.hold, ex.cost_usd, u.total if u is not None else 0)
     state.accountant.finish(ex)
 
 
@@ -161,24 +168,47 @@ async def respond(
     await send({"type": "http.response.body", "body": body})
 
 
-async def authenticate(state: AppState, headers: Mapping[str, str], *, count: bool) -> str:
-    """The caller's tenant (401 without a valid key); ``count`` charges the rate limit."""
-    keys = state.settings.api_keys
-    tenant = "default"
-    if keys:
-        auth = headers.get("authorization", "")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        found = keys.get(token) if token else None
-        if found is None:
-            raise Unauthorized("Incorrect API key provided.")
-        tenant = found
-    rpm = state.settings.rate_limit_rpm
-    if count and rpm is not None and await state.kv.hit("tenant:" + tenant, 60) > rpm:
-        raise RateLimited(
-            f"Rate limit of {rpm} requests per minute reached.",
-            retry_after_s=max(1, 60 - int(time.time()) % 60),
-        )
+async def authenticate(state: AppState, headers: Mapping[str, str], spec: Spec) -> Tenant:
+    """The caller's tenant: 401 without a valid key, 403 for a key on the wrong side of
+    admin. Endpoints that do not call out charge the tenant's requests-per-minute here
+    (chat and embeddings reserve everything at once in the pipeline)."""
+    tenant = identify(state, headers, admin=spec.admin)
+    if spec.rate_limited and not spec.calls_out and tenant.rpm is not None:
+        hold = await state.ledger.reserve(tenant, 0.0, 0, kinds=RPM_ONLY)
+        if hold is not None:
+            state.ledger.settle(hold, 0.0, 0)
     return tenant
+
+
+def identify(state: AppState, headers: Mapping[str, str], *, admin: bool) -> Tenant:
+    """Look the bearer key up by its sha256 (tenants file, then EFFGATE_API_KEYS)."""
+    tenants = state.tenants.current if state.tenants is not None else None
+    plain = state.plain_keys
+    if tenants is None and not plain:
+        if admin:
+            raise Forbidden("Admin endpoints need a tenants file with admin_keys_sha256.")
+        return state.default_tenant
+    auth = headers.get("authorization", "")
+    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    if not token:
+        raise Unauthorized(
+            "You didn't provide an API key. Send it as `Authorization: Bearer <key>`."
+        )
+    d = digest(token)
+    found = None
+    if tenants is not None:
+        if d in tenants.admin:
+            if admin:
+                return ADMIN
+            raise Forbidden("This is an admin key: it may only call /v1/admin endpoints.")
+        found = tenants.by_digest.get(d)
+    if found is None:
+        found = plain.get(d)
+    if found is None:
+        raise Unauthorized("Incorrect API key provided.")
+    if admin:
+        raise Forbidden("This endpoint needs an admin key.")
+    return found
 
 
 async def read_json(receive: Receive, headers: Mapping[str, str], limit: int) -> Any:

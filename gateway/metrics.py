@@ -7,9 +7,10 @@ classes, outcomes, reasons. Names and labels are the contract in docs/contracts.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.series import CounterSeries, GaugeValue, HistogramSeries, SeriesCollector
@@ -113,6 +114,20 @@ class Metrics:
             ESTIMATOR_BUCKETS,
         )
         self.in_flight = GaugeValue("effgate_in_flight_requests", "Requests in progress.")
+        # per tenant: label values are the configured tenants' names up to a cap, then "other"
+        self.tenant_cost = CounterSeries(
+            "effgate_tenant_cost_usd", "Served cost per tenant (USD).", ["tenant"]
+        )
+        self.tenant_requests = CounterSeries(
+            "effgate_tenant_requests", "Requests per tenant, by outcome.", ["tenant", "outcome"]
+        )
+        self.budget_pressure = CounterSeries(
+            "effgate_budget_pressure",
+            "Requests routed under a tenant's on_budget_pressure bar.",
+            ["tenant"],
+        )
+        self.max_tenants = 100
+        self._tenant_labels: set[str] = set()
         r.register(
             SeriesCollector(
                 [
@@ -128,6 +143,9 @@ class Metrics:
                     self.predicted_quality,
                     self.decisions,
                     self.calibration_predicted,
+                    self.tenant_cost,
+                    self.tenant_requests,
+                    self.budget_pressure,
                     self.calibration_observed,
                     self.calibration_outcomes,
                     self.estimator_duration,
@@ -202,6 +220,9 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.tenants_reloads = Counter(
+            "effgate_tenants_reloads", "Tenants file reloads by result.", ["result"], registry=r
+        )
         self.store_fallbacks = Counter(
             "effgate_store_fallbacks",
             "Shared-store operations served by the in-process fallback (Redis down or slow).",
@@ -212,12 +233,23 @@ class Metrics:
         for result in ("ok", "error"):
             self.policy_reloads.labels(result)
             self.estimator_reloads.labels(result)
+            self.tenants_reloads.labels(result)
         for sink in ("buffer", "file", "redis"):
             self.records_dropped.labels(sink)
         for op in ("put", "get", "hit", "add"):
             self.store_fallbacks.labels(op)
         self._live_policy: tuple[str, str] | None = None
         self._live_estimator: tuple[str, str] | None = None
+
+    def tenant_label(self, name: str) -> str:
+        """``name`` as a label value: the first ``max_tenants`` names seen, then "other"."""
+        labels = self._tenant_labels
+        if name in labels:
+            return name
+        if len(labels) < self.max_tenants:
+            labels.add(name)
+            return name
+        return "other"
 
     def observe_outcome(
         self, route: str, model: str, source: str, predicted: float, observed: float
@@ -268,4 +300,69 @@ class CircuitCollector(Collector):
         yield fam
 
     def describe(self) -> list[GaugeMetricFamily]:
+        return []
+
+
+class LimitsCollector(Collector):
+    """Budgets and rate limits, read on scrape from the ledger and the live tenants."""
+
+    def __init__(
+        self,
+        counters: Callable[[], Any],
+        degraded: Callable[[], bool],
+        budgets: Callable[[], Iterable[tuple[str, str, float]]],
+        label: Callable[[str], str],
+    ) -> None:
+        self._counters = counters
+        self._degraded = degraded
+        self._budgets = budgets
+        self._label = label
+
+    def collect(self) -> Iterator[Metric]:
+        c = self._counters()
+        rejected = CounterMetricFamily(
+            "effgate_limit_rejections",
+            "Requests refused by a tenant's limit (usd_day, usd_month, rpm, tpm).",
+            labels=["tenant", "limit"],
+        )
+        merged: dict[tuple[str, str], int] = {}
+        for (tenant, kind), n in c.rejected.items():
+            key = (self._label(tenant), kind)
+            merged[key] = merged.get(key, 0) + n
+        for key, n in merged.items():
+            rejected.add_metric(key, n)
+        yield rejected
+        errors = CounterMetricFamily(
+            "effgate_limits_store_errors",
+            "Budget and limit operations Redis failed (reserve, settle, reconcile, read).",
+            labels=["op"],
+        )
+        for op in ("reserve", "settle", "reconcile", "read"):
+            errors.add_metric([op], c.store_errors.get(op, 0))
+        yield errors
+        yield CounterMetricFamily(
+            "effgate_limits_reconciled_usd",
+            "Spend counted on a replica while Redis was down, pushed to Redis when it returned.",
+            value=c.reconciled_usd,
+        )
+        yield CounterMetricFamily(
+            "effgate_limits_releases_expired",
+            "Holds left to expire in Redis (the release queue was full during an outage).",
+            value=c.released_expired,
+        )
+        yield GaugeMetricFamily(
+            "effgate_limits_degraded",
+            "1 while Redis is unreachable and this replica enforces limits on its own.",
+            value=1.0 if self._degraded() else 0.0,
+        )
+        budget = GaugeMetricFamily(
+            "effgate_tenant_budget_usd",
+            "A tenant's configured budget.",
+            labels=["tenant", "period"],
+        )
+        for tenant, period, usd in self._budgets():
+            budget.add_metric([self._label(tenant), period], usd)
+        yield budget
+
+    def describe(self) -> list[Metric]:
         return []

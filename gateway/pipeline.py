@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import orjson
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.errors import (
     ContextLengthExceeded,
+    Forbidden,
     InvalidRequest,
     ModelNotFound,
     NoHealthyUpstream,
@@ -36,8 +38,9 @@ from gateway.lifecycle import Call
 from gateway.protocol import ChatCompletionRequest, EmbeddingRequest, FeedbackRequest
 from gateway.relay import RelayResponse
 from gateway.state import AppState
+from gateway.tenants import Tenant
 from gateway.upstreams.base import Reply
-from policies.compile import resolve
+from policies.compile import CompiledPolicy, resolve
 from policies.engine import Decision, NoEligibleModel, RouteInput, UnknownModel, decide
 from router_models.features import prompt_text
 
@@ -48,7 +51,13 @@ async def chat(state: AppState, ex: Exchange, call: Call) -> Reply | RelayRespon
     req = validate(ChatCompletionRequest, call.body)
     ex.stream = bool(req.stream)
     inp = route_input(state, ex, req, call.body, call.headers)
+    if ex.principal.restricts:
+        inp = await for_tenant(state, ex, inp, call.body)
     decision = make_decision(state, ex, inp)
+    if ex.principal.metered:
+        chain = (decision.model, *decision.fallbacks)
+        usd, tokens = worst_case(ex.policy, chain, inp.prompt_tokens, inp.max_output_tokens)
+        ex.hold = await state.ledger.reserve(ex.principal, usd, tokens)
     if decision.route is not None:
         shadow = ex.policy.routes[decision.route].shadow
         if shadow is not None and state.evaluator.sampled(shadow):
@@ -67,7 +76,14 @@ async def embeddings(state: AppState, ex: Exchange, call: Call) -> Reply | Relay
     entry = ex.policy.models.get(req.model)
     if entry is None:
         raise ModelNotFound(f"The model `{req.model}` does not exist.", param="model")
+    allow(ex.principal, entry.id)
     ex.model = entry
+    if ex.principal.metered:
+        # embeddings bill input only; a byte per token over-reserves, never under
+        tokens = len(orjson.dumps(call.body.get("input")))
+        ex.hold = await state.ledger.reserve(
+            ex.principal, tokens * entry.input_usd_per_mtok / 1e6, tokens
+        )
     return await forward(
         state, ex, call.body, chain=(entry.id,), path="/embeddings", include_usage=False
     )
@@ -76,6 +92,8 @@ async def embeddings(state: AppState, ex: Exchange, call: Call) -> Reply | Relay
 async def explain(state: AppState, ex: Exchange, call: Call) -> Reply:
     req = validate(ChatCompletionRequest, call.body)
     inp = route_input(state, ex, req, call.body, call.headers)
+    if ex.principal.restricts:
+        inp = await for_tenant(state, ex, inp, call.body)
     decision = make_decision(state, ex, inp)
     return Reply(200, explain_body(ex.policy, inp, decision))
 
@@ -103,6 +121,104 @@ async def get_model(state: AppState, ex: Exchange, call: Call) -> Reply:
         if item["id"] == model_id:
             return Reply(200, orjson.dumps(item))
     raise ModelNotFound(f"The model `{model_id}` does not exist.", param="model")
+
+
+async def tenant_me(state: AppState, ex: Exchange, call: Call) -> Reply:
+    """``GET /v1/tenants/me``: the caller's configuration, spend and what remains."""
+    t = ex.principal
+    usage = await state.ledger.usage(t) if t.metered else {"source": "none"}
+    return Reply(200, orjson.dumps({"object": "tenant", **t.describe(), "usage": usage}))
+
+
+async def admin_tenants(state: AppState, ex: Exchange, call: Call) -> Reply:
+    """``GET /v1/admin/tenants``: every configured tenant's configuration and usage."""
+    found: dict[str, Tenant] = {}
+    if state.tenants is not None:
+        found.update(state.tenants.current.by_name)
+    for t in state.plain_keys.values():
+        found.setdefault(t.name, t)
+    data = []
+    for name in sorted(found):
+        t = found[name]
+        usage = await state.ledger.usage(t) if t.metered else {"source": "none"}
+        data.append({"object": "tenant", **t.describe(), "usage": usage})
+    return Reply(200, orjson.dumps({"object": "list", "data": data}))
+
+
+async def admin_reload(state: AppState, ex: Exchange, call: Call) -> Reply:
+    """``POST /v1/admin/reload``: re-read the policy, tenants and estimator now."""
+    return Reply(200, orjson.dumps({"object": "reload", "reloaded": state.reload_all()}))
+
+
+def allow(tenant: Tenant, name: str) -> None:
+    """403 unless the tenant may use the route or catalog model ``name``."""
+    if tenant.routes is not None and name not in tenant.routes:
+        raise Forbidden(
+            f"Tenant {tenant.name!r} may not use `{name}`"
+            f" (allowed: {', '.join(sorted(tenant.routes))}).",
+            param="model",
+        )
+
+
+async def for_tenant(
+    state: AppState, ex: Exchange, inp: RouteInput, body: dict[str, Any]
+) -> RouteInput:
+    """The request as the caller's tenant may make it: its routes, its bar bounds, its
+    max_tokens (injected when the request has none, so the worst case holds), and under
+    budget pressure the tenant's lower bar."""
+    t = ex.principal
+    target = resolve(ex.policy, inp.model, inp.route_override)
+    if target is not None:
+        allow(t, target.name)
+    changes: dict[str, Any] = {}
+    if t.max_tokens is not None:
+        asked = inp.max_output_tokens
+        if asked is not None and asked > t.max_tokens:
+            raise InvalidRequest(
+                f"max_tokens is {asked}; tenant {t.name!r} allows at most {t.max_tokens}.",
+                param="max_tokens",
+            )
+        if asked is None:
+            body["max_tokens"] = t.max_tokens
+            changes["max_output_tokens"] = t.max_tokens
+    bar = inp.quality_bar_override
+    if (t.bar_min, t.bar_max) != (0.0, 1.0):
+        if bar is not None and not t.bar_min <= bar <= t.bar_max:
+            raise Forbidden(
+                f"x-effgate-quality-bar {bar} is outside tenant {t.name!r}'s bounds"
+                f" [{t.bar_min}, {t.bar_max}].",
+                param="x-effgate-quality-bar",
+            )
+        changes["bar_bounds"] = (t.bar_min, t.bar_max)
+    if t.pressure_at is not None and t.pressure_bar is not None:
+        share = state.ledger.pressure(t)
+        if share is None:
+            await state.ledger.usage(t)  # refreshes the share (at most once a second)
+            share = state.ledger.pressure(t)
+        if share is not None and share >= t.pressure_at:
+            low = t.pressure_bar
+            changes["quality_bar_override"] = low if bar is None else min(bar, low)
+            ex.notes = {
+                "x-effgate-budget-pressure": f"{share:.3f}",
+                "x-effgate-quality-bar": f"{changes['quality_bar_override']:g}",
+            }
+            state.metrics.budget_pressure.inc((state.metrics.tenant_label(t.name),))
+    return replace(inp, **changes) if changes else inp
+
+
+def worst_case(
+    policy: CompiledPolicy, chain: tuple[str, ...], prompt_tokens: int, max_output: int | None
+) -> tuple[float, int]:
+    """The most any model of the chain can cost, and the most tokens it can use: the prompt
+    and ``max_output`` (else the model's output limit, else what its context leaves)."""
+    usd, tokens = 0.0, 0
+    for model_id in chain:
+        m = policy.models[model_id]
+        out = max_output or m.max_output_tokens or max(1, m.context_window - prompt_tokens)
+        cost = (prompt_tokens * m.input_usd_per_mtok + out * m.output_usd_per_mtok) / 1e6
+        usd = max(usd, cost)
+        tokens = max(tokens, prompt_tokens + out)
+    return usd, tokens
 
 
 def validate(model: type[M], data: Any) -> M:

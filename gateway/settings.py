@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     # client API keys accepted by the gateway, mapped to tenant names; empty = no auth
     api_keys: dict[str, str] = Field(default_factory=dict)
     rate_limit_rpm: int | None = Field(None, gt=0)  # per tenant; None = unlimited
+    # tenants, their key digests, budgets and limits (gateway/tenants.py), hot-reloaded
+    tenants_path: Path | None = None
+    # when Redis fails: open = each replica enforces budgets and limits from the last shared
+    # totals it saw and reconciles when Redis is back; closed = metered requests get 503
+    limits_fail_mode: Literal["open", "closed"] = "open"
+    # a reservation its replica never settled (it died) is released after this long
+    limits_hold_ttl_s: float = Field(900.0, gt=0)
+    # tenant label values on per-tenant metrics; tenants past the cap are counted as "other"
+    metrics_max_tenants: int = Field(100, gt=0)
 
     # the client for OpenAI-compatible upstreams: httptools (the leanest, docs/benchmarks.md),
     # aiohttp, or httpx (the only one that honours HTTP(S)_PROXY)

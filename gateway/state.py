@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.accountant import Accountant
+from gateway.budgets import Ledger
 from gateway.health import Health
 from gateway.kv import KV
 from gateway.metrics import Metrics
@@ -12,6 +13,7 @@ from gateway.records import RecordLog
 from gateway.scoring import EstimatorStore
 from gateway.settings import Settings
 from gateway.shadow import Evaluator
+from gateway.tenants import Tenant, TenantStore
 from gateway.tokens import TokenCounter
 from gateway.upstreams.pool import UpstreamPool
 from policies.store import PolicyStore
@@ -30,4 +32,16 @@ class AppState:
     accountant: Accountant
     tokens: TokenCounter
     evaluator: Evaluator
+    ledger: Ledger
+    tenants: TenantStore | None  # EFFGATE_TENANTS_PATH
+    plain_keys: dict[str, Tenant]  # EFFGATE_API_KEYS by digest
+    default_tenant: Tenant  # the caller when no keys are configured
     ready: bool = False
+
+    def reload_all(self) -> dict[str, bool]:
+        """Re-read the policy, the tenants file and the estimator artifact (SIGHUP, admin
+        reload); each keeps its running version when the new one fails to load."""
+        out = {"policy": self.policies.reload(), "estimator": self.estimator.reload()}
+        if self.tenants is not None:
+            out["tenants"] = self.tenants.reload()
+        return out

@@ -58,6 +58,8 @@ class RouteInput:
     route_override: str | None = None  # x-effgate-route
     quality_bar_override: float | None = None  # x-effgate-quality-bar
     max_cost_usd: float | None = None  # x-effgate-max-cost-usd
+    # the caller's own bounds on the bar (a tenant's quality_bar), applied after the route's
+    bar_bounds: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,8 @@ def decide(policy: CompiledPolicy, inp: RouteInput, stats: LiveStats) -> Decisio
         if not math.isfinite(override):
             raise ValueError(f"quality bar override must be finite, got {override}")
         bar = min(max(override, route.min_quality_bar), route.max_quality_bar)
+    if bar is not None and inp.bar_bounds is not None:
+        bar = min(max(bar, inp.bar_bounds[0]), inp.bar_bounds[1])
     if bar is not None and d is None and inp.p is None:
         raise ValueError(f"route {route.name!r} has a quality bar: a difficulty is required")
     cap = route.max_cost_usd

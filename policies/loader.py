@@ -113,12 +113,17 @@ def parse_policy(data: bytes, *, filename: str) -> tuple[PolicyFile, LineIndex]:
     try:
         return PolicyFile.model_validate(document), lines
     except ValidationError as exc:
-        raise PolicyLoadError(
-            [
-                f"{filename}:{line_of(lines, e['loc'])}: {format_loc(e['loc'])}: {_message(e)}"
-                for e in exc.errors(include_url=False)
-            ]
-        ) from None
+        raise validation_error(exc, lines, filename=filename) from None
+
+
+def validation_error(exc: ValidationError, lines: LineIndex, *, filename: str) -> PolicyLoadError:
+    """A pydantic validation error as ``file:line: field: problem`` lines."""
+    return PolicyLoadError(
+        [
+            f"{filename}:{line_of(lines, e['loc'])}: {format_loc(e['loc'])}: {_message(e)}"
+            for e in exc.errors(include_url=False)
+        ]
+    )
 
 
 def format_issues(issues: tuple[Issue, ...], lines: LineIndex, *, filename: str) -> list[str]:

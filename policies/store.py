@@ -14,13 +14,15 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from policies.compile import CompiledPolicy
 from policies.errors import PolicyLoadError
 from policies.loader import build_policy, read_bytes
 
-__all__ = ["OnReload", "PolicyLoadError", "PolicyStore"]
+__all__ = ["OnReload", "PolicyLoadError", "PolicyStore", "WatchedFile"]
+
+T = TypeVar("T")
 
 OnReload = Callable[[Literal["ok", "error"], CompiledPolicy | None, str | None], None]
 """``on_reload(result, policy, message)``: ("ok", new policy, None) or ("error", None, why)."""
@@ -28,39 +30,43 @@ OnReload = Callable[[Literal["ok", "error"], CompiledPolicy | None, str | None],
 _Signature = tuple[int, int, int]  # st_mtime_ns, st_ino, st_size of the resolved file
 
 
-class PolicyStore:
-    """Holds the live ``CompiledPolicy`` for one policy file."""
+class WatchedFile(Generic[T]):
+    """A value built from one file's bytes, rebuilt when the file's content changes.
+
+    ``build(data)`` raises ``PolicyLoadError`` for content that must not go live; the
+    previous value is kept and the failed content is not retried until it changes.
+    ``sha_of(value)`` is the content hash a value was built from. Subclasses: PolicyStore
+    here, ``gateway.tenants.TenantStore``.
+    """
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
-        skills: Mapping[str, float],
-        discrimination: float,
-        on_reload: OnReload | None = None,
+        build: Callable[[bytes], T],
+        sha_of: Callable[[T], str],
+        on_reload: Callable[[Literal["ok", "error"], T | None, str | None], None] | None = None,
+        what: str = "file",
     ) -> None:
-        """Load ``path`` now; raises ``PolicyLoadError`` (a readable message) if it fails.
-
-        The first load does not call ``on_reload``: read ``current`` for the initial policy.
-        """
         self.path = os.fspath(path)
-        self._skills = dict(skills)
-        self._discrimination = discrimination
+        self._what = what
+        self._build = build
+        self._sha_of = sha_of
         self._on_reload = on_reload
         # one build at a time (re-entrant: a signal may land mid-poll); readers never take it
         self._lock = threading.RLock()
         self._signature = self._stat()
         self._data = read_bytes(self.path)
-        self._current = self._build(self._data)
+        self._current = build(self._data)
         self._failed_sha: str | None = None
 
     @property
-    def current(self) -> CompiledPolicy:
-        """The live policy (one attribute read; never a half-built policy)."""
+    def current(self) -> T:
+        """The live value (one attribute read; never a half-built one)."""
         return self._current
 
     def reload(self) -> bool:
-        """Re-read and rebuild the policy, then swap it in; False (old one kept) on failure.
+        """Re-read and rebuild, then swap it in; False (old one kept) on failure.
 
         Safe to call from the event loop (e.g. a SIGHUP handler scheduled with
         ``loop.call_soon``) and from other threads: builds are serialised by a lock.
@@ -86,14 +92,14 @@ class PolicyStore:
             self.poll()
 
     def poll(self) -> bool:
-        """One watcher tick; True when a new policy was swapped in."""
+        """One watcher tick; True when a new value was swapped in."""
         with self._lock:
             signature = self._stat()
             if signature == self._signature:
                 return False
             self._signature = signature
             if signature is None:
-                self._report("error", None, f"{self.path}: cannot stat the policy file")
+                self._report("error", None, f"{self.path}: cannot stat the {self._what}")
                 return False
             try:
                 data = read_bytes(self.path)
@@ -101,9 +107,59 @@ class PolicyStore:
                 self._report("error", None, str(exc))
                 return False
             sha = hashlib.sha256(data).hexdigest()
-            if sha in (self._current.sha256, self._failed_sha):
+            if sha in (self._sha_of(self._current), self._failed_sha):
                 return False
             return self._swap(data)
+
+    def _swap(self, data: bytes) -> bool:
+        try:
+            value = self._build(data)
+        except PolicyLoadError as exc:
+            self._failed_sha = hashlib.sha256(data).hexdigest()
+            self._report("error", None, str(exc))
+            return False
+        self._failed_sha = None
+        self._data = data
+        self._current = value
+        self._report("ok", value, None)
+        return True
+
+    def _stat(self) -> _Signature | None:
+        try:
+            st = os.stat(self.path)  # follows symlinks: the ConfigMap's current target
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_ino, st.st_size)
+
+    def _report(self, result: Literal["ok", "error"], value: T | None, message: str | None) -> None:
+        if self._on_reload is not None:
+            self._on_reload(result, value, message)
+
+
+class PolicyStore(WatchedFile[CompiledPolicy]):
+    """Holds the live ``CompiledPolicy`` for one policy file."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        skills: Mapping[str, float],
+        discrimination: float,
+        on_reload: OnReload | None = None,
+    ) -> None:
+        """Load ``path`` now; raises ``PolicyLoadError`` (a readable message) if it fails.
+
+        The first load does not call ``on_reload``: read ``current`` for the initial policy.
+        """
+        self._skills = dict(skills)
+        self._discrimination = discrimination
+        super().__init__(
+            path,
+            build=self._build_policy,
+            sha_of=lambda p: p.sha256,
+            on_reload=on_reload,
+            what="policy file",
+        )
 
     def retarget(
         self,
@@ -128,33 +184,7 @@ class PolicyStore:
             self._report("ok", policy, None)
             return policy
 
-    def _swap(self, data: bytes) -> bool:
-        try:
-            policy = self._build(data)
-        except PolicyLoadError as exc:
-            self._failed_sha = hashlib.sha256(data).hexdigest()
-            self._report("error", None, str(exc))
-            return False
-        self._failed_sha = None
-        self._data = data
-        self._current = policy
-        self._report("ok", policy, None)
-        return True
-
-    def _build(self, data: bytes) -> CompiledPolicy:
+    def _build_policy(self, data: bytes) -> CompiledPolicy:
         return build_policy(
             data, path=self.path, skills=self._skills, discrimination=self._discrimination
         )
-
-    def _stat(self) -> _Signature | None:
-        try:
-            st = os.stat(self.path)  # follows symlinks: the ConfigMap's current target
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_ino, st.st_size)
-
-    def _report(
-        self, result: Literal["ok", "error"], policy: CompiledPolicy | None, message: str | None
-    ) -> None:
-        if self._on_reload is not None:
-            self._on_reload(result, policy, message)

@@ -18,6 +18,7 @@ commands:
   serve           run the gateway (effgate serve --policy FILE --host H --port P)
   fake-upstream   run an OpenAI-compatible fake model server (tests, benchmarks, demo)
   policy check    validate policy files offline
+  keys            tenants' keys: new --tenant T (print a key once), hash, check FILE
   train           train a difficulty estimator (--data FILE.jsonl | --records PATH)
   eval            evaluate an estimator (--data), or replay a policy (--policy --data)
   report          efficiency report from request records (--records PATH --out DIR)
@@ -44,6 +45,10 @@ def _command(argv: list[str]) -> tuple[Callable[[list[str]], int], list[str]] | 
         from policies.check import main as check
 
         return check, rest[1:]
+    if cmd == "keys":
+        from gateway.tenants import main as keys
+
+        return keys, rest
     if cmd == "train":
         from router_models.train import main as train
 

@@ -39,6 +39,7 @@ from gateway.kv import KV
 from gateway.settings import Settings
 from gateway.upstreams.pool import Factory
 from tests.fakes.servers import FakeUpstreamHandle, serve_fake_upstream
+from tests.redis_server import redis_server  # noqa: F401 (a fixture for tests/gateway)
 
 # Short deadlines keep failure tests fast; each test that needs others passes its own.
 TIMEOUTS = {"connect_s": 1.0, "first_byte_s": 2.0, "idle_s": 2.0, "total_s": 5.0}

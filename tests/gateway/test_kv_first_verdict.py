@@ -8,7 +8,7 @@ import pytest
 
 from gateway.kv import MemoryKV, RedisKV
 from tests.gateway.conftest import GatewayFactory, chat
-from tests.gateway.test_kv_redis import RedisServer, redis_server  # noqa: F401  (fixture)
+from tests.redis_server import RedisServer
 
 
 @pytest.mark.anyio
@@ -25,7 +25,7 @@ async def test_memory_put_if_absent_once_and_after_expiry() -> None:
 @pytest.mark.anyio
 @pytest.mark.redis
 async def test_redis_put_if_absent_is_shared_by_replicas(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     a, b = RedisKV(redis_server.url), RedisKV(redis_server.url)
     try:

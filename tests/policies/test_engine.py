@@ -123,6 +123,19 @@ def test_quality_bar_override_is_clamped(compile_text):
         decide(policy, replace(base, quality_bar_override=math.nan), STATS)
 
 
+def test_caller_bar_bounds_apply_after_the_route(compile_text):
+    policy = compile_text(THREE)
+    base = RouteInput(model="auto", difficulty=0.0, prompt_tokens=50)
+    assert decide(policy, base, STATS).quality_bar == 0.8
+    floor = decide(policy, replace(base, bar_bounds=(0.85, 1.0)), STATS)
+    assert floor.quality_bar == 0.85
+    ceiling = decide(policy, replace(base, bar_bounds=(0.0, 0.5)), STATS)
+    assert ceiling.quality_bar == 0.5 and ceiling.model == "small"
+    # an override inside the route's range is still held to the caller's bounds
+    held = decide(policy, replace(base, quality_bar_override=0.9, bar_bounds=(0.0, 0.6)), STATS)
+    assert held.quality_bar == 0.6
+
+
 def test_bar_override_ignored_on_a_route_without_a_bar(compile_text):
     policy = compile_text(THREE)
     d = decide(policy, RouteInput(model="fixed", quality_bar_override=0.99), STATS)
