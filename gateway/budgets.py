@@ -54,6 +54,7 @@ NANO = 1_000_000_000  # units per USD
 FailMode = Literal["open", "closed"]
 MAX_PENDING_RELEASES = 10_000  # holds to release on Redis when it is back; past this they expire
 _BACKOFF = (0.5, 1.0, 2.0, 5.0)
+DEPLOYMENT = "_deployment"  # the meter of the policy's budget.daily_usd, across tenants
 RPM_ONLY: frozenset[MeterKind] = frozenset({"rpm"})
 
 _RESERVE = """
@@ -215,6 +216,12 @@ def _reject(tenant: Tenant, meter: Meter) -> RateLimited:
             " (this request's prompt and its max_tokens count).",
             retry_after_s=retry,
         )
+    if tenant.name == DEPLOYMENT:
+        return BudgetExceeded(
+            f"The deployment's daily budget of {tenant.usd_per_day} USD (the policy's"
+            " budget.daily_usd) does not cover this request's worst-case cost.",
+            retry_after_s=retry,
+        )
     window = "daily" if meter.kind == "usd_day" else "monthly"
     usd = tenant.usd_per_day if meter.kind == "usd_day" else tenant.usd_per_month
     return BudgetExceeded(
@@ -252,6 +259,7 @@ class Ledger:
         self._failures = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters = LimitsCounters()
+        self._deployment: Tenant | None = None
         self._reserve = self._apply = None
         if redis is not None:
             self._reserve = redis.register_script(_RESERVE)
@@ -283,6 +291,13 @@ class Ledger:
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         async with asyncio.timeout(self._timeout_s * 4):
             return await script(keys=keys, args=args)
+
+    def deployment(self, usd_per_day: float) -> Tenant:
+        """The pseudo-tenant whose meter is the policy's ``budget.daily_usd`` (everyone's)."""
+        t = self._deployment
+        if t is None or t.usd_per_day != usd_per_day:
+            t = self._deployment = Tenant(DEPLOYMENT, usd_per_day=usd_per_day)
+        return t
 
     # ------------------------------------------------------------------ reserve
 

@@ -30,7 +30,7 @@ class Exchange:
     policy: CompiledPolicy
     tenant: str = "default"
     principal: Tenant = DEFAULT_TENANT  # the caller's tenant, its bounds and limits
-    hold: Any = None  # budgets.Hold: what the request reserved, settled by finish
+    holds: tuple[Any, ...] = ()  # budgets.Hold: what the request reserved, settled by finish
     # response headers the pipeline adds (budget pressure), merged into the reply's
     notes: dict[str, str] | None = None
     stream: bool = False

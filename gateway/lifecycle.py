@@ -140,9 +140,10 @@ async def serve(
 
 def finish(state: AppState, ex: Exchange) -> None:
     """Account for a finished exchange: the one call per request, whatever happened."""
-    if ex.hold is not None:
+    if ex.holds:
         u = ex.usage
-        state.ledger.settle(ex.hold, ex.cost_usd, u.total if u is not None else 0)
+        for hold in ex.holds:
+            state.ledger.settle(hold, ex.cost_usd, u.total if u is not None else 0)
     state.accountant.finish(ex)
 
 

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from gateway.errors import (
     ContextLengthExceeded,
     Forbidden,
+    GatewayError,
     InvalidRequest,
     ModelNotFound,
     NoHealthyUpstream,
@@ -54,10 +55,10 @@ async def chat(state: AppState, ex: Exchange, call: Call) -> Reply | RelayRespon
     if ex.principal.restricts:
         inp = await for_tenant(state, ex, inp, call.body)
     decision = make_decision(state, ex, inp)
-    if ex.principal.metered:
+    if ex.principal.metered or ex.policy.budget_daily_usd is not None:
         chain = (decision.model, *decision.fallbacks)
         usd, tokens = worst_case(ex.policy, chain, inp.prompt_tokens, inp.max_output_tokens)
-        ex.hold = await state.ledger.reserve(ex.principal, usd, tokens)
+        await reserve(state, ex, usd, tokens)
     if decision.route is not None:
         shadow = ex.policy.routes[decision.route].shadow
         if shadow is not None and state.evaluator.sampled(shadow):
@@ -78,12 +79,10 @@ async def embeddings(state: AppState, ex: Exchange, call: Call) -> Reply | Relay
         raise ModelNotFound(f"The model `{req.model}` does not exist.", param="model")
     allow(ex.principal, entry.id)
     ex.model = entry
-    if ex.principal.metered:
+    if ex.principal.metered or ex.policy.budget_daily_usd is not None:
         # embeddings bill input only; a byte per token over-reserves, never under
         tokens = len(orjson.dumps(call.body.get("input")))
-        ex.hold = await state.ledger.reserve(
-            ex.principal, tokens * entry.input_usd_per_mtok / 1e6, tokens
-        )
+        await reserve(state, ex, tokens * entry.input_usd_per_mtok / 1e6, tokens)
     return await forward(
         state, ex, call.body, chain=(entry.id,), path="/embeddings", include_usage=False
     )
@@ -204,6 +203,26 @@ async def for_tenant(
             }
             state.metrics.budget_pressure.inc((state.metrics.tenant_label(t.name),))
     return replace(inp, **changes) if changes else inp
+
+
+async def reserve(state: AppState, ex: Exchange, usd: float, tokens: int) -> None:
+    """Hold the worst case on the tenant's meters, then on the policy's ``budget.daily_usd``
+    (the whole deployment's); if the second refuses, the first is released."""
+    ledger = state.ledger
+    holds = []
+    if ex.principal.metered and (hold := await ledger.reserve(ex.principal, usd, tokens)):
+        holds.append(hold)
+    daily = ex.policy.budget_daily_usd
+    if daily is not None:
+        try:
+            hold = await ledger.reserve(ledger.deployment(daily), usd, tokens)
+        except GatewayError:
+            for h in holds:
+                ledger.settle(h, 0.0, 0)
+            raise
+        if hold is not None:
+            holds.append(hold)
+    ex.holds = tuple(holds)
 
 
 def worst_case(

@@ -74,7 +74,9 @@ class _Spec(BaseModel):
 
 
 class BudgetSpec(_Spec):
-    """Spend limits: exported as ``effgate_budget_usd`` for the budget-burn alert (not enforced)."""
+    """The deployment's spend limit, over every tenant: enforced like a tenant's budget (each
+    request reserves its worst case first; 429 ``budget_exceeded`` past it) and exported as
+    ``effgate_budget_usd`` for the budget-burn alerts."""
 
     daily_usd: Positive
 

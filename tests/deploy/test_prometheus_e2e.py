@@ -90,17 +90,18 @@ class PromptLengthEstimator:
 
 def policy_yaml(small: FakeUpstreamHandle, big: FakeUpstreamHandle, comment: str = "") -> str:
     # budget: the spend of one burst (~0.001 USD) extrapolated to a day is above 0.01 USD,
-    # while total spend stays below it (so a gateway that enforces budgets still serves).
+    # while total spend stays below it (the gateway enforces it: each request reserves its
+    # worst case first, which max_output_tokens keeps to ~0.001 USD on big).
     return f"""# {comment}
 version: 1
 budget: {{daily_usd: 0.01}}
 models:
   - {{id: small, provider: openai, base_url: "{small.base_url}", upstream_model: mock-small,
      input_usd_per_mtok: 0.15, output_usd_per_mtok: 0.60, context_window: 128000, skill: 1.0,
-     local_gpus: [0], max_retries: 1}}
+     max_output_tokens: 64, local_gpus: [0], max_retries: 1}}
   - {{id: big, provider: openai, base_url: "{big.base_url}", upstream_model: mock-big,
      input_usd_per_mtok: 3.0, output_usd_per_mtok: 15.0, context_window: 128000, skill: 3.0,
-     max_retries: 0}}
+     max_output_tokens: 64, max_retries: 0}}
 routes:
   - {{name: auto, candidates: [small, big], quality_bar: 0.5, reference_model: big,
      shadow: {{sample: 0.5, judge: big, daily_usd: 1.0}}}}

@@ -407,3 +407,27 @@ def test_ledger_windows_roll_over() -> None:
         await ledger.reserve(t, 1.0, 0)  # the whole new day's budget
 
     asyncio.run(run())
+
+
+def test_the_policys_daily_budget_is_enforced_for_everyone(
+    make_gateway: GatewayFactory, policy: Any, small: FakeUpstreamHandle
+) -> None:
+    # the report that opened this: `budget: {daily_usd: 1e-9}` served 5 requests of 5
+    gw = make_gateway(policy(budget={"daily_usd": 1e-9}))
+    client = gw.sdk()
+    refused = 0
+    for _ in range(5):
+        with pytest.raises(openai.RateLimitError) as info:
+            client.chat.completions.create(model="small", messages=USER, max_tokens=4)
+        assert (
+            "budget.daily_usd"
+            in assert_error(info.value.response, 429, "budget_exceeded")["message"]
+        )
+        refused += 1
+    assert refused == 5 and small.stats["requests_total"] == 0
+    # a budget that covers two worst cases serves two, whoever asks
+    gw2 = make_gateway(policy(budget={"daily_usd": 1.2e-5}))
+    body = {"model": "small", "messages": USER, "max_tokens": 8}
+    with gw2.http() as http:
+        codes = [http.post("/v1/chat/completions", json=body).status_code for _ in range(4)]
+    assert codes[:2] == [200, 200] and codes[-1] == 429
