@@ -37,6 +37,7 @@ import yaml
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from gateway.tenants import digest
 from tests.deploy.queries import (
     RULE_FILES,
     Query,
@@ -58,7 +59,9 @@ ALERTS_EXPECTED_TO_MATCH = {
     "EffgatePolicyReloadFailed",
     "EffgateRecordsDropped",
     "EffgateSharedStoreDown",  # needs 5m of fallbacks to fire; the expression matches at once
+    "EffgateLimitsDegraded",  # the same Redis: budgets and limits are enforced per replica
 }
+TEAM_KEY, PACED_KEY = "eg-e2e-team-key", "eg-e2e-paced-key"
 SCRAPE_S = 1.0
 
 
@@ -218,7 +221,7 @@ def chat(client: httpx.Client, content: str, **extra: Any) -> httpx.Response:
     return client.post("/v1/chat/completions", json=body)
 
 
-def send_burst(client: httpx.Client, small: FakeUpstreamHandle) -> None:
+def send_burst(client: httpx.Client, small: FakeUpstreamHandle, *, paced: bool = False) -> None:
     """One round of every kind of traffic the dashboards and rules look at."""
     accepted: list[str] = []
     for i in range(3):  # JSON, short prompt: small
@@ -251,6 +254,21 @@ def send_burst(client: httpx.Client, small: FakeUpstreamHandle) -> None:
         assert r.status_code == 200, r.text
     r = client.post("/v1/feedback", json={"request_id": rejected, "accepted": False, "score": 0.1})
     assert r.status_code == 200, r.text
+    if not paced:
+        return
+    # a tenant near its budget is routed cheaper, then runs out of requests per minute (once:
+    # the second burst may fall in the same minute)
+    paced_key = {"authorization": f"Bearer {PACED_KEY}"}
+    codes, pressure = [], []
+    for _ in range(3):
+        r = client.post(
+            "/v1/chat/completions",
+            json={"model": "auto", "messages": [{"role": "user", "content": "paced"}]},
+            headers=paced_key,
+        )
+        codes.append(r.status_code)
+        pressure.append("x-effgate-budget-pressure" in r.headers)
+    assert codes == [200, 200, 429] and pressure[1], (codes, pressure)
 
 
 def wait_until(check: Any, what: str) -> None:
@@ -283,6 +301,16 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
     ):
         policy = tmp / "policy.yaml"
         policy.write_text(policy_yaml(small, big, "first"))
+        tenants = tmp / "tenants.yaml"
+        team = {"name": "team", "keys_sha256": [digest(TEAM_KEY)]}
+        paced = {
+            "name": "paced",
+            "keys_sha256": [digest(PACED_KEY)],
+            "budget": {"usd_per_day": 0.01},
+            "limits": {"rpm": 2},
+            "on_budget_pressure": {"at": 0.01, "quality_bar": 0.1},
+        }
+        tenants.write_text(yaml.safe_dump({"version": 1, "tenants": [team, paced]}))
         settings = Settings(
             port=free_port(),
             policy_path=policy,
@@ -292,12 +320,15 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
             redis_url=f"redis://127.0.0.1:{free_port()}/0",
             records_redis_stream="effgate:records",
             circuit_failures=1000,  # keep routing predictable: no circuit opens
+            tenants_path=tenants,
         )
         with (
             serve_gateway(settings) as gateway,
-            httpx.Client(base_url=gateway, timeout=30) as client,
+            httpx.Client(
+                base_url=gateway, timeout=30, headers={"authorization": f"Bearer {TEAM_KEY}"}
+            ) as client,
         ):
-            send_burst(client, small)
+            send_burst(client, small, paced=True)
             with run_prometheus(tmp, settings.port) as prom:
                 prom.wait_for_scrapes(3)
                 # burst two, seen by Prometheus as increases of existing series
