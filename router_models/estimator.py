@@ -203,7 +203,7 @@ class Scorer:
         assert est.heads is not None
         # one feature pass: the signature's dense features (as training saw them) give the
         # prior's difficulty, which is one input of the heads
-        sig = self._signature(messages, tools)
+        sig = self._signature(messages, tools, digest=False)
         d = est._compiled.difficulty(sig.dense)
         p = est.heads.p(sig, d, self._head_idx)
         return d, dict(zip(self._head_ids, p.tolist(), strict=True))

@@ -303,13 +303,22 @@ def hashed_ngrams(segments: list[tuple[int, str]]) -> tuple[I64, I64]:
     return uniq, np.minimum(counts, MAX_COUNT).astype(np.int64)
 
 
-def signature(messages: Sequence[Any], tools: Sequence[Any] | None = None) -> Signature:
-    """The signature of one chat request (OpenAI messages, optional tool definitions)."""
+def signature(
+    messages: Sequence[Any], tools: Sequence[Any] | None = None, *, digest: bool = True
+) -> Signature:
+    """The signature of one chat request (OpenAI messages, optional tool definitions).
+
+    ``digest=False`` (scoring on the request path: only records need the grouping key)
+    leaves ``digest`` empty and skips normalising and hashing the text."""
     if not isinstance(messages, Sequence) or isinstance(messages, str | bytes):
         messages = []
     segments = _segments(messages, tools)
     ids, counts = hashed_ngrams(segments)
     dense = np.round(extract(messages).dense, DENSE_DIGITS)
-    digest = hashlib.sha256(_normalised(segments).encode("utf-8", "replace")).hexdigest()[:16]
+    key = (
+        hashlib.sha256(_normalised(segments).encode("utf-8", "replace")).hexdigest()[:16]
+        if digest
+        else ""
+    )
     n_chars = sum(len(t) for _, t in segments)
-    return Signature(dense=dense, ids=ids, counts=counts, n_chars=n_chars, digest=digest)
+    return Signature(dense=dense, ids=ids, counts=counts, n_chars=n_chars, digest=key)

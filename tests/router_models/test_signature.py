@@ -90,3 +90,11 @@ def test_odd_messages_do_not_raise() -> None:
     assert Signature.from_json(signature([]).to_json()).ids.size == 0
     with pytest.raises(ValueError):
         Signature.from_json([1, 2])
+
+
+def test_scoring_without_the_digest_sees_the_same_request() -> None:
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sum 2+2?"}]
+    full, bare = signature(msgs), signature(msgs, digest=False)
+    assert bare.digest == "" and len(full.digest) == 16
+    assert np.array_equal(full.ids, bare.ids) and np.array_equal(full.counts, bare.counts)
+    assert np.array_equal(full.dense, bare.dense) and full.n_chars == bare.n_chars
