@@ -111,13 +111,20 @@ async def feedback(state: AppState, ex: Exchange, call: Call) -> Reply:
 
 
 async def list_models(state: AppState, ex: Exchange, call: Call) -> Reply:
-    return Reply(200, models_body(ex.policy))
+    allowed = ex.principal.routes
+    if allowed is None:
+        return Reply(200, models_body(ex.policy))
+    # a tenant limited to some routes and models sees only those
+    body = orjson.loads(models_body(ex.policy))
+    body["data"] = [item for item in body["data"] if item["id"] in allowed]
+    return Reply(200, orjson.dumps(body))
 
 
 async def get_model(state: AppState, ex: Exchange, call: Call) -> Reply:
     model_id = call.path_params["model_id"]
+    allowed = ex.principal.routes
     for item in orjson.loads(models_body(ex.policy))["data"]:
-        if item["id"] == model_id:
+        if item["id"] == model_id and (allowed is None or model_id in allowed):
             return Reply(200, orjson.dumps(item))
     raise ModelNotFound(f"The model `{model_id}` does not exist.", param="model")
 

@@ -206,6 +206,17 @@ def test_keys_routes_and_admin(
         assert r.status_code == 200
         names = [t["name"] for t in r.json()["data"]]
         assert names == ["legacy", "team-a", "team-b"]
+        a_auth = {"authorization": f"Bearer {keys.a}"}
+        # a tenant limited to routes sees only those in the catalog
+        assert [m["id"] for m in http.get("/v1/models", headers=a_auth).json()["data"]] == ["auto"]
+        assert http.get("/v1/models/big", headers=a_auth).status_code == 404
+        b_ids = {
+            m["id"]
+            for m in http.get("/v1/models", headers={"authorization": f"Bearer {keys.b}"}).json()[
+                "data"
+            ]
+        }
+        assert {"auto", "routed", "small", "big"} <= b_ids
         me = http.get("/v1/tenants/me", headers={"authorization": f"Bearer {keys.a}"}).json()
         assert me["name"] == "team-a" and me["routes"] == ["auto"]
         assert me["usage"]["usd_day"]["spent"] > 0 and me["usage"]["usd_day"]["limit"] is None
@@ -214,8 +225,8 @@ def test_keys_routes_and_admin(
     for secret in (keys.a, keys.admin, "sk-plain", digest(keys.a)):
         assert secret not in text
     assert gw.metric("effgate_requests_total", outcome="client_error") >= 5
-    # its chat and its /v1/tenants/me; the refused ones are client errors
-    assert gw.metric("effgate_tenant_requests_total", tenant="team-a", outcome="ok") == 2
+    # its chat, its model list and its /v1/tenants/me; the refused ones are client errors
+    assert gw.metric("effgate_tenant_requests_total", tenant="team-a", outcome="ok") == 3
 
 
 def test_tenants_file_hot_reloads_and_a_broken_one_is_refused(
