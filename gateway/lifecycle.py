@@ -8,6 +8,8 @@
         a GatewayError: status, outcome and body from the error itself (errors.py), plus the
             effgate headers; anything else: logged, status 500 with a generic body that
             names the request id, outcome internal_error
+        cut by the server (the shutdown deadline cancels the task): 503 server_shutting_down,
+            recorded like any other answer
         finish(state, ex): metrics, the request record, the feedback summary, exactly once:
             here for JSON replies and errors; for a stream, the relay calls the same function
             when the last event is out
@@ -34,6 +36,7 @@ from gateway.errors import (
     PayloadTooLarge,
     RateLimited,
     RequestTimeout,
+    ShuttingDown,
     Unauthorized,
     UpstreamStatusError,
     internal_error_body,
@@ -106,6 +109,17 @@ async def serve(
             result = await work
     except Disconnected:
         result = None
+    except asyncio.CancelledError:
+        # the client leaving is handled below (until_disconnect): this is the server cutting
+        # the request, at the shutdown deadline. Say so to the client and in the record.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        err = ShuttingDown("The gateway shut down before the request finished.")
+        ex.status, ex.outcome, ex.error = err.status, err.outcome, err.message
+        finish(state, ex)
+        await respond(send, err.status, err.body(), {"connection": "close"}, request_id)
+        return
     except GatewayError as exc:
         ex.status, ex.outcome, ex.error = exc.status, exc.outcome, exc.message
         extra = exc.extra_headers
