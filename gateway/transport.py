@@ -34,7 +34,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.errors import GatewayError, Overloaded
+from gateway.errors import GatewayError, Overloaded, RequestTimeout
 from gateway.lifecycle import BODY_DEADLINE
 from gateway.settings import Settings
 
@@ -54,13 +54,6 @@ def _raw_response(status: bytes, err: GatewayError, extra: list[tuple[bytes, byt
         *(name + b": " + value for name, value in extra),
     ]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
-
-
-class _HeaderTimeout(GatewayError):
-    status = 408
-    type = "invalid_request_error"
-    code = "request_timeout"
-    outcome = "client_error"
 
 
 class DeadlineProtocol(HttpToolsProtocol):
@@ -142,7 +135,7 @@ class DeadlineProtocol(HttpToolsProtocol):
             cycle.keep_alive = False
             return
         if self._phase == _HEADERS:  # part of a request came: say why it is being closed
-            err = _HeaderTimeout(
+            err = RequestTimeout(
                 f"The request's headers did not arrive within {self.header_timeout_s:g} s."
             )
             extra = list(self.server_state.default_headers)
