@@ -2,12 +2,14 @@
 
 A chat request, in the order its modules run (docs/architecture.md draws it):
 
+    transport    the HTTP connection (uvicorn's httptools protocol): header and body read
+                 deadlines (408), the connection cap (503)
     edge         the ASGI app: request id, headers, in-flight gauge, the catch-all 500;
                  dispatches each /v1 path (routes.SPECS) to lifecycle.serve
     lifecycle    the one owner: authenticate, read the body, run the endpoint, map errors
                  to outcomes, render them (errors), and call finish exactly once
     pipeline     the endpoint functions: chat, embeddings, explain, feedback, models
-                 (validate with protocol, route_input, policies.decide)
+                 (validate with protocol, check_limits, route_input, policies.decide)
     forward      retries and fallbacks along the decision's chain, through upstreams/
     relay, sse   the SSE stream to the client, event by event (streams finish here)
     accountant   a finished exchange -> metrics, a request record, the feedback summary

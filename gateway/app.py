@@ -2,8 +2,9 @@
 
 Resources are entered on one ``AsyncExitStack`` as they are built, so a start-up that fails
 half way (a bad record directory, an unreachable Redis) closes what it had already opened, and
-shutdown closes everything in reverse order: the policy watcher, the record log (flushed),
-the upstream clients, the store, NVML.
+shutdown closes everything in reverse order: first it waits (``SETTLE_S``) for requests cut
+at uvicorn's shutdown deadline to account for themselves, then the policy watcher, the record
+log (flushed), the upstream clients, the store, NVML.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from gateway.kv import KV, MemoryKV, RedisKV
 from gateway.metrics import CircuitCollector, LimitsCollector, Metrics
 from gateway.records import JSONLFile, RecordLog
 from gateway.scoring import EstimatorStore
+from gateway.series import GaugeValue
 from gateway.settings import Settings
 from gateway.shadow import Evaluator
 from gateway.state import AppState
@@ -213,6 +215,8 @@ def create_app(
         stack.callback(_on_sighup(state.reload_all))
         state.ready = True
         stack.callback(setattr, state, "ready", False)
+        # unwound first: requests cut at the shutdown deadline account before records close
+        stack.push_async_callback(_settle, metrics.in_flight)
 
     return GatewayApp(lifespan)
 
@@ -231,6 +235,23 @@ def _tenant_store(settings: Settings, metrics: Metrics) -> TenantStore | None:
     return TenantStore(
         settings.tenants_path, on_reload=on_reload, default_rpm=settings.rate_limit_rpm
     )
+
+
+# after uvicorn cancels what outlived the shutdown deadline, how long those requests may take
+# to unwind (each records itself, see lifecycle.serve and the relay) before the log closes
+SETTLE_S = 5.0
+
+
+async def _settle(in_flight: GaugeValue) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_S
+    # polled, once at shutdown: an event set by the last request would cost every request
+    while in_flight.value > 0 and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    if in_flight.value > 0:
+        log.error(
+            "%d request(s) still running at shutdown; their records are lost", in_flight.value
+        )
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

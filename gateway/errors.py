@@ -2,17 +2,22 @@
 
     GatewayError              500 server_error               outcome
     ├── InvalidRequest        400 invalid_request_error      client_error
-    │   └── ContextLengthExceeded 400 context_length_exceeded
+    │   ├── ContextLengthExceeded 400 context_length_exceeded (also: past a limit's max_chars)
+    │   ├── ArrayTooLong      400 array_above_max_length     (past a limit's max_messages)
+    │   └── IntegerTooLarge   400 integer_above_max_value    (past a limit's max_tokens)
     ├── Unauthorized          401 authentication_error       client_error
     ├── Forbidden             403 permission_denied          client_error
     ├── ModelNotFound         404 model_not_found            client_error
     ├── RequestNotFound       404 request_not_found          client_error
+    ├── RequestTimeout        408 request_timeout            client_error (+ connection: close)
     ├── PayloadTooLarge       413 request_too_large          client_error
     ├── RateLimited           429 rate_limit_exceeded        client_error (+ Retry-After)
     │   └── BudgetExceeded    429 budget_exceeded
     ├── NoHealthyUpstream     503 no_healthy_upstream        unavailable
     ├── PolicyUnavailable     503 policy_unavailable         unavailable
     ├── LimitsUnavailable     503 limits_unavailable         unavailable (+ Retry-After)
+    ├── Overloaded            503 server_overloaded          unavailable (the connection cap)
+    ├── ShuttingDown          503 server_shutting_down       unavailable (cut at the deadline)
     └── UpstreamError         502 an upstream failed; ``kind`` labels effgate_upstream_errors_total
         ├── UpstreamStatusError 502 the upstream's own 4xx/5xx, passed through as it came
         ├── UpstreamUnavailable 502 upstream_unavailable     upstream_error
@@ -78,6 +83,26 @@ class InvalidRequest(GatewayError):
 
 class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
+
+
+class ArrayTooLong(InvalidRequest):
+    code = "array_above_max_length"
+
+
+class IntegerTooLarge(InvalidRequest):
+    code = "integer_above_max_value"
+
+
+class RequestTimeout(GatewayError):
+    """The client did not send its whole body in time; the connection is closed after this."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    outcome: Outcome = "client_error"
+
+    def headers(self) -> dict[str, str]:
+        return {**self.extra_headers, "connection": "close"}
 
 
 class Unauthorized(GatewayError):
@@ -159,6 +184,20 @@ class LimitsUnavailable(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {**self.extra_headers, "retry-after": "1"}
+
+
+class Overloaded(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "server_overloaded"
+    outcome: Outcome = "unavailable"
+
+
+class ShuttingDown(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "server_shutting_down"
+    outcome: Outcome = "unavailable"
 
 
 class UpstreamError(GatewayError):

@@ -2,12 +2,14 @@
 
     edge.GatewayApp -> serve(state, routes.SPECS[path], scope, receive, send, id, headers)
         Exchange(request id, endpoint, the live policy)       one request's running account
-        authenticate -> rate limit -> read the JSON body      401, 429, 413, 400
+        authenticate -> rate limit -> read the JSON body      401, 429, 413, 400, 408
         SPEC.run(state, ex, call)                              pipeline.py: a Reply or a
             (under the disconnect watch when it calls out)     RelayResponse, or it raises
         a GatewayError: status, outcome and body from the error itself (errors.py), plus the
             effgate headers; anything else: logged, status 500 with a generic body that
             names the request id, outcome internal_error
+        cut by the server (the shutdown deadline cancels the task): 503 server_shutting_down,
+            recorded like any other answer
         finish(state, ex): metrics, the request record, the feedback summary, exactly once:
             here for JSON replies and errors; for a stream, the relay calls the same function
             when the last event is out
@@ -33,6 +35,8 @@ from gateway.errors import (
     GatewayError,
     InvalidRequest,
     PayloadTooLarge,
+    RequestTimeout,
+    ShuttingDown,
     Unauthorized,
     UpstreamStatusError,
     internal_error_body,
@@ -47,6 +51,9 @@ T = TypeVar("T")
 log = logging.getLogger("effgate")
 # a client that has not left after this long gets a watcher; quicker answers need none
 WATCH_AFTER_S = 0.02
+# set in the scope (to the deadline, in seconds) by gateway.transport when the body did not
+# arrive in time; the reader that it wakes answers 408
+BODY_DEADLINE = "effgate.body_deadline"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +105,7 @@ async def serve(
         body = None
         if spec.reads_body:
             limit = spec.body_limit or state.settings.max_body_bytes
-            body = await read_json(receive, headers, limit)
+            body = await read_json(receive, headers, limit, scope)
         work = spec.run(state, ex, Call(body, headers, path_params))
         if spec.calls_out:
             result = await until_disconnect(receive, work)
@@ -106,6 +113,17 @@ async def serve(
             result = await work
     except Disconnected:
         result = None
+    except asyncio.CancelledError:
+        # the client leaving is handled below (until_disconnect): this is the server cutting
+        # the request, at the shutdown deadline. Say so to the client and in the record.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        err = ShuttingDown("The gateway shut down before the request finished.")
+        ex.status, ex.outcome, ex.error = err.status, err.outcome, err.message
+        finish(state, ex)
+        await respond(send, err.status, err.body(), {"connection": "close"}, request_id)
+        return
     except GatewayError as exc:
         ex.status, ex.outcome, ex.error = exc.status, exc.outcome, exc.message
         extra = exc.extra_headers
@@ -212,8 +230,11 @@ def identify(state: AppState, headers: Mapping[str, str], *, admin: bool) -> Ten
     return found
 
 
-async def read_json(receive: Receive, headers: Mapping[str, str], limit: int) -> Any:
-    """The request body as JSON: 413 past ``limit`` bytes (declared or sent), 400 if malformed."""
+async def read_json(
+    receive: Receive, headers: Mapping[str, str], limit: int, scope: Scope | None = None
+) -> Any:
+    """The request body as JSON: 413 past ``limit`` bytes (declared or sent), 400 if malformed,
+    408 when the transport marks ``scope`` past the body deadline (``BODY_DEADLINE``)."""
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body is larger than the {limit}-byte limit.")
@@ -226,6 +247,10 @@ async def read_json(receive: Receive, headers: Mapping[str, str], limit: int) ->
         while True:
             if len(buf) > limit:
                 raise PayloadTooLarge(f"Request body is larger than the {limit}-byte limit.")
+            if scope is not None and BODY_DEADLINE in scope:
+                raise RequestTimeout(
+                    f"The request body did not arrive within {scope[BODY_DEADLINE]:g} s."
+                )
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise Disconnected

@@ -1,10 +1,12 @@
 """The endpoints' request path: each function turns one parsed request into a reply.
 
-    chat:        validate -> route_input (features, difficulty when a bar is in play)
+    chat:        validate -> check_limits (the route's input caps)
+                 -> route_input (features, difficulty when a bar is in play)
                  -> make_decision (policies.decide) -> forward.forward (retries, fallbacks)
                  -> a priced JSON Reply, or a RelayResponse for a stream
     embeddings:  validate -> the named catalog model -> forward.forward
-    explain:     validate -> route_input -> make_decision -> the decision as JSON, no call
+    explain:     validate -> check_limits -> route_input -> make_decision
+                 -> the decision as JSON, no call
     feedback:    validate -> Accountant.feedback (join to the served request)
     models / model: the catalog and route names
 
@@ -24,9 +26,11 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from gateway.errors import (
+    ArrayTooLong,
     ContextLengthExceeded,
     Forbidden,
     GatewayError,
+    IntegerTooLarge,
     InvalidRequest,
     ModelNotFound,
     NoHealthyUpstream,
@@ -41,7 +45,7 @@ from gateway.relay import RelayResponse
 from gateway.state import AppState
 from gateway.tenants import Tenant
 from gateway.upstreams.base import Reply
-from policies.compile import CompiledPolicy, resolve
+from policies.compile import CompiledPolicy, Limits, limits_for, resolve
 from policies.engine import Decision, NoEligibleModel, RouteInput, UnknownModel, decide
 from router_models.features import prompt_text
 
@@ -51,6 +55,9 @@ M = TypeVar("M", bound=BaseModel)
 async def chat(state: AppState, ex: Exchange, call: Call) -> Reply | RelayResponse:
     req = validate(ChatCompletionRequest, call.body)
     ex.stream = bool(req.stream)
+    mine = ex.principal.input_limits
+    if ex.policy.any_limits or mine is not None:
+        check_limits(request_limits(ex, req, call.headers).tighter(mine), call.body)
     inp = route_input(state, ex, req, call.body, call.headers)
     if ex.principal.restricts:
         inp = await for_tenant(state, ex, inp, call.body)
@@ -90,6 +97,9 @@ async def embeddings(state: AppState, ex: Exchange, call: Call) -> Reply | Relay
 
 async def explain(state: AppState, ex: Exchange, call: Call) -> Reply:
     req = validate(ChatCompletionRequest, call.body)
+    mine = ex.principal.input_limits
+    if ex.policy.any_limits or mine is not None:
+        check_limits(request_limits(ex, req, call.headers).tighter(mine), call.body)
     inp = route_input(state, ex, req, call.body, call.headers)
     if ex.principal.restricts:
         inp = await for_tenant(state, ex, inp, call.body)
@@ -178,12 +188,7 @@ async def for_tenant(
         allow(t, target.name)
     changes: dict[str, Any] = {}
     if t.max_tokens is not None:
-        asked = inp.max_output_tokens
-        if asked is not None and asked > t.max_tokens:
-            raise InvalidRequest(
-                f"max_tokens is {asked}; tenant {t.name!r} allows at most {t.max_tokens}.",
-                param="max_tokens",
-            )
+        asked = inp.max_output_tokens  # above the tenant's: refused by check_limits already
         if asked is None:
             body["max_tokens"] = t.max_tokens
             changes["max_output_tokens"] = t.max_tokens
@@ -255,6 +260,80 @@ def validate(model: type[M], data: Any) -> M:
         err = exc.errors()[0]
         param = ".".join(str(p) for p in err["loc"]) or None
         raise InvalidRequest(f"Invalid request: {err['msg']}", param=param) from None
+
+
+def request_limits(ex: Exchange, req: ChatCompletionRequest, headers: Mapping[str, str]) -> Limits:
+    """The input limits of the route the request resolves to (the policy's default when it
+    names a catalog model, or nothing known). A tenant's own limits go over these with
+    ``Limits.tighter`` before ``check_limits``."""
+    policy = ex.policy
+    return limits_for(policy, resolve(policy, req.model, headers.get("x-effgate-route")))
+
+
+def check_limits(limits: Limits, body: Mapping[str, Any]) -> None:
+    """400 when a validated chat ``body`` is past one of ``limits``: too many messages
+    (``array_above_max_length``), too many characters (``context_length_exceeded``), or a
+    larger ``max_tokens`` / ``max_completion_tokens`` (``integer_above_max_value``).
+
+    Characters are counted in one pass, stopping as soon as the cap is passed: string
+    contents, the text of content parts, tool-call arguments, and the tool definitions
+    (their JSON). Images and audio count nothing here (the body limit bounds them)."""
+    if not limits.active:
+        return
+    messages = body["messages"]
+    cap = limits.max_messages
+    if cap is not None and len(messages) > cap:
+        raise ArrayTooLong(
+            f"Invalid 'messages': array too long. Expected an array with maximum length {cap},"
+            f" but got an array with length {len(messages)} instead.",
+            param="messages",
+        )
+    cap = limits.max_tokens
+    if cap is not None:
+        for name in ("max_completion_tokens", "max_tokens"):
+            value = body.get(name)
+            if value is not None and value > cap:
+                raise IntegerTooLarge(
+                    f"Invalid '{name}': integer above maximum value. Expected a value <= {cap},"
+                    f" but got {value} instead.",
+                    param=name,
+                )
+    cap = limits.max_chars
+    if cap is not None:
+        total = _chars(messages, cap)
+        tools = body.get("tools")
+        if tools and total <= cap:
+            total += len(orjson.dumps(tools))
+        if total > cap:
+            raise ContextLengthExceeded(
+                f"The request has more than {cap} characters of messages and tools, the limit"
+                " of this route.",
+                param="messages",
+            )
+
+
+def _chars(messages: list[Any], cap: int) -> int:
+    """Text characters of ``messages``, counted until past ``cap``."""
+    total = 0
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                text = part.get("text") if isinstance(part, dict) else None
+                if isinstance(text, str):
+                    total += len(text)
+        calls = m.get("tool_calls")
+        if isinstance(calls, list):
+            for call in calls:
+                fn = call.get("function") if isinstance(call, dict) else None
+                args = fn.get("arguments") if isinstance(fn, dict) else None
+                if isinstance(args, str):
+                    total += len(args)
+        if total > cap:
+            break
+    return total
 
 
 def _needs(req: ChatCompletionRequest) -> frozenset[str]:

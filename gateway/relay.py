@@ -5,8 +5,9 @@ first token, picks usage out of the final usage event (dropping that event when 
 not ask for usage, adding ``effgate_cost_usd`` when it did), rewrites ``model`` to the catalog
 id with a byte replace, and watches for the client leaving: a disconnect cancels the relay and
 closes the upstream response, which is what makes vLLM stop generating. A stream that breaks,
-stalls past the idle deadline or ends without ``[DONE]`` ends with one OpenAI-shaped error event
-(vLLM's ``create_streaming_error_response``), never a silent truncated 200.
+stalls past the idle deadline, ends without ``[DONE]`` or is cut by the shutdown deadline ends
+with one OpenAI-shaped error event (vLLM's ``create_streaming_error_response``), never a silent
+truncated 200.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from gateway.accounting import Usage, usage_from
-from gateway.errors import ErrorKind, ProtocolFailed, StreamCut, UpstreamError, error_body
+from gateway.errors import (
+    ErrorKind,
+    ProtocolFailed,
+    ShuttingDown,
+    StreamCut,
+    UpstreamError,
+    error_body,
+)
 from gateway.exchange import Exchange
 from gateway.sse import DONE_EVENT, EventSplitter, encode_event, event_data
 from gateway.upstreams.base import Stream
@@ -119,9 +127,11 @@ class RelayResponse:
             try:
                 await self._pump(send, watch)
             except asyncio.CancelledError:
-                if ex.outcome != "cancelled":
-                    raise  # not the client leaving: shutdown, or an outer deadline
                 task.uncancel()
+                if ex.outcome != "cancelled":
+                    # not the client leaving: the server cut the stream (the shutdown
+                    # deadline). One error event says so, and the record.
+                    await self._cut(send)
             if ex.outcome == "cancelled":
                 return
             # account before the last byte: a client that sends feedback the moment its
@@ -211,6 +221,13 @@ class RelayResponse:
             await self._fail(send, "stream_cut", "upstream closed the stream before it finished")
             return
         await _drain(it)
+
+    async def _cut(self, send: Send) -> None:
+        err = ShuttingDown("The gateway shut down before the stream finished.")
+        self.ex.outcome, self.ex.error = err.outcome, err.message
+        await send(
+            {"type": "http.response.body", "body": encode_event(err.body()), "more_body": True}
+        )
 
     async def _fail(self, send: Send, kind: ErrorKind, message: str) -> None:
         ex = self.ex

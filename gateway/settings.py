@@ -69,3 +69,18 @@ class Settings(BaseSettings):
     # each chat record carries the request's hashed signature (router_models.signature),
     # what `effgate train --records` learns from without `log_prompts`
     records_signatures: bool = True
+
+    # -- connections, input deadlines and shutdown (gateway/transport.py, docs/operations.md)
+    # a request's line and headers must arrive within this many seconds of the connection
+    # opening (of the request's first byte, on a kept-alive connection); else 408 and close
+    header_timeout_s: float = Field(10.0, gt=0)
+    # the whole body within this many seconds of the headers; else 408 request_timeout
+    body_timeout_s: float = Field(30.0, gt=0)
+    # connections served at once; a request on one past it gets 503 server_overloaded
+    # (None: no cap). Slow clients hold their slot only until the deadlines above
+    max_connections: int | None = Field(1024, gt=0)
+    # an idle kept-alive connection is closed after this many seconds (uvicorn's keep-alive)
+    keep_alive_s: float = Field(5.0, gt=0)
+    # on SIGTERM: stop accepting, then let in-flight requests and streams finish for up to
+    # this many seconds; what is still running then is cut (and recorded), records flushed
+    shutdown_timeout_s: float = Field(30.0, ge=0)

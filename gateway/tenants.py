@@ -38,6 +38,7 @@ from pydantic import (
     model_validator,
 )
 
+from policies.compile import Limits as InputLimits
 from policies.errors import PolicyLoadError, format_loc
 from policies.loader import line_of, parse_yaml, read_bytes, validation_error
 from policies.store import WatchedFile
@@ -73,6 +74,9 @@ class Limits(_Strict):
     rpm: Annotated[int, Field(gt=0)] | None = None
     tpm: Annotated[int, Field(gt=0)] | None = None
     max_tokens: Annotated[int, Field(gt=0)] | None = None
+    # input caps over the route's (policies' limits): the stricter of both applies
+    max_messages: Annotated[int, Field(gt=0)] | None = None
+    max_chars: Annotated[int, Field(gt=0)] | None = None
 
 
 class Pressure(_Strict):
@@ -134,6 +138,8 @@ class Tenant:
     # its spend is counted per day and month even without a budget (tenants-file tenants:
     # GET /v1/tenants/me shows it); EFFGATE_API_KEYS tenants only count what they limit
     tracked: bool = False
+    # its caps on a request's input (messages, characters, max_tokens), or None
+    input_limits: InputLimits | None = None
 
     @property
     def metered(self) -> bool:
@@ -163,7 +169,13 @@ class Tenant:
             "routes": sorted(self.routes) if self.routes is not None else None,
             "quality_bar": {"min": self.bar_min, "max": self.bar_max},
             "budget": {"usd_per_day": self.usd_per_day, "usd_per_month": self.usd_per_month},
-            "limits": {"rpm": self.rpm, "tpm": self.tpm, "max_tokens": self.max_tokens},
+            "limits": {
+                "rpm": self.rpm,
+                "tpm": self.tpm,
+                "max_tokens": self.max_tokens,
+                "max_messages": self.input_limits.max_messages if self.input_limits else None,
+                "max_chars": self.input_limits.max_chars if self.input_limits else None,
+            },
             "on_budget_pressure": None
             if self.pressure_at is None
             else {"at": self.pressure_at, "quality_bar": self.pressure_bar},
@@ -210,6 +222,9 @@ def _tenant(spec: TenantSpec, default_rpm: int | None = None) -> Tenant:
         pressure_at=pressure.at if pressure else None,
         pressure_bar=pressure.quality_bar if pressure else None,
         tracked=True,
+        input_limits=InputLimits(limits.max_messages, limits.max_chars, limits.max_tokens)
+        if (limits.max_messages, limits.max_chars, limits.max_tokens) != (None, None, None)
+        else None,
     )
 
 

@@ -20,6 +20,7 @@ from policies.errors import Issue, Loc, PolicyCompileError
 from policies.prices import lookup
 from policies.schema import (
     ALL_CAPABILITIES,
+    LimitsSpec,
     ModelSpec,
     PolicyFile,
     Provider,
@@ -109,6 +110,51 @@ class ShadowEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """Caps on a chat request's input (``LimitsSpec``); None is no cap. The gateway checks
+    them with ``gateway.pipeline.check_limits`` before it routes."""
+
+    max_messages: int | None = None
+    max_chars: int | None = None
+    max_tokens: int | None = None
+
+    @property
+    def active(self) -> bool:
+        """Some cap is set (requests under no cap skip the check entirely)."""
+        return not (
+            self.max_messages is None and self.max_chars is None and self.max_tokens is None
+        )
+
+    def tighter(self, other: Limits | None) -> Limits:
+        """Each cap the stricter of the two: a tenant's limits over a route's, say."""
+        if other is None or other is self:
+            return self
+        return Limits(
+            _min(self.max_messages, other.max_messages),
+            _min(self.max_chars, other.max_chars),
+            _min(self.max_tokens, other.max_tokens),
+        )
+
+
+def _min(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+NO_LIMITS = Limits()
+
+
+def _limits(spec: LimitsSpec | None, base: Limits) -> Limits:
+    """``spec`` over ``base``, field by field (a field ``spec`` leaves out is inherited)."""
+    if spec is None:
+        return base
+    return Limits(
+        spec.max_messages if spec.max_messages is not None else base.max_messages,
+        spec.max_chars if spec.max_chars is not None else base.max_chars,
+        spec.max_tokens if spec.max_tokens is not None else base.max_tokens,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class RouteEntry:
     """A route with its candidates resolved to catalog entries."""
 
@@ -125,6 +171,7 @@ class RouteEntry:
     # every model the route may choose (candidates, rules' candidates and pins), in order
     scored: tuple[ModelEntry, ...] = ()
     shadow: ShadowEntry | None = None
+    limits: Limits = NO_LIMITS  # the policy's limits with the route's own over them
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +198,8 @@ class CompiledPolicy:
     budget_daily_usd: float | None
     targets: Mapping[str, Target]  # every model id, route name and "auto"
     smallest_context_window: int = 0  # of every catalog model: prompts far below it fit all
+    limits: Limits = NO_LIMITS  # the policy-wide default: requests that name a catalog model
+    any_limits: bool = False  # the policy or a route sets some limit (else nothing to check)
 
 
 def resolve(policy: CompiledPolicy, name: str, route_override: str | None = None) -> Target | None:
@@ -163,6 +212,13 @@ def resolve(policy: CompiledPolicy, name: str, route_override: str | None = None
         if target is not None and target.kind == "route":
             return target
     return policy.targets.get(name)
+
+
+def limits_for(policy: CompiledPolicy, target: Target | None) -> Limits:
+    """The input limits of a resolved request: its route's, else the policy's default."""
+    if target is not None and target.kind == "route":
+        return policy.routes[target.name].limits
+    return policy.limits
 
 
 def needs_difficulty(policy: CompiledPolicy, name: str, route_override: str | None = None) -> bool:
@@ -209,6 +265,7 @@ def compile_policy(
         entry = _model(model, loc, lowered, price_table, issues)
         if entry is not None:
             models[model.id] = entry
+    limits = _limits(spec.limits, NO_LIMITS)
     routes: dict[str, RouteEntry] = {}
     route_names: set[str] = set()
     for i, route in enumerate(spec.routes):
@@ -223,7 +280,7 @@ def compile_policy(
         if clash is not None:
             issues.append(Issue((*loc, "name"), clash))
         route_names.add(route.name)
-        compiled = _route(route, loc, models, index, issues)
+        compiled = _route(route, loc, models, index, issues, limits)
         if compiled is not None and clash is None:
             routes[route.name] = compiled
     if spec.default_route not in {r.name for r in spec.routes}:
@@ -251,6 +308,8 @@ def compile_policy(
         budget_daily_usd=spec.budget.daily_usd if spec.budget is not None else None,
         targets=MappingProxyType(targets),
         smallest_context_window=min((m.context_window for m in models.values()), default=0),
+        limits=limits,
+        any_limits=limits.active or any(r.limits.active for r in routes.values()),
     )
 
 
@@ -354,6 +413,7 @@ def _route(
     models: Mapping[str, ModelEntry],
     index: Mapping[str, int],
     issues: list[Issue],
+    limits: Limits = NO_LIMITS,
 ) -> RouteEntry | None:
     before = len(issues)
     entries = _refs(route.candidates, (*loc, "candidates"), models, index, issues)
@@ -416,6 +476,7 @@ def _route(
         uses_quality_bar=any(bar is not None for _, bar in bars),
         scored=tuple(scored.values()),
         shadow=shadow,
+        limits=_limits(route.limits, limits),
     )
 
 

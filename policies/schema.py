@@ -172,6 +172,15 @@ class ShadowSpec(_Spec):
     max_pending: PositiveCount = 64  # evaluations queued per replica; more are dropped, counted
 
 
+class LimitsSpec(_Spec):
+    """Caps on a chat request's input, enforced before routing (400 past any of them). A
+    route's ``limits`` override the policy's field by field; a field left out inherits it."""
+
+    max_messages: PositiveCount | None = None  # messages in the conversation
+    max_chars: PositiveCount | None = None  # text characters: contents, tool calls, tools
+    max_tokens: PositiveCount | None = None  # the request's max_tokens / max_completion_tokens
+
+
 class RouteSpec(_Spec):
     """A named routing recipe: candidates, an optional quality bar, and rules."""
 
@@ -184,6 +193,7 @@ class RouteSpec(_Spec):
     reference_model: Name | None = None
     rules: tuple[RuleSpec, ...] = ()
     shadow: ShadowSpec | None = None
+    limits: LimitsSpec | None = None
 
 
 class PolicyFile(_Spec):
@@ -193,6 +203,8 @@ class PolicyFile(_Spec):
     log_prompts: Flag = False
     budget: BudgetSpec | None = None
     default_expected_output_tokens: PositiveCount = 256
+    # the default input limits of every route (and of requests naming a catalog model)
+    limits: LimitsSpec | None = None
     models: Annotated[tuple[ModelSpec, ...], AfterValidator(_non_empty)]
     routes: Annotated[tuple[RouteSpec, ...], AfterValidator(_non_empty)]
     default_route: Name

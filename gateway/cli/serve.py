@@ -21,7 +21,12 @@ import uvicorn
 
 
 class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGINT/SIGTERM after a graceful shutdown; we return normally (exit 0)."""
+    """uvicorn re-raises SIGINT/SIGTERM after a graceful shutdown; we return normally (exit 0).
+
+    On SIGTERM uvicorn closes the listening socket (new connections are refused), closes idle
+    connections, lets requests and streams in flight finish for EFFGATE_SHUTDOWN_TIMEOUT_S,
+    cancels what is left (cut requests answer 503 / a final error event, and are recorded),
+    then runs the lifespan shutdown, which flushes the request records."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -46,6 +51,7 @@ def main(argv: list[str]) -> int:
 
     from gateway.app import create_app, load_estimator
     from gateway.settings import Settings
+    from gateway.transport import server_config
     from policies.errors import PolicyLoadError
     from policies.loader import load_policy
     from router_models import ArtifactError
@@ -78,20 +84,9 @@ def main(argv: list[str]) -> int:
         print(f"effgate serve: {exc}", file=sys.stderr)
         return 2
     app = create_app(settings, estimator=estimator)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=settings.access_log,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
-        # effgate reads no client address, so X-Forwarded-* rewriting is a layer for nothing
-        proxy_headers=False,
-        server_header=False,
-    )
+    # httptools under effgate's header and body deadlines and connection cap, the keep-alive
+    # and the graceful-shutdown deadline from settings (gateway/transport.py)
+    config = server_config(app, settings)
     server = _Server(config)
     tune_gc()
     server.run()

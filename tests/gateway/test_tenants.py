@@ -348,7 +348,7 @@ def test_rpm_tpm_and_max_tokens(
     make_gateway: GatewayFactory, tmp_path: Path, small: FakeUpstreamHandle
 ) -> None:
     keys = Keys()
-    data = tenants_yaml(keys, limits={"rpm": 3, "max_tokens": 4})
+    data = tenants_yaml(keys, limits={"rpm": 3, "max_tokens": 4, "max_messages": 2})
     data["tenants"][0]["limits"] = {"tpm": 50}
     gw, _ = start(make_gateway, tmp_path, data)
     b = gw.sdk(api_key=keys.b)
@@ -357,7 +357,13 @@ def test_rpm_tpm_and_max_tokens(
     assert reply.usage is not None and reply.usage.completion_tokens <= 4
     with pytest.raises(openai.BadRequestError) as too_many:
         b.chat.completions.create(model="auto", messages=USER, max_tokens=5)
-    assert assert_error(too_many.value.response, 400)["param"] == "max_tokens"
+    err = assert_error(too_many.value.response, 400, "integer_above_max_value")
+    assert err["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as long_chat:
+        b.chat.completions.create(model="auto", messages=USER * 3)
+    assert assert_error(long_chat.value.response, 400, "array_above_max_length")["param"] == (
+        "messages"
+    )
     b.models.list()  # models count against the rpm too (a refused request does not)
     b.chat.completions.create(model="auto", messages=USER)
     with pytest.raises(openai.RateLimitError) as rpm:
