@@ -35,6 +35,7 @@ from gateway.errors import (
     ModelNotFound,
     NoHealthyUpstream,
     RequestNotFound,
+    TooDeep,
 )
 from gateway.exchange import Exchange
 from gateway.explain import explain_body, models_body
@@ -303,7 +304,10 @@ def check_limits(limits: Limits, body: Mapping[str, Any]) -> None:
         total = _chars(messages, cap)
         tools = body.get("tools")
         if tools and total <= cap:
-            total += len(orjson.dumps(tools))
+            try:
+                total += len(orjson.dumps(tools))
+            except orjson.JSONEncodeError:  # nested past what orjson writes (254 levels)
+                raise TooDeep(param="tools") from None
         if total > cap:
             raise ContextLengthExceeded(
                 f"The request has more than {cap} characters of messages and tools, the limit"

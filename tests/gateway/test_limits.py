@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import ArrayTooLong, ContextLengthExceeded, IntegerTooLarge
+from gateway.errors import ArrayTooLong, ContextLengthExceeded, IntegerTooLarge, TooDeep
 from gateway.pipeline import check_limits
 from policies.compile import NO_LIMITS, Limits
 from tests.fakes.servers import FakeUpstreamHandle
@@ -42,6 +42,16 @@ def test_max_tokens_above_the_cap(name: str) -> None:
     with pytest.raises(IntegerTooLarge) as info:
         check_limits(Limits(max_tokens=100), body("a", **{name: 101}))
     assert info.value.param == name and info.value.code == "integer_above_max_value"
+
+
+def test_tools_nested_past_what_orjson_writes_are_a_400() -> None:
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": deep}}]
+    with pytest.raises(TooDeep) as info:
+        check_limits(Limits(max_chars=10**6), body("hi", tools=tools))
+    assert info.value.status == 400 and info.value.param == "tools"
 
 
 @pytest.mark.parametrize(
