@@ -473,7 +473,10 @@ def test_capabilities_steer_the_route(
 @pytest.mark.parametrize(
     ("header", "value"),
     [("x-effgate-max-cost-usd", "0.0000001"), ("x-effgate-quality-bar", "-1"),
-     ("x-effgate-quality-bar", "nan"), ("x-effgate-max-cost-usd", "cheap")],
+     ("x-effgate-quality-bar", "nan"), ("x-effgate-max-cost-usd", "cheap"),
+     # non-finite: the engine refuses an infinite bar (these were 500s)
+     ("x-effgate-quality-bar", "inf"), ("x-effgate-quality-bar", "1e999"),
+     ("x-effgate-max-cost-usd", "inf")],
 )  # fmt: skip
 def test_request_headers_are_validated(
     gateway: Gateway, small: FakeUpstreamHandle, header: str, value: str
