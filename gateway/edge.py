@@ -3,7 +3,7 @@
     GatewayApp(scope, receive, send)
       lifespan                      the lifespan context create_app gives (builds AppState)
       POST /v1/chat/completions ... exact paths (and /v1/models/<id>) -> lifecycle.serve
-      GET /healthz /readyz /metrics answered here
+      GET /healthz /readyz /metrics answered here, and /openapi.json (gateway.openapi, prebuilt)
       anything else                 404, or 405 for a known path, OpenAI-shaped
 
 One layer, not a framework's stack: the request id (the client's ``x-request-id`` when it is a
@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
 
+from gateway import openapi
 from gateway.errors import error_body, internal_error_body
 from gateway.lifecycle import Spec, serve
 from gateway.routes import MODEL_PREFIX, SPECS
@@ -71,7 +72,16 @@ async def _metrics(state: AppState) -> tuple[int, bytes, bytes]:
     return 200, generate_latest(state.metrics.registry), CONTENT_TYPE_LATEST.encode()
 
 
-PLAIN: dict[str, Plain] = {"/healthz": _healthz, "/readyz": _readyz, "/metrics": _metrics}
+async def _openapi(state: AppState) -> tuple[int, bytes, bytes]:
+    return 200, openapi.DOCUMENT, JSON_TYPE
+
+
+PLAIN: dict[str, Plain] = {
+    "/healthz": _healthz,
+    "/readyz": _readyz,
+    "/metrics": _metrics,
+    openapi.PATH: _openapi,
+}
 
 
 class GatewayApp:

@@ -4,7 +4,8 @@
     ├── InvalidRequest        400 invalid_request_error      client_error
     │   ├── ContextLengthExceeded 400 context_length_exceeded (also: past a limit's max_chars)
     │   ├── ArrayTooLong      400 array_above_max_length     (past a limit's max_messages)
-    │   └── IntegerTooLarge   400 integer_above_max_value    (past a limit's max_tokens)
+    │   ├── IntegerTooLarge   400 integer_above_max_value    (past a limit's max_tokens)
+    │   └── TooDeep           400 (JSON nested deeper than it can be re-encoded: 254 levels)
     ├── Unauthorized          401 authentication_error       client_error
     ├── Forbidden             403 permission_denied          client_error
     ├── ModelNotFound         404 model_not_found            client_error
@@ -91,6 +92,21 @@ class ArrayTooLong(InvalidRequest):
 
 class IntegerTooLarge(InvalidRequest):
     code = "integer_above_max_value"
+
+
+class TooDeep(InvalidRequest):
+    """The body parsed (orjson reads 1024 levels) but nests too deeply to be written again
+    (orjson writes 254): to an upstream, or counted for a limit. Raised where it is encoded,
+    so well-formed requests pay for no depth check."""
+
+    def __init__(
+        self,
+        message: str = "The request's JSON is nested too deeply: at most 254 levels of arrays"
+        " and objects.",
+        *,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
 
 
 class RequestTimeout(GatewayError):

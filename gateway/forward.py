@@ -24,6 +24,7 @@ from gateway.errors import (
     NoHealthyUpstream,
     ProtocolFailed,
     TimedOut,
+    TooDeep,
     UpstreamError,
     UpstreamStatusError,
 )
@@ -151,8 +152,9 @@ async def forward(
             t0 = time.perf_counter()
             try:
                 result = await _call(state, ex, upstream, entry, out_body, path, include_usage)
-            except asyncio.CancelledError:
-                state.health.release(model_id)  # the client left: no verdict on the upstream
+            except (asyncio.CancelledError, TooDeep):
+                # the client left, or its body could not be sent: no verdict on the upstream
+                state.health.release(model_id)
                 raise
             except UpstreamError as exc:
                 elapsed = time.perf_counter() - t0

@@ -17,6 +17,7 @@ raises a ``GatewayError`` for anything else; ``gateway.lifecycle.serve`` owns th
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -35,6 +36,7 @@ from gateway.errors import (
     ModelNotFound,
     NoHealthyUpstream,
     RequestNotFound,
+    TooDeep,
 )
 from gateway.exchange import Exchange
 from gateway.explain import explain_body, models_body
@@ -292,7 +294,8 @@ def check_limits(limits: Limits, body: Mapping[str, Any]) -> None:
     if cap is not None:
         for name in ("max_completion_tokens", "max_tokens"):
             value = body.get(name)
-            if value is not None and value > cap:
+            # validated, but leniently: "5" and 5.0 passed as 5, so compare it as an int
+            if value is not None and int(value) > cap:
                 raise IntegerTooLarge(
                     f"Invalid '{name}': integer above maximum value. Expected a value <= {cap},"
                     f" but got {value} instead.",
@@ -303,7 +306,10 @@ def check_limits(limits: Limits, body: Mapping[str, Any]) -> None:
         total = _chars(messages, cap)
         tools = body.get("tools")
         if tools and total <= cap:
-            total += len(orjson.dumps(tools))
+            try:
+                total += len(orjson.dumps(tools))
+            except orjson.JSONEncodeError:  # nested past what orjson writes (254 levels)
+                raise TooDeep(param="tools") from None
         if total > cap:
             raise ContextLengthExceeded(
                 f"The request has more than {cap} characters of messages and tools, the limit"
@@ -362,8 +368,8 @@ def _float_header(headers: Mapping[str, str], name: str) -> float | None:
         value = float(raw)
     except ValueError:
         raise InvalidRequest(f"header {name} must be a number", param=name) from None
-    if value != value or value < 0:
-        raise InvalidRequest(f"header {name} must be a non-negative number", param=name)
+    if not math.isfinite(value) or value < 0:  # inf: the engine refuses a non-finite bar
+        raise InvalidRequest(f"header {name} must be a finite non-negative number", param=name)
     return value
 
 

@@ -20,7 +20,9 @@ A timer is armed only while a request is incomplete at the end of a read: the us
 whose headers and body arrive in one read, costs no timer beyond the one per connection.
 
 It also enforces the connection cap itself (``max_connections``, uvicorn's
-``limit_concurrency`` check, which it replaces) so the 503 is OpenAI-shaped JSON.
+``limit_concurrency`` check, which it replaces) so the 503 is OpenAI-shaped JSON, and answers
+a request the parser rejects (a control byte in a header, a malformed line) with an
+OpenAI-shaped 400 instead of uvicorn's plain-text one.
 ``server_config`` builds the ``uvicorn.Config`` that ``effgate serve`` runs.
 """
 
@@ -34,7 +36,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.errors import GatewayError, Overloaded, RequestTimeout
+from gateway.errors import GatewayError, InvalidRequest, Overloaded, RequestTimeout
 from gateway.lifecycle import BODY_DEADLINE
 from gateway.settings import Settings
 
@@ -140,6 +142,13 @@ class DeadlineProtocol(HttpToolsProtocol):
             )
             extra = list(self.server_state.default_headers)
             self.transport.write(_raw_response(b"408 Request Timeout", err, extra))
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """The parser's 400 (uvicorn's is text/plain), then close, as uvicorn does."""
+        err = InvalidRequest(f"{msg} The request line or a header is malformed.")
+        extra = list(self.server_state.default_headers)
+        self.transport.write(_raw_response(b"400 Bad Request", err, extra))
         self.transport.close()
 
     def _log_rejected(self, cap: int) -> None:

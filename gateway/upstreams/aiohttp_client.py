@@ -27,7 +27,7 @@ from gateway.errors import (
     UpstreamStatusError,
     upstream_status,
 )
-from gateway.upstreams.base import MAX_ERROR_BODY, Reply, Stream, picked_headers
+from gateway.upstreams.base import MAX_ERROR_BODY, Reply, Stream, encode_body, picked_headers
 from policies.compile import ModelEntry
 
 
@@ -114,7 +114,7 @@ class AiohttpUpstream:
         with map_aiohttp_errors(self.name):
             async with (
                 asyncio.timeout(deadline_s),
-                self._session.post(self._url(path), data=orjson.dumps(body)) as resp,
+                self._session.post(self._url(path), data=encode_body(body)) as resp,
             ):
                 if resp.status >= 400:
                     raise await _status_error(resp)
@@ -126,7 +126,7 @@ class AiohttpUpstream:
         with map_aiohttp_errors(self.name):
             try:
                 async with asyncio.timeout(first_byte_s):
-                    resp = await self._session.post(url, data=orjson.dumps(body))
+                    resp = await self._session.post(url, data=encode_body(body))
             except TimeoutError as exc:
                 raise TimedOut(
                     f"upstream {self.name!r} sent no response in {first_byte_s:g} s"

@@ -1,7 +1,8 @@
 """The upstream seam: what the pipeline calls, whichever client sits behind it.
 
 Each method raises a ``gateway.errors.UpstreamError`` leaf (``UpstreamStatusError`` for the
-upstream's own HTTP errors), never a library exception.
+upstream's own HTTP errors), never a library exception; the one exception is
+``gateway.errors.TooDeep`` (400), from ``encode_body`` before anything is sent.
 """
 
 from __future__ import annotations
@@ -10,8 +11,22 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
+from gateway.errors import TooDeep
+
 PASS_HEADERS = ("retry-after", "x-request-id", "openai-processing-ms")
 MAX_ERROR_BODY = 64 * 1024
+
+
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    """The upstream request body, or ``TooDeep`` (and the upstream is never asked): orjson
+    parses JSON nested 1024 levels deep but writes only 254, and a body from ``orjson.loads``
+    holds only JSON types, so depth is the one way this fails."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        raise TooDeep() from None
 
 
 @dataclass(slots=True)

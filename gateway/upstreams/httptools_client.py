@@ -35,10 +35,9 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
-import orjson
 
 from gateway.errors import ConnectFailed, ProtocolFailed, TimedOut, UpstreamError, upstream_status
-from gateway.upstreams.base import MAX_ERROR_BODY, PASS_HEADERS, Reply, Stream
+from gateway.upstreams.base import MAX_ERROR_BODY, PASS_HEADERS, Reply, Stream, encode_body
 from policies.compile import ModelEntry
 
 MAX_BODY = 64 * 1024 * 1024  # a JSON answer larger than this is not an LLM's
@@ -370,7 +369,7 @@ class HttptoolsUpstream:
 
     async def _send(self, path: str, body: dict[str, Any]) -> _Response:
         """Send the request and wait for the response head; retried once on a stale socket."""
-        raw = self._request(path, orjson.dumps(body))
+        raw = self._request(path, encode_body(body))
         for attempt in (0, 1):
             conn = await self._pool.acquire(self._connect_s)
             try:

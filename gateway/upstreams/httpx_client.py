@@ -13,10 +13,9 @@ from typing import Any
 
 import anyio
 import httpx
-import orjson
 
 from gateway.errors import ConnectFailed, ProtocolFailed, TimedOut, upstream_status
-from gateway.upstreams.base import MAX_ERROR_BODY, Reply, Stream, picked_headers
+from gateway.upstreams.base import MAX_ERROR_BODY, Reply, Stream, encode_body, picked_headers
 from policies.compile import ModelEntry
 
 
@@ -93,7 +92,7 @@ class HttpxUpstream:
         )
 
     async def complete(self, path: str, body: dict[str, Any], deadline_s: float) -> Reply:
-        req = self.client.build_request("POST", path, content=orjson.dumps(body))
+        req = self.client.build_request("POST", path, content=encode_body(body))
         with map_httpx_errors(self.name):
             try:
                 with anyio.fail_after(deadline_s):
@@ -115,7 +114,7 @@ class HttpxUpstream:
         return Reply(resp.status_code, data, picked_headers(resp.headers))
 
     async def open_stream(self, body: dict[str, Any], first_byte_s: float) -> Stream:
-        req = self.client.build_request("POST", "/chat/completions", content=orjson.dumps(body))
+        req = self.client.build_request("POST", "/chat/completions", content=encode_body(body))
         with map_httpx_errors(self.name):
             try:
                 with anyio.fail_after(first_byte_s):

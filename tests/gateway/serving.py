@@ -62,10 +62,16 @@ class ServeProcess:
 
 @contextlib.contextmanager
 def serve_process(
-    tmp_path: Path, small: FakeUpstreamHandle, big: FakeUpstreamHandle, **env: str
+    tmp_path: Path,
+    small: FakeUpstreamHandle,
+    big: FakeUpstreamHandle,
+    *,
+    policy: dict[str, Any] | None = None,
+    **env: str,
 ) -> Iterator[ServeProcess]:
-    """Start ``effgate serve`` with ``EFFGATE_*`` overrides ``env``; killed if still running."""
-    policy = policy_dict(
+    """Start ``effgate serve`` with ``EFFGATE_*`` overrides ``env``; killed if still running.
+    ``policy`` replaces the test policy (a ``policy_dict``) when given."""
+    policy = policy or policy_dict(
         small.base_url,
         big.base_url,
         small={"timeouts": SLOW_OK},

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import ArrayTooLong, ContextLengthExceeded, IntegerTooLarge
+from gateway.errors import ArrayTooLong, ContextLengthExceeded, IntegerTooLarge, TooDeep
 from gateway.pipeline import check_limits
 from policies.compile import NO_LIMITS, Limits
 from tests.fakes.servers import FakeUpstreamHandle
@@ -42,6 +42,25 @@ def test_max_tokens_above_the_cap(name: str) -> None:
     with pytest.raises(IntegerTooLarge) as info:
         check_limits(Limits(max_tokens=100), body("a", **{name: 101}))
     assert info.value.param == name and info.value.code == "integer_above_max_value"
+
+
+@pytest.mark.parametrize("value", ["101", 101.0, "1_000"])
+def test_max_tokens_that_validation_coerced_are_compared_as_ints(value: Any) -> None:
+    """ChatCompletionRequest takes "101" and 101.0 as 101; the raw body still holds them
+    (a str compared to the cap was a TypeError, a 500)."""
+    check_limits(Limits(max_tokens=10**6), body("a", max_tokens=value))
+    with pytest.raises(IntegerTooLarge):
+        check_limits(Limits(max_tokens=100), body("a", max_tokens=value))
+
+
+def test_tools_nested_past_what_orjson_writes_are_a_400() -> None:
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": deep}}]
+    with pytest.raises(TooDeep) as info:
+        check_limits(Limits(max_chars=10**6), body("hi", tools=tools))
+    assert info.value.status == 400 and info.value.param == "tools"
 
 
 @pytest.mark.parametrize(

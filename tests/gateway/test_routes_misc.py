@@ -473,7 +473,10 @@ def test_capabilities_steer_the_route(
 @pytest.mark.parametrize(
     ("header", "value"),
     [("x-effgate-max-cost-usd", "0.0000001"), ("x-effgate-quality-bar", "-1"),
-     ("x-effgate-quality-bar", "nan"), ("x-effgate-max-cost-usd", "cheap")],
+     ("x-effgate-quality-bar", "nan"), ("x-effgate-max-cost-usd", "cheap"),
+     # non-finite: the engine refuses an infinite bar (these were 500s)
+     ("x-effgate-quality-bar", "inf"), ("x-effgate-quality-bar", "1e999"),
+     ("x-effgate-max-cost-usd", "inf")],
 )  # fmt: skip
 def test_request_headers_are_validated(
     gateway: Gateway, small: FakeUpstreamHandle, header: str, value: str
@@ -483,6 +486,30 @@ def test_request_headers_are_validated(
     assert r.status_code == 400, r.text
     assert r.json()["error"]["type"] == "invalid_request_error"
     assert small.stats["requests_total"] == 0
+
+
+@pytest.mark.parametrize("client", ["httptools", "aiohttp", "httpx"])
+def test_a_body_nested_deeper_than_can_be_forwarded_is_a_400(
+    make_gateway: GatewayFactory, small: FakeUpstreamHandle, client: str
+) -> None:
+    """orjson reads 1024 levels but writes 254: such a body was a 500 when it was encoded for
+    the upstream. It is a 400 now, and the upstream is never called."""
+    gw = make_gateway(http_client=client)
+    deep = b"[" * 300 + b"]" * 300
+    chat_raw = b'{"model":"small","messages":[{"role":"user","content":"hi"}],"metadata":{"a":'
+    bodies = [
+        (CHAT, chat_raw + deep + b"}}"),
+        (CHAT, chat_raw + deep + b'},"stream":true}'),
+        ("/v1/embeddings", b'{"model":"small","input":"x","extra":' + deep + b"}"),
+    ]
+    with gw.http() as c:
+        for path, raw in bodies:
+            r = c.post(path, content=raw, headers={"content-type": "application/json"})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["type"] == "invalid_request_error"
+            assert "nested too deeply" in r.json()["error"]["message"]
+        assert c.post(CHAT, json=chat(model="small")).status_code == 200  # circuit unharmed
+    assert small.stats["requests_total"] == 1
 
 
 def test_reload_moves_new_requests_and_lets_in_flight_ones_finish(
