@@ -39,11 +39,14 @@ async def ledger(redis_server: RedisServer) -> AsyncIterator[Callable[..., Ledge
     clients: list[Any] = []
 
     def make(**kw: Any) -> Ledger:
+        # generous: these tests check atomicity, and 60 reserves opening connections at once
+        # on a loaded 2-core machine can take longer than a production timeout
+        timeout_s = kw.pop("timeout_s", 1.0)
         client = aioredis.from_url(
-            redis_server.url, socket_timeout=0.25, socket_connect_timeout=0.25
+            redis_server.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
         clients.append(client)
-        return Ledger(client, timeout_s=0.25, **kw)
+        return Ledger(client, timeout_s=timeout_s, **kw)
 
     yield make
     for client in clients:

@@ -548,3 +548,11 @@ def test_an_upstream_cookie_never_rides_along_on_the_next_request(
                 assert c.post("/v1/chat/completions", json=chat(model="small")).status_code == 200
     assert len(upstream.requests) == 2
     assert all("cookie" not in r.headers for r in upstream.requests)
+
+
+def test_a_stream_flag_that_is_not_a_boolean_is_refused(gateway: Gateway) -> None:
+    with gateway.http() as http:
+        r = http.post("/v1/chat/completions", json={**chat(), "stream": "true"})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["param"] == "stream" and err["type"] == "invalid_request_error"
