@@ -115,9 +115,9 @@ class RedisKV:
     ) -> None:
         import redis.asyncio as redis
 
-        self._redis: Any = redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
-        )
+        from gateway.redis_client import connect
+
+        self._redis: Any = connect(url, timeout_s)  # one node, Sentinel or Cluster
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, TimeoutError)
         self._prefix = prefix
         self._fallback = MemoryKV()
