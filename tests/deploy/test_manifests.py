@@ -1,9 +1,12 @@
-"""Dockerfile, docker-compose and Kubernetes manifests, checked by reading (Docker cannot run here).
+"""docker-compose and Kubernetes manifests, checked by reading (Docker cannot run here).
 
-The invariants that matter in production: probes on the right paths, the policy ConfigMap
-mounted as a directory (so hot reload sees the kubelet's symlink swap), the init container
-checking the same file the server loads, provider keys from a Secret, one uvicorn worker,
-every `effgate` command line accepted by the real CLI parsers, and every policy file valid.
+The invariants that matter in production: probes on the right paths, the policy and tenants
+ConfigMaps mounted as directories (so hot reload sees the kubelet's symlink swap), the init
+containers checking the same files the server loads, provider keys from a Secret, a
+restricted security context, every replica behind the load balancer and scraped, budgets in
+a Redis that persists them, every `effgate` command line accepted by the real CLI parsers,
+and every policy and tenants file valid. Schemas: test_schemas.py; the image:
+test_dockerfile.py.
 """
 
 from __future__ import annotations
@@ -16,26 +19,24 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway import cli
+from gateway import cli, tenants
 from policies.check import main as policy_check
-from tests.deploy.queries import DEPLOY, ROOT
+from tests.deploy.kustomize import render
+from tests.deploy.queries import DEPLOY
 
 K8S = DEPLOY / "k8s"
+PRODUCTION = K8S / "overlays" / "production"
 
 
-def k8s_docs() -> list[dict[str, Any]]:
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    docs: list[dict[str, Any]] = []
-    for name in kustomization["resources"]:
-        docs.extend(d for d in yaml.safe_load_all((K8S / name).read_text()) if d)
-    return docs
+def k8s_docs(overlay: Path = PRODUCTION) -> list[dict[str, Any]]:
+    return render(overlay)
 
 
-def find(kind: str, name: str) -> dict[str, Any]:
-    for doc in k8s_docs():
+def find(kind: str, name: str, overlay: Path = PRODUCTION) -> dict[str, Any]:
+    for doc in k8s_docs(overlay):
         if doc["kind"] == kind and doc["metadata"]["name"] == name:
             return doc
-    raise AssertionError(f"no {kind} {name} in deploy/k8s")
+    raise AssertionError(f"no {kind} {name} in {overlay}")
 
 
 def compose() -> dict[str, Any]:
@@ -51,88 +52,182 @@ def dockerfile_cmd() -> list[str]:
     return cmd
 
 
+def pod_spec(overlay: Path = PRODUCTION) -> dict[str, Any]:
+    spec: dict[str, Any] = find("Deployment", "effgate", overlay)["spec"]["template"]["spec"]
+    return spec
+
+
 def effgate_commands() -> list[tuple[str, list[str]]]:
     """Every `effgate ...` command line in the Dockerfile, compose file and k8s manifests."""
     found = [("Dockerfile CMD", dockerfile_cmd())]
     for name, service in compose()["services"].items():
         if service.get("command", [""])[0] == "effgate":
             found.append((f"compose {name}", service["command"]))
-    deployment = find("Deployment", "effgate")["spec"]["template"]["spec"]
-    for container in deployment["initContainers"] + deployment["containers"]:
+    for container in pod_spec()["initContainers"] + pod_spec()["containers"]:
         found.append((f"k8s {container['name']}", container["command"]))
     return found
 
 
-def test_kustomization_lists_existing_files_but_no_secret() -> None:
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    for name in kustomization["resources"]:
-        assert (K8S / name).is_file(), name
-    assert "secret.example.yaml" not in kustomization["resources"]
-    assert {d["kind"] for d in k8s_docs()} >= {
+def test_kustomizations_list_existing_files_but_no_secret() -> None:
+    for path in K8S.rglob("kustomization.yaml"):
+        kustomization = yaml.safe_load(path.read_text())
+        for name in kustomization.get("resources", []) + kustomization.get("components", []):
+            assert (path.parent / name).exists(), (path, name)
+            assert "secret" not in name, "real keys never sit in the repository"
+    assert {d["kind"] for d in k8s_docs()} == {
+        "Namespace",
         "Deployment",
         "Service",
         "ConfigMap",
-        "PodMonitor",
+        "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
+        "PodMonitor",
     }
+    # dev: one replica, nothing that needs prometheus-operator or prometheus-adapter
+    dev = K8S / "overlays" / "dev"
+    assert {d["kind"] for d in k8s_docs(dev)} == {"Namespace", "Deployment", "Service", "ConfigMap"}
+    assert find("Deployment", "effgate", dev)["spec"]["replicas"] == 1
+    for overlay in (dev, PRODUCTION):
+        (namespace,) = [d for d in k8s_docs(overlay) if d["kind"] == "Namespace"]
+        labels = namespace["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+        assert {d["metadata"].get("namespace") for d in k8s_docs(overlay)} == {
+            None,  # the Namespace itself
+            namespace["metadata"]["name"],
+        }
+    secret = yaml.safe_load((K8S / "secret.example.yaml").read_text())
+    assert secret["metadata"]["name"] == "effgate-provider-keys"
+    assert set(secret["stringData"].values()) == {"replace-me"}
 
 
-def test_deployment_probes_policy_mount_init_check_and_secrets() -> None:
-    pod = find("Deployment", "effgate")["spec"]["template"]["spec"]
+def test_deployment_probes_config_mounts_init_checks_and_secrets() -> None:
+    pod = pod_spec()
     (gateway,) = pod["containers"]
-    (init,) = pod["initContainers"]
+    inits = {c["name"]: c for c in pod["initContainers"]}
     port = {p["name"]: p["containerPort"] for p in gateway["ports"]}
     assert port == {"http": 8080}
     assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert gateway["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    # the policy ConfigMap, as a directory: a subPath mount never sees updates
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["policy"]["configMap"]["name"] == "effgate-policy"
+    assert gateway["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    startup = gateway["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 30
+    env = {e["name"]: e for e in gateway["env"]}
+    tenants_path = env["EFFGATE_TENANTS_PATH"]["value"]
     policy_path = gateway["command"][gateway["command"].index("--policy") + 1]
-    for container in (gateway, init):
-        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "policy"]
-        assert "subPath" not in mount
-        assert Path(policy_path).parent == Path(mount["mountPath"])
-    assert init["command"] == ["effgate", "policy", "check", policy_path]
-    assert init["image"] == gateway["image"]
-    config = find("ConfigMap", "effgate-policy")
-    assert Path(policy_path).name in config["data"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    # the ConfigMaps, as directories: a subPath mount never sees updates
+    for volume, config_name, path, check in [
+        ("policy", "effgate-policy", policy_path, ["effgate", "policy", "check"]),
+        ("tenants", "effgate-tenants", tenants_path, ["effgate", "keys", "check"]),
+    ]:
+        assert volumes[volume]["configMap"]["name"] == config_name
+        (init,) = [c for c in inits.values() if c["command"][:3] == check]
+        assert init["command"] == [*check, path]
+        assert init["image"] == gateway["image"]
+        for container in (gateway, init):
+            (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume]
+            assert "subPath" not in mount and mount["readOnly"] is True
+            assert Path(path).parent == Path(mount["mountPath"])
+        assert Path(path).name in find("ConfigMap", config_name)["data"]
     # provider keys from a Secret, never inline
     assert {"secretRef": {"name": "effgate-provider-keys"}} in gateway["envFrom"]
     assert all("value" not in e or "KEY" not in e["name"] for e in gateway.get("env", []))
     # the Service named "effgate" would otherwise inject EFFGATE_PORT=tcp://...
     assert pod["enableServiceLinks"] is False
+    # Redis: the chart's primary, its generated password expanded from a Secret
+    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "effgate-redis",
+        "key": "redis-password",
+    }
+    names = [e["name"] for e in gateway["env"]]
+    assert names.index("REDIS_PASSWORD") < names.index("EFFGATE_REDIS_URL")
+    assert env["EFFGATE_REDIS_URL"]["value"] == (
+        "redis://:$(REDIS_PASSWORD)@effgate-redis-master:6379/0"
+    )
+    assert env["EFFGATE_LIMITS_FAIL_MODE"]["value"] in ("open", "closed")
+    assert not (K8S / "redis.yaml").exists(), "Redis comes from its chart (redis-values.yaml)"
+    # grace period > preStop sleep + the gateway's shutdown deadline (docs/operations.md)
+    sleep = int(gateway["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert pod["terminationGracePeriodSeconds"] >= sleep + 30 + 5
+
+
+def test_restricted_security_context_and_spread() -> None:
+    pod = pod_spec()
     assert pod["securityContext"]["runAsNonRoot"] is True
-
-
-def test_service_and_pod_monitor_select_the_gateway_pods() -> None:
+    assert pod["securityContext"]["runAsUser"] == 10001  # the image's USER
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    for container in pod["initContainers"] + pod["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False, container["name"]
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["runAsNonRoot"] is True
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert "memory" in container["resources"]["limits"]
+        assert "cpu" not in container["resources"]["limits"]  # no throttling of the loop
+    # the writable paths are volumes
+    (gateway,) = pod["containers"]
+    mounts = {m["mountPath"] for m in gateway["volumeMounts"]}
+    assert {"/tmp", "/var/lib/effgate/records"} <= mounts
+    spread = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    assert set(spread) == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
     labels = find("Deployment", "effgate")["spec"]["template"]["metadata"]["labels"]
-    service = find("Service", "effgate")["spec"]
-    assert service["selector"].items() <= labels.items()
-    assert service["ports"][0]["targetPort"] == "http"
+    for constraint in spread.values():
+        assert constraint["labelSelector"]["matchLabels"].items() <= labels.items()
+        assert constraint["maxSkew"] == 1
+
+
+def test_autoscaling_on_cpu_and_in_flight_requests() -> None:
+    hpa = find("HorizontalPodAutoscaler", "effgate")["spec"]
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "effgate",
+    }
+    assert 2 <= hpa["minReplicas"] < hpa["maxReplicas"]
+    metrics = {m["type"]: m for m in hpa["metrics"]}
+    assert metrics["Resource"]["resource"]["name"] == "cpu"
+    pods = metrics["Pods"]["pods"]
+    assert pods["metric"]["name"] == "effgate_in_flight_requests"
+    # under the per-pod connection cap (EFFGATE_MAX_CONNECTIONS, 1024 by default)
+    from gateway.settings import Settings
+
+    cap = Settings.model_fields["max_connections"].default
+    assert 0 < int(pods["target"]["averageValue"]) <= cap // 2
+    # the HPA owns the replica count
+    assert "replicas" not in find("Deployment", "effgate")["spec"]
+    # prometheus-adapter serves that metric name, per pod, from the gateway's own series
+    adapter = yaml.safe_load((K8S / "prometheus-adapter-values.yaml").read_text())
+    (rule,) = adapter["rules"]["custom"]
+    assert rule["name"]["as"] == pods["metric"]["name"]
+    assert rule["seriesQuery"].startswith("effgate_in_flight_requests{")
+    assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+    assert "<<.GroupBy>>" in rule["metricsQuery"]
+    metrics_doc = (DEPLOY.parent / "docs" / "contracts.md").read_text()
+    assert "effgate_in_flight_requests" in metrics_doc
+    pdb = find("PodDisruptionBudget", "effgate")["spec"]
+    assert pdb["maxUnavailable"] == 1 or pdb.get("minAvailable", 0) < hpa["minReplicas"]
+
+
+def test_service_and_monitors_select_the_gateway_pods() -> None:
+    labels = find("Deployment", "effgate")["spec"]["template"]["metadata"]["labels"]
+    service = find("Service", "effgate")
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
     monitor = find("PodMonitor", "effgate")["spec"]
     assert monitor["selector"]["matchLabels"].items() <= labels.items()
-    assert monitor["podMetricsEndpoints"][0] == {
-        "port": "http",
-        "path": "/metrics",
-        "interval": "15s",
-    }
+    endpoint = {"port": "http", "path": "/metrics", "interval": "15s"}
+    assert monitor["podMetricsEndpoints"][0] == endpoint
+    (service_monitor,) = yaml.safe_load_all(
+        (K8S / "components/servicemonitor/servicemonitor.yaml").read_text()
+    )
+    selector = service_monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert service_monitor["spec"]["endpoints"][0] == endpoint
     annotations = find("Deployment", "effgate")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/path"] == "/metrics"
     assert annotations["prometheus.io/port"] == "8080"
-
-
-def test_dockerfile_runs_one_worker_as_non_root() -> None:
-    text = (DEPLOY / "Dockerfile").read_text()
-    assert "FROM python:3.11-slim" in text.splitlines()
-    assert "RUN pip install ." in text
-    assert re.search(r"^USER 10001", text, re.MULTILINE)
-    assert "EXPOSE 8080" in text
-    assert "multiprocess mode" in text  # the why of one worker
-    assert dockerfile_cmd() == ["effgate", "serve", "--host", "0.0.0.0", "--port", "8080"]
-    assert "--workers" not in text
-    for source in re.findall(r"^COPY (\S+) ", text, re.MULTILINE):
-        assert (ROOT / source).exists(), source
 
 
 @pytest.mark.parametrize(
@@ -153,6 +248,7 @@ def test_effgate_command_lines_parse(
 def test_compose_wires_the_demo_together() -> None:
     services = compose()["services"]
     assert set(services) == {
+        "lb",
         "gateway",
         "upstream-small",
         "upstream-big",
@@ -162,6 +258,13 @@ def test_compose_wires_the_demo_together() -> None:
     }
     gateway = services["gateway"]
     assert gateway["environment"]["EFFGATE_REDIS_URL"] == "redis://redis:6379/0"
+    assert gateway["deploy"]["replicas"] >= 2
+    assert "ports" not in gateway, "replicas cannot share a host port: clients go through lb"
+    assert gateway["environment"]["EFFGATE_LIMITS_FAIL_MODE"] in ("open", "closed")
+    # fake upstreams: their own health check (the image's asks 8080, they listen elsewhere)
+    for name in ("upstream-small", "upstream-big"):
+        port = services[name]["command"][services[name]["command"].index("--port") + 1]
+        assert f"127.0.0.1:{port}/healthz" in services[name]["healthcheck"]["test"][-1]
     for service in services.values():
         for volume in service.get("volumes", []):
             source = volume.split(":", 1)[0]
@@ -179,10 +282,92 @@ def test_compose_wires_the_demo_together() -> None:
         assert command[:2] == ["effgate", "fake-upstream"], host
         assert command[command.index("--port") + 1] == port
         assert model["upstream_model"] in command[command.index("--models") + 1].split(",")
-    # Prometheus scrapes the gateway service on the port it listens on
+    # Prometheus scrapes every replica (one A record each), on the port they listen on
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == ["gateway:8080"]
+    (dns,) = prometheus["scrape_configs"][0]["dns_sd_configs"]
+    assert dns == {"names": ["gateway"], "type": "A", "port": 8080, "refresh_interval": "15s"}
     assert shlex.join(gateway["command"]).endswith("--host 0.0.0.0 --port 8080")
+    # Grafana gets the datasource and the dashboards provisioned
+    grafana = {v.split(":")[1]: v.split(":")[0] for v in services["grafana"]["volumes"]}
+    assert grafana["/etc/grafana/provisioning"] == "./grafana/provisioning"
+    assert (DEPLOY / "grafana/provisioning/datasources/prometheus.yml").is_file()
+    assert (DEPLOY / "grafana/provisioning/dashboards/effgate.yml").is_file()
+    assert grafana["/var/lib/grafana/dashboards/effgate"] == "./grafana/dashboards"
+    # Prometheus loads the rule files from the mounted directory
+    assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    assert prometheus["rule_files"] == ["alerts.yml", "recording.yml"]
+
+
+def test_compose_tenants_file_is_mounted_and_valid() -> None:
+    gateway = compose()["services"]["gateway"]
+    path = Path(gateway["environment"]["EFFGATE_TENANTS_PATH"])
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in gateway["volumes"] if ":" in v}
+    source = DEPLOY / mounts[str(path.parent)] / path.name
+    assert tenants.check(str(source)) == []
+    # the demo keys the file's header publishes are the ones its digests are of
+    loaded = tenants.build_tenants(source.read_bytes(), path=str(source))
+    text = source.read_text()
+    for key in re.findall(r"\b(eg-demo-[\w-]+)", text):
+        digest = tenants.digest(key)
+        assert digest in loaded.by_digest or digest in loaded.admin, key
+
+
+def test_redis_persists_budgets_with_aof() -> None:
+    redis = compose()["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(v.split(":")[1] == "/data" for v in redis["volumes"]), "AOF on a volume"
+    assert "redis" in compose()["volumes"]
+
+
+def haproxy_config() -> dict[str, list[str]]:
+    """Sections of haproxy.cfg ("backend gateways" -> its lines), comments dropped."""
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for raw in (DEPLOY / "compose" / "haproxy" / "haproxy.cfg").read_text().splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        if not line.startswith((" ", "\t")):
+            current = line.strip()
+            sections[current] = []
+        else:
+            sections[current].append(" ".join(line.split()))
+    return sections
+
+
+def test_load_balancer_spreads_over_ready_replicas() -> None:
+    services = compose()["services"]
+    lb = services["lb"]
+    cfg = haproxy_config()
+    (mount,) = lb["volumes"]
+    assert mount == "./compose/haproxy:/usr/local/etc/haproxy:ro"
+    assert lb["depends_on"]["gateway"]["condition"] == "service_healthy"
+    # published 8080 is where the frontend binds
+    assert "8080:8080" in lb["ports"]
+    assert "bind :8080" in cfg["frontend effgate"]
+    backend = cfg["backend gateways"]
+    assert "option httpchk GET /readyz" in backend
+    (template,) = [line for line in backend if line.startswith("server-template")]
+    _, _, slots, target = template.split()
+    assert target == "gateway:8080"
+    assert int(slots) >= services["gateway"]["deploy"]["replicas"]
+    assert any("resolvers docker" in line for line in backend)
+    assert "nameserver dns 127.0.0.11:53" in cfg["resolvers docker"]
+    # streams up to the policies' total_s (300 s) are never cut by the proxy
+    timeouts = {
+        line.split()[1]: line.split()[2] for line in cfg["defaults"] if line.startswith("timeout")
+    }
+    for side in ("client", "server"):
+        assert int(timeouts[side].rstrip("s")) > 300
+    # the gateway keeps idle connections open longer than the proxy reuses them
+    assert int(services["gateway"]["environment"]["EFFGATE_KEEP_ALIVE_S"]) > 5
+
+
+def test_k8s_tenants_configmap_is_valid(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.yaml"
+    path.write_text(find("ConfigMap", "effgate-tenants")["data"]["tenants.yaml"])
+    assert tenants.check(str(path)) == []
 
 
 def test_shipped_policies_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
