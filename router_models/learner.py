@@ -10,10 +10,18 @@ From labelled requests (a `Signature`, and scores in [0, 1] for whichever models
   its own smoothed label mean): the offset every head starts from;
 - `phi(x)`: the signature's hashed word and character n-grams (sublinear tf times idf,
   each block l2-normalised) and its standardised dense features plus d;
-- `u` is shared by all models (what makes a prompt harder or easier for everyone), `v_m`
-  is model m's own deviation (which model succeeds where another fails), penalised more
-  strongly than `u`, so a model with few labels keeps the prior plus the shared part and
-  a model with many labels moves (see docs/learner.md).
+- `u` is shared by all models (what makes a prompt harder or easier for everyone), taken
+  by model m with weight n_m / (n_m + shared_n0) (n_m its labels: a model with few labels
+  stays near its prior); `v_m` is model m's own deviation (which model succeeds where
+  another fails), penalised more strongly than `u` (and `dense_model_factor` times more
+  on the dense coefficients), so a model with many labels moves;
+- with model_covariance="corr" the v_m are coupled: their penalty is
+  sum_k V_k Omega^-1 V_k^T with Omega the models' correlation of residual labels
+  y - sigmoid(prior) on co-labelled prompts (shrunk by n / (n + cov_n0), eigenvalues
+  floored at cov_floor), so a model with few labels borrows the deviation of models it is
+  correlated with (see docs/learner.md);
+- with select=1, rank and lam_model come from `SELECT_GRID` by grouped inner CV (held-out
+  log loss on the training examples only).
 
 Training (scipy, at fit time only) works in the span of the training prompts: the n-gram
 kernel K = X X^T gives coordinates Q sqrt(L) (its top `rank` eigenpairs), which makes the
