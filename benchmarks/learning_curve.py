@@ -2,6 +2,7 @@
 
     python -m benchmarks.learning_curve [--data FILE ...] [--k 100 300 1000 3000 2000]
         [--regime full bandit] [--seeds N] [--json OUT] [--no-tfidf] [--latency-only]
+        [--learner NAME=VALUE ...]
 
 Protocol, per file, K and seed: draw K labelled prompts at random (seeded), train on them,
 evaluate on the rest. Regimes: `full` (every model's label of the K prompts) and `bandit`
@@ -19,11 +20,16 @@ estimator's raw difficulty, and its IRT gain), length, random, and the TF-IDF lo
 baseline (scikit-learn word 1-2-grams + char_wb 3-5-grams, 50,000 features each, sublinear
 tf, LogisticRegression(C=2) on strong score > weak score; full regime, pairs only).
 Also the serving latency of signature + heads for 8 models on typical requests.
+
+`--learner NAME=VALUE` (repeatable) overrides one `router_models.learner.LearnerParams`
+field for every fit (e.g. `--learner select=1`: rank and lam_model chosen per fit by inner
+grouped CV on that fit's training draw; the choice is reported as `params`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -121,8 +127,9 @@ def draw(fd: FileData, k: int, seed: int) -> tuple[npt.NDArray[np.intp], npt.NDA
 
 def fit_learner(
     fd: FileData, train: npt.NDArray[np.intp], regime: str, seed: int, params: Any = None
-) -> Any:
-    from router_models.learner import Example, LearnerParams, fit_heads
+) -> tuple[Any, Any]:
+    """(heads, the LearnerParams they were fitted with: the selected ones with select=1)."""
+    from router_models.learner import Example, LearnerParams, fit_heads, select_params
 
     if regime == "bandit":
         labs = bandit_labels(fd, train, np.random.default_rng(1000 + seed))
@@ -132,13 +139,35 @@ def fit_learner(
         ]
     else:
         exs = [fd.examples[int(i)] for i in train]
-    return fit_heads(
-        exs,
-        fd.d[train],
-        lambda m: fd.prior_logit(m, train),
-        params or LearnerParams(),
-        seed=seed,
-    )
+    params = params or LearnerParams()
+    d = fd.d[train]
+
+    def prior(m: str) -> F64 | None:
+        return fd.prior_logit(m, train)
+
+    if params.select:
+        params, _ = select_params(exs, d, prior, params, seed)
+    return fit_heads(exs, d, prior, params, seed=seed), params
+
+
+def learner_params(pairs: Sequence[str]) -> Any:
+    """``["rank=200", "model_covariance=none", ...]`` -> LearnerParams (ValueError if bad)."""
+    from router_models.learner import LearnerParams
+
+    fields = {f.name: str(f.type) for f in dataclasses.fields(LearnerParams)}
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(
+                f"--learner {pair!r}: expected NAME=VALUE, NAME one of {sorted(fields)}"
+            )
+        kind = {"int": int, "float": float, "str": str}.get(fields[name], float)
+        try:
+            values[name] = kind(raw)
+        except ValueError:
+            raise ValueError(f"--learner {pair!r}: {raw!r} is not a {kind.__name__}") from None
+    return LearnerParams(**values)
 
 
 def learner_p(fd: FileData, heads: Any, idx: npt.NDArray[np.intp], models: Sequence[str]) -> F64:
@@ -203,7 +232,7 @@ def evaluate(
 
     train, rest = draw(fd, k, seed)
     t0 = time.perf_counter()
-    heads = fit_learner(fd, train, regime, seed, params)
+    heads, used = fit_learner(fd, train, regime, seed, params)
     fit_s = time.perf_counter() - t0
     lab = fd.labels
     rest_labels = LabelMatrix(lab.models, lab.scores[rest], lab.mask[rest])
@@ -293,6 +322,7 @@ def evaluate(
         "regime": regime,
         "seed": seed,
         "fit_s": round(fit_s, 2),
+        "params": {"rank": used.rank, "lam_model": used.lam_model},
         "labels": int(heads.label_counts.sum()),
         "pair": {"strong": fd.strong, "weak": fd.weak, **default},
         "pair_table_mean": mean_table,
@@ -301,14 +331,16 @@ def evaluate(
     }
 
 
-def latency(fd_list: Sequence[FileData], n: int = 2000) -> dict[str, Any]:
+def latency(fd_list: Sequence[FileData], n: int = 2000, params: Any = None) -> dict[str, Any]:
     """signature + heads (8 models) on typical (1-2k character) requests, ms."""
     from router_models.learner import LearnerParams
     from router_models.signature import signature
 
     fd = fd_list[0]
     train, _ = draw(fd, min(2000, len(fd.rows) // 2), 0)
-    heads = fit_learner(fd, train, "full", 0, LearnerParams())
+    # serving cost does not depend on rank or lam_model: no selection here
+    base = params or LearnerParams()
+    heads, _ = fit_learner(fd, train, "full", 0, dataclasses.replace(base, select=0))
     idx = np.arange(min(8, len(heads.models)), dtype=np.intp)
     prompts = [t for f in fd_list for t in f.texts if 1000 <= len(t) <= 2000]
     rng = np.random.default_rng(0)
@@ -421,7 +453,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-tfidf", action="store_true")
     parser.add_argument("--latency-only", action="store_true")
+    parser.add_argument(
+        "--learner",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one router_models.learner.LearnerParams field (repeatable)",
+    )
     args = parser.parse_args(argv)
+    try:
+        params = learner_params(args.learner)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
     start = time.perf_counter()
     files = [FileData(p) for p in (args.data or list(DEFAULT_DATA))]
     print(f"prepared {len(files)} files in {time.perf_counter() - start:.1f}s", flush=True)
@@ -433,10 +476,10 @@ def main(argv: list[str]) -> int:
                     continue
                 for regime in args.regime:
                     for seed in range(args.seeds):
-                        res = evaluate(fd, k, regime, seed, not args.no_tfidf)
+                        res = evaluate(fd, k, regime, seed, not args.no_tfidf, params)
                         results.append(res)
                         print(format_results([res]), flush=True)
-    lat = latency(files)
+    lat = latency(files, params=params)
     agg = aggregate(results)
     print("\nmean over seeds")
     print(format_results(agg))
@@ -444,8 +487,10 @@ def main(argv: list[str]) -> int:
     total = round(time.perf_counter() - start, 1)
     print(f"total {total}s")
     if args.json:
+        out = {"runs": results, "mean": agg, "latency": lat, "total_s": total}
+        out["learner"] = args.learner
         args.json.write_text(
-            json.dumps({"runs": results, "mean": agg, "latency": lat, "total_s": total}, indent=1),
+            json.dumps(out, indent=1),
             encoding="utf-8",
         )
     return 0

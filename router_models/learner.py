@@ -10,10 +10,18 @@ From labelled requests (a `Signature`, and scores in [0, 1] for whichever models
   its own smoothed label mean): the offset every head starts from;
 - `phi(x)`: the signature's hashed word and character n-grams (sublinear tf times idf,
   each block l2-normalised) and its standardised dense features plus d;
-- `u` is shared by all models (what makes a prompt harder or easier for everyone), `v_m`
-  is model m's own deviation (which model succeeds where another fails), penalised more
-  strongly than `u`, so a model with few labels keeps the prior plus the shared part and
-  a model with many labels moves (see docs/learner.md).
+- `u` is shared by all models (what makes a prompt harder or easier for everyone), taken
+  by model m with weight n_m / (n_m + shared_n0) (n_m its labels: a model with few labels
+  stays near its prior); `v_m` is model m's own deviation (which model succeeds where
+  another fails), penalised more strongly than `u` (and `dense_model_factor` times more
+  on the dense coefficients), so a model with many labels moves;
+- with model_covariance="corr" the v_m are coupled: their penalty is
+  sum_k V_k Omega^-1 V_k^T with Omega the models' correlation of residual labels
+  y - sigmoid(prior) on co-labelled prompts (shrunk by n / (n + cov_n0), eigenvalues
+  floored at cov_floor), so a model with few labels borrows the deviation of models it is
+  correlated with (see docs/learner.md);
+- with select=1, rank and lam_model come from `SELECT_GRID` by grouped inner CV (held-out
+  log loss on the training examples only).
 
 Training (scipy, at fit time only) works in the span of the training prompts: the n-gram
 kernel K = X X^T gives coordinates Q sqrt(L) (its top `rank` eigenpairs), which makes the
@@ -26,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -56,15 +64,28 @@ class Example:
 
 @dataclass(frozen=True, slots=True)
 class LearnerParams:
-    rank: int = 768  # kernel eigenpairs kept (<= training prompts)
+    rank: int = 200  # kernel eigenpairs kept (<= training prompts)
     lam_shared: float = 0.5  # penalty on u (1 / C in scikit-learn terms)
     lam_model: float = 2.0  # penalty on each v_m
     dense_penalty: float = 4.0  # multiplies both penalties on the dense coefficients
+    dense_model_factor: float = 10.0  # multiplies the v_m penalty on dense coefficients again
     lam_bias: float = 5.0  # penalty on b_m, each model's shift from its prior
+    model_covariance: str = "corr"  # "corr": couple the v_m by the models' correlation; "none"
+    cov_n0: float = 50.0  # co-labelled prompts at which a correlation counts half
+    cov_floor: float = 0.3  # smallest eigenvalue of the model correlation used
+    shared_n0: float = 50.0  # labels at which a model takes half of the shared u
     word_weight: float = 1.0
     char_weight: float = 1.0
     min_df: int = 2  # n-gram buckets seen in fewer training prompts get no weight
     max_iter: int = 400
+    select: int = 0  # 1: pick rank x lam_model from SELECT_GRID by inner grouped CV
+    select_folds: int = 3
+
+
+SELECT_MAX_ITER = 200  # L-BFGS iterations of each inner-CV fit
+SELECT_GRID: tuple[tuple[int, float], ...] = tuple(
+    (r, lam) for r in (100, 200, 400) for lam in (1.0, 2.0, 4.0)
+)
 
 
 def _sigmoid(z: F64) -> F64:
@@ -404,6 +425,66 @@ def build_design(
     )
 
 
+def truncate(design: Design, rank: int) -> Design:
+    """The same design with only its top `rank` kernel coordinates (eigenvalues ascend)."""
+    r = design.n_kernel
+    keep = min(max(int(rank), 1), r)
+    cols = np.r_[np.arange(r - keep, r), np.arange(r, design.feats.shape[1])]
+    return replace(
+        design,
+        feats=design.feats[:, cols],
+        n_kernel=keep,
+        phi_mean=design.phi_mean[r - keep :],
+        basis=design.basis[:, r - keep :],
+    )
+
+
+def model_correlation(
+    y: F64, mask: npt.NDArray[np.bool_], offset: F64, n0: float, floor: float
+) -> F64:
+    """(M, M) correlation of the models' residual labels y - sigmoid(prior) over the prompts
+    both labelled, each shrunk toward 0 by n / (n + n0) (n co-labelled prompts), then made
+    positive definite (eigenvalues >= `floor`) with a unit diagonal."""
+    n_models = y.shape[1]
+    m = mask.astype(np.float64)
+    e = (y - _sigmoid(offset)) * m
+    n = m.T @ m
+    s1 = e.T @ m  # s1[a, b]: sum of a's residuals where a and b are both labelled
+    s2 = (e * e).T @ m
+    s11 = e.T @ e
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_a = s1 / n
+        mean_b = mean_a.T
+        var_a = s2 / n - mean_a * mean_a
+        var_b = var_a.T
+        cov = s11 / n - mean_a * mean_b
+        corr = cov / np.sqrt(var_a * var_b)
+    ok = (n >= 3) & (var_a > 1e-9) & (var_b > 1e-9) & np.isfinite(corr)
+    corr = np.where(ok, np.clip(corr, -1.0, 1.0), 0.0) * (n / (n + max(n0, 0.0)))
+    corr = 0.5 * (corr + corr.T)
+    np.fill_diagonal(corr, 1.0)
+    vals, vecs = np.linalg.eigh(corr)
+    vals = np.maximum(vals, min(max(floor, 1e-3), 1.0))
+    c = (vecs * vals[None, :]) @ vecs.T
+    dg = 1.0 / np.sqrt(np.diag(c))
+    out: F64 = c * dg[:, None] * dg[None, :]
+    assert out.shape == (n_models, n_models)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    b: F64  # (M,)
+    u: F64  # (p,)
+    v: F64  # (p, M)
+    share: F64  # (M,) how much of u each model takes
+    theta: F64  # the optimiser's vector (warm starts)
+
+    def weights(self) -> F64:
+        w: F64 = self.u[:, None] * self.share[None, :] + self.v
+        return w
+
+
 def fit_core(
     feats: F64,
     y: F64,
@@ -411,8 +492,12 @@ def fit_core(
     offset: F64,
     n_kernel: int,
     params: LearnerParams,
-) -> tuple[F64, F64, F64]:
-    """(b (M,), u (p,), V (p, M)) minimising the masked soft-label log loss plus penalties."""
+    theta0: F64 | None = None,
+) -> Fit:
+    """Minimise the masked soft-label log loss of offset + b_m + f . (s_m u + v_m) plus
+    0.5 lam_bias |b|^2 + 0.5 sum_k pen_u,k u_k^2 + 0.5 sum_k pen_v,k V_k Omega^-1 V_k^T,
+    with s_m = n_m / (n_m + shared_n0) and Omega the models' residual correlation
+    (`model_correlation`; the identity with model_covariance="none")."""
     from scipy.optimize import minimize
 
     n, p = feats.shape
@@ -421,7 +506,20 @@ def fit_core(
     pen[n_kernel:] = params.dense_penalty
     pen_u = params.lam_shared * pen
     pen_v = params.lam_model * pen
+    pen_v[n_kernel:] *= params.dense_model_factor
     wmask = mask.astype(np.float64)
+    counts = wmask.sum(axis=0)
+    n0 = max(params.shared_n0, 0.0)
+    share = counts / (counts + n0) if n0 > 0 else np.ones(n_models)
+    if params.model_covariance == "corr":
+        prec = np.linalg.inv(model_correlation(y, mask, offset, params.cov_n0, params.cov_floor))
+        prec = 0.5 * (prec + prec.T)
+    elif params.model_covariance == "none":
+        prec = np.eye(n_models)
+    else:
+        raise ValueError(
+            f"model_covariance must be 'corr' or 'none', not {params.model_covariance!r}"
+        )
 
     def unpack(theta: F64) -> tuple[F64, F64, F64]:
         b = theta[:n_models]
@@ -431,37 +529,40 @@ def fit_core(
 
     def loss(theta: F64) -> tuple[float, F64]:
         b, u, v = unpack(theta)
-        z = offset + b[None, :] + (feats @ (u[:, None] + v))
+        z = offset + b[None, :] + (feats @ (u[:, None] * share[None, :] + v))
         # soft-label log loss: log(1 + e^z) - y z, stable
         ll = np.logaddexp(0.0, z) - y * z
         r = (_sigmoid(z) - y) * wmask
+        vp = v @ prec
         f = float((ll * wmask).sum())
         f += 0.5 * params.lam_bias * float(b @ b)
-        f += 0.5 * float(pen_u @ (u * u)) + 0.5 * float(pen_v @ (v * v).sum(axis=1))
+        f += 0.5 * float(pen_u @ (u * u)) + 0.5 * float((pen_v[:, None] * v * vp).sum())
         gr = feats.T @ r
         grad = np.concatenate(
             [
                 r.sum(axis=0) + params.lam_bias * b,
-                gr.sum(axis=1) + pen_u * u,
-                (gr + pen_v[:, None] * v).ravel(),
+                gr @ share + pen_u * u,
+                (gr + pen_v[:, None] * vp).ravel(),
             ]
         )
         return f, grad
 
-    theta0 = np.zeros(n_models + p + p * n_models)
+    size = n_models + p + p * n_models
+    start = theta0 if theta0 is not None and theta0.shape == (size,) else np.zeros(size)
     res = minimize(
         loss,
-        theta0,
+        start,
         jac=True,
         method="L-BFGS-B",
         options={"maxiter": params.max_iter, "gtol": 1e-5},
     )
-    return unpack(np.asarray(res.x, dtype=np.float64))
+    theta = np.asarray(res.x, dtype=np.float64)
+    b, u, v = unpack(theta)
+    return Fit(b=b, u=u, v=v, share=share, theta=theta)
 
 
-def heads_from_fit(design: Design, fit: tuple[F64, F64, F64], params: LearnerParams) -> Heads:
-    b, u, v = fit
-    w = u[:, None] + v  # (p, M)
+def heads_from_fit(design: Design, fit: Fit, params: LearnerParams) -> Heads:
+    w = fit.weights()  # (p, M)
     r = design.n_kernel
     sparse_w = np.asarray(design.x_active.T @ (design.basis @ w[:r]))
     return Heads(
@@ -474,11 +575,93 @@ def heads_from_fit(design: Design, fit: tuple[F64, F64, F64], params: LearnerPar
         dense_mean=design.dense_mean,
         dense_scale=design.dense_scale,
         dense_w=w[r:],
-        intercept=design.off_c + b - design.phi_mean @ w[:r],
+        intercept=design.off_c + fit.b - design.phi_mean @ w[:r],
         d_coef=design.off_g,
         word_weight=params.word_weight,
         char_weight=params.char_weight,
     )
+
+
+def _fold_ids(examples: Sequence[Example], folds: int, seed: int) -> I64:
+    """Grouped folds by `Example.group` (per example with fewer groups than folds)."""
+    rng = np.random.default_rng(seed)
+    groups = sorted({e.group for e in examples})
+    if len(groups) >= folds:
+        order = rng.permutation(len(groups))
+        of_group = {groups[int(g)]: k % folds for k, g in enumerate(order)}
+        return np.array([of_group[e.group] for e in examples], dtype=np.int64)
+    return (rng.permutation(len(examples)) % folds).astype(np.int64)
+
+
+def _prior_subset(prior: PriorLogit, idx: I64) -> PriorLogit:
+    def logit(model: str) -> F64 | None:
+        raw = prior.get(model) if isinstance(prior, Mapping) else prior(model)
+        if raw is None:
+            return None
+        out: F64 = np.asarray(raw, dtype=np.float64).reshape(-1)[idx]
+        return out
+
+    return logit
+
+
+def select_params(
+    examples: Sequence[Example],
+    prior_difficulty: F64,
+    prior_logit: PriorLogit,
+    params: LearnerParams = LearnerParams(),
+    seed: int = 0,
+    grid: Sequence[tuple[int, float]] = SELECT_GRID,
+) -> tuple[LearnerParams, dict[tuple[int, float], float]]:
+    """(params with the grid's (rank, lam_model) of least held-out log loss, and the mean
+    held-out log loss per grid point) by grouped `select_folds`-fold CV on `examples`
+    only. Ties keep the earlier grid point; deterministic for a given seed."""
+    d = np.asarray(prior_difficulty, dtype=np.float64).reshape(-1)
+    if d.shape != (len(examples),):
+        raise ValueError("prior_difficulty must be finite, one per example")
+    fold = _fold_ids(examples, max(2, params.select_folds), seed)
+    ranks = sorted({int(r) for r, _ in grid})
+    total = dict.fromkeys(grid, 0.0)
+    count = 0
+    for k in range(int(fold.max()) + 1):
+        tr = np.flatnonzero(fold != k).astype(np.int64)
+        te = np.flatnonzero(fold == k).astype(np.int64)
+        if tr.size == 0 or te.size == 0:
+            continue
+        train = [examples[int(i)] for i in tr]
+        full = build_design(
+            train, d[tr], _prior_subset(prior_logit, tr), replace(params, rank=max(ranks))
+        )
+        cols = {m: j for j, m in enumerate(full.models)}
+        y_te, m_te = [], []
+        for i in te:
+            yy = np.zeros(len(full.models))
+            mm = np.zeros(len(full.models), dtype=bool)
+            for name, val in examples[int(i)].labels.items():
+                j = cols.get(name)
+                if j is not None:
+                    yy[j], mm[j] = float(val), True
+            y_te.append(yy)
+            m_te.append(mm)
+        yt, mt = np.array(y_te), np.array(m_te)
+        count += int(mt.sum())
+        for r in ranks:
+            design = truncate(full, r)
+            theta: F64 | None = None
+            for lam in sorted(lam for rr, lam in grid if int(rr) == r):
+                # warm-started from the previous (weaker) penalty: fewer iterations suffice
+                p2 = replace(params, rank=r, lam_model=lam, select=0)
+                p2 = replace(p2, max_iter=min(params.max_iter, SELECT_MAX_ITER))
+                fit = fit_core(
+                    design.feats, design.y, design.mask, design.offset, design.n_kernel, p2, theta
+                )
+                theta = fit.theta
+                heads = heads_from_fit(design, fit, p2)
+                z = np.stack([heads.logits(examples[int(i)].sig, float(d[i])) for i in te])
+                ll = (np.logaddexp(0.0, z) - yt * z) * mt
+                total[next(g for g in grid if int(g[0]) == r and g[1] == lam)] += float(ll.sum())
+    scores = {g: total[g] / max(count, 1) for g in grid}
+    best = min(grid, key=lambda g: (scores[g], grid.index(g)))
+    return replace(params, rank=int(best[0]), lam_model=float(best[1]), select=0), scores
 
 
 def fit_heads(
@@ -491,9 +674,11 @@ def fit_heads(
     """Fit per-model heads on (partially) labelled examples; see the module docstring.
 
     `prior_logit(model)` (or a mapping) gives the prior's logit of that model on every
-    example, or None for a model the prior does not know. `seed` is accepted for API
-    stability (the fit is deterministic)."""
-    del seed
+    example, or None for a model the prior does not know. With `params.select`, rank and
+    lam_model are first chosen by `select_params` (its folds drawn with `seed`); otherwise
+    `seed` is unused (the fit is deterministic)."""
+    if params.select:
+        params, _ = select_params(examples, prior_difficulty, prior_logit, params, seed)
     design = build_design(examples, prior_difficulty, prior_logit, params)
     fit = fit_core(design.feats, design.y, design.mask, design.offset, design.n_kernel, params)
     return heads_from_fit(design, fit, params)

@@ -5,7 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from router_models.learner import Example, Heads, LearnerParams, fit_heads
+from router_models.learner import (
+    SELECT_GRID,
+    Example,
+    Heads,
+    LearnerParams,
+    fit_heads,
+    select_params,
+)
 from router_models.signature import signature
 
 FILLER = [
@@ -139,3 +146,62 @@ def test_bad_inputs_are_rejected() -> None:
         fit_heads(_examples(texts, [{"A": 1.0}] * 10), np.zeros(9), _flat_prior(10))
     with pytest.raises(ValueError):
         fit_heads([], np.zeros(0), _flat_prior(0), LearnerParams())
+
+
+def _logloss(p: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def test_select_picks_from_the_grid_by_held_out_loss_and_is_deterministic() -> None:
+    n = 240
+    texts, kind = _prompts(n, 7)
+    labels = [{"A": float(k == 0), "B": float(k == 1)} for k in kind]
+    exs = [
+        Example(signature([{"role": "user", "content": t}]), lab, f"g{i % 6}")
+        for i, (t, lab) in enumerate(zip(texts, labels, strict=True))
+    ]
+    d = np.zeros(n)
+    # a clean signal: the weak penalty must win although the strong one comes first
+    grid = ((50, 1000.0), (50, 0.1))
+    chosen, scores = select_params(exs, d, _flat_prior(n), LearnerParams(), 0, grid)
+    assert set(scores) == set(grid) and all(np.isfinite(v) for v in scores.values())
+    assert (chosen.rank, chosen.lam_model) == (50, 0.1)
+    assert scores[(50, 0.1)] < scores[(50, 1000.0)] - 0.05
+    # the default grid: a member is chosen, the same one twice, and fit_heads(select=1)
+    # is the fit with the chosen parameters
+    chosen, scores = select_params(exs, d, _flat_prior(n), LearnerParams(), 3)
+    again, scores2 = select_params(exs, d, _flat_prior(n), LearnerParams(), 3)
+    assert (chosen.rank, chosen.lam_model) in SELECT_GRID and set(scores) == set(SELECT_GRID)
+    assert chosen == again and scores == scores2 and chosen.select == 0
+    assert scores[(chosen.rank, chosen.lam_model)] == min(scores.values())
+    sel = fit_heads(exs, d, _flat_prior(n), LearnerParams(select=1), seed=3)
+    ref = fit_heads(exs, d, _flat_prior(n), chosen)
+    sig = signature([{"role": "user", "content": texts[0]}])
+    assert np.allclose(sel.logits(sig, 0.0), ref.logits(sig, 0.0))
+
+
+def test_model_covariance_lends_a_few_label_model_its_correlated_neighbour() -> None:
+    n = 400
+    texts, kind = _prompts(n, 8)
+    rng = np.random.default_rng(9)
+    labels: list[dict[str, float]] = []
+    for i, k in enumerate(kind):
+        lab = {"A": float(k == 0), "B": float(k == 1)}
+        if i < 16:  # C behaves like A but has 16 labels
+            lab["C"] = float(k == 0) if rng.random() < 0.9 else float(k == 1)
+        labels.append(lab)
+    exs = _examples(texts, labels)
+    new, new_kind = _prompts(200, 10)
+    sigs = [signature([{"role": "user", "content": t}]) for t in new]
+    truth = (new_kind == 0).astype(np.float64)
+    out = {}
+    for cov in ("corr", "none"):
+        heads = fit_heads(exs, np.zeros(n), _flat_prior(n), LearnerParams(model_covariance=cov))
+        j = heads.index("C")
+        assert j is not None
+        out[cov] = np.array([heads.p(s, 0.0)[j] for s in sigs])
+    gain = {c: p[new_kind == 0].mean() - p[new_kind == 1].mean() for c, p in out.items()}
+    loss = {c: _logloss(p, truth) for c, p in out.items()}
+    assert gain["corr"] > gain["none"] + 0.1
+    assert loss["corr"] < loss["none"] - 0.05
