@@ -343,11 +343,12 @@ class RedisKV:
                             await pipe.execute()
             except self._errors as exc:
                 self._failed("put", exc)
-                self._down = True
-                for key, w in batch:
-                    if not w.failed and self._pending.get(key) is w:
-                        w.failed = True
-                        self.pending.buffered += 1
+                if not self._down:  # Redis just failed: all that waits is held for the replay
+                    self._down = True
+                    for w in self._pending.values():
+                        if not w.failed:
+                            w.failed = True
+                            self.pending.buffered += 1
                 if self._closing:
                     self._lost_at_close()
                     return
