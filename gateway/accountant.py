@@ -17,7 +17,7 @@ from gateway.explain import candidate_rows
 from gateway.health import Health
 from gateway.kv import KV
 from gateway.metrics import Metrics
-from gateway.records import RecordLog, iso
+from gateway.records import RECORD_ESTIMATE, RecordLog, iso
 from gateway.shadow import Evaluator, Job, answer_from_events
 from router_models.irt import irt_p
 from router_models.signature import signature
@@ -33,6 +33,12 @@ def _served_p(ex: Exchange) -> float | None:
     if d.model == ex.model.id:
         return d.p
     return next((c.p for c in d.candidates if c.model == ex.model.id), None)
+
+
+def _queued_size(ex: Exchange) -> int:
+    """What a queued record keeps alive, estimated: the exchange and its decision, the parsed
+    messages (about 4 characters a prompt token) and a shadow-sampled answer."""
+    return RECORD_ESTIMATE + 6 * ex.prompt_tokens + len(ex.answer or "")
 
 
 class Accountant:
@@ -69,8 +75,9 @@ class Accountant:
             m.tenant_cost.inc((tenant,), ex.cost_usd)
         if ex.endpoint not in RECORDED:
             return
-        # built by the record writer, after the response has gone
-        self.records.emit(functools.partial(self.record, ex, latency))
+        # built by the record writer, after the response has gone; queued, the exchange
+        # (with the request's messages) is what it holds on to
+        self.records.emit(functools.partial(self.record, ex, latency), _queued_size(ex))
         if ex.endpoint == "explain":
             return  # a decision shown, nothing served: no routing, token or cost metrics
         pair = (route, model)
@@ -95,12 +102,9 @@ class Accountant:
             if ex.outcome == "ok" and d is not None and d.route is not None:
                 self.health.observe_output(d.route, model, u.output)
         if ex.model is not None:
-            summary: dict[str, str | float] = {
-                "route": route,
-                "model": model,
-                "time": iso(ex.wall_time),
-                "tenant": ex.tenant,
-            }
+            # only what the feedback join reads (route, model, tenant, the served P); the
+            # store copies it to an exact-size allocation (gateway.kv.exact)
+            summary: dict[str, str | float] = {"route": route, "model": model, "tenant": ex.tenant}
             p = _served_p(ex)
             if p is not None:
                 summary["p"] = p

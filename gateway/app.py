@@ -24,8 +24,8 @@ from gateway.budgets import Ledger
 from gateway.edge import GatewayApp
 from gateway.gpu import GPUCollector
 from gateway.health import Health
-from gateway.kv import KV, MemoryKV, RedisKV
-from gateway.metrics import CircuitCollector, LimitsCollector, Metrics
+from gateway.kv import KV, MemoryKV, RedisKV, StoreStats
+from gateway.metrics import CircuitCollector, LimitsCollector, Metrics, StoreCollector
 from gateway.records import JSONLFile, RecordLog
 from gateway.scoring import EstimatorStore
 from gateway.series import GaugeValue
@@ -130,8 +130,16 @@ def create_app(
             stream=settings.records_redis_stream,
             buffer=settings.records_buffer,
             on_drop=lambda sink: metrics.records_dropped.labels(sink).inc(),
+            buffer_bytes=settings.records_buffer_bytes,
+            stream_max_bytes=settings.records_stream_max_bytes,
+            timeout_s=settings.redis_timeout_s,
+            retry_s=settings.redis_retry_s,
+            retry_max_s=settings.redis_retry_max_s,
         )
         stack.push_async_callback(records.aclose)  # flushes what is queued, then closes
+        stores = StoreCollector(lambda: _store_stats(store_kv, records))
+        registry.register(stores)
+        stack.callback(registry.unregister, stores)
 
         tokens = TokenCounter.load()
         policy = store.current
@@ -262,12 +270,25 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
 
 def _build_kv(settings: Settings, metrics: Metrics) -> KV:
     if settings.redis_url is None:
-        return MemoryKV(max_items=settings.feedback_max_items)
+        return MemoryKV(
+            max_bytes=settings.memory_kv_max_bytes, max_items=settings.feedback_max_items
+        )
     return RedisKV(
         settings.redis_url.get_secret_value(),
         timeout_s=settings.redis_timeout_s,
         on_fallback=lambda op: metrics.store_fallbacks.labels(op).inc(),
+        local_max_bytes=settings.memory_kv_max_bytes,
+        pending_max_bytes=settings.redis_pending_max_bytes,
+        retry_s=settings.redis_retry_s,
+        retry_max_s=settings.redis_retry_max_s,
     )
+
+
+def _store_stats(kv: KV, records: RecordLog) -> list[StoreStats]:
+    """Every bounded store's numbers (a ``kv`` injected by a test may have none)."""
+    own = getattr(kv, "store_stats", None)
+    stats: list[StoreStats] = list(own()) if callable(own) else []
+    return stats + records.store_stats()
 
 
 def _register_gpu(

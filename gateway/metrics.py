@@ -366,3 +366,43 @@ class LimitsCollector(Collector):
 
     def describe(self) -> list[Metric]:
         return []
+
+
+class StoreCollector(Collector):
+    """The bounded stores and buffers (gateway.kv.StoreStats), read on scrape: what each
+    holds against its bound, what it evicted, buffered, replayed and dropped."""
+
+    def __init__(self, stats: Callable[[], Iterable[Any]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stores = list(self._stats())
+        gauges = (
+            ("effgate_store_bytes", "Bytes held (estimated: keys, values, per-entry overhead).",
+             "bytes"),
+            ("effgate_store_max_bytes", "The store's bound in bytes (its setting).", "max_bytes"),
+            ("effgate_store_entries", "Entries held.", "entries"),
+        )  # fmt: skip
+        for name, doc, attr in gauges:
+            fam = GaugeMetricFamily(name, doc, labels=["store"])
+            for s in stores:
+                fam.add_metric([s.name], float(getattr(s, attr)))
+            yield fam
+        counters = (
+            ("effgate_store_evictions", "Entries pushed out by the byte bound, oldest first.",
+             "evicted"),
+            ("effgate_store_buffered", "Writes held because Redis failed, to be replayed.",
+             "buffered"),
+            ("effgate_store_replayed", "Held writes that reached Redis once it was back.",
+             "replayed"),
+            ("effgate_store_dropped", "Writes lost because a bounded buffer was full.",
+             "dropped"),
+        )  # fmt: skip
+        for name, doc, attr in counters:
+            cfam = CounterMetricFamily(name, doc, labels=["store"])
+            for s in stores:
+                cfam.add_metric([s.name], float(getattr(s, attr)))
+            yield cfam
+
+    def describe(self) -> list[Metric]:
+        return []

@@ -43,7 +43,9 @@ def connect(url: str, timeout_s: float) -> Any:
         "socket_connect_timeout": timeout_s,
     }
     if not sep or scheme not in SENTINEL_SCHEMES + CLUSTER_SCHEMES:
-        return redis.from_url(url, retry_on_timeout=False, **timeouts)
+        # one immediate retry on a fresh connection: after Redis restarts each pooled
+        # connection fails once; the callers' asyncio.timeout bounds the call, retry included
+        return redis.from_url(url, retry_on_timeout=False, retry=Retry(NoBackoff(), 1), **timeouts)
     user, password, hosts, path, query = _split(rest)
     auth: dict[str, Any] = {"username": user, "password": password}
     tls = scheme.startswith("rediss")

@@ -84,3 +84,24 @@ class Settings(BaseSettings):
     # on SIGTERM: stop accepting, then let in-flight requests and streams finish for up to
     # this many seconds; what is still running then is cut (and recorded), records flushed
     shutdown_timeout_s: float = Field(30.0, ge=0)
+
+    # -- bounded memory (gateway/kv.py, gateway/records.py; docs/operations.md "Memory") ----
+    # Every in-process store and buffer is bounded in bytes (estimated: key + value + a fixed
+    # per-entry overhead); the defaults keep the whole process under 250 MB RSS.
+    # the in-process store: request summaries and verdicts feedback joins, rate windows,
+    # shadow totals (with Redis: its local fallback). Oldest entries are evicted first
+    # (effgate_store_evictions_total{store="kv"|"kv_local"}); feedback_max_items caps the count
+    memory_kv_max_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    # with Redis: summaries and verdicts Redis has not taken yet (down or slow), held and
+    # replayed when it answers; past this the oldest are dropped from the replay (they stay
+    # in the local store), counted in effgate_store_dropped_total{store="kv_pending"}
+    redis_pending_max_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    # a failed Redis write is retried after this long, doubling up to redis_retry_max_s
+    redis_retry_s: float = Field(0.1, gt=0)
+    redis_retry_max_s: float = Field(5.0, gt=0)
+    # request records queued for the writer (estimated bytes, beside records_buffer items);
+    # past it new records are dropped (effgate_records_dropped_total{sink="buffer"})
+    records_buffer_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    # records the Redis stream has not taken (Redis down), held and replayed in order; past
+    # this the oldest are dropped (effgate_records_dropped_total{sink="redis"})
+    records_stream_max_bytes: int = Field(16 * 1024 * 1024, gt=0)

@@ -316,9 +316,11 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
             policy_path=policy,
             policy_poll_s=0.1,
             records_dir=tmp / "records",
-            # nothing listens there: effgate_records_dropped_total{sink="redis"} counts
+            # nothing listens there, and no stream record may be held for a replay:
+            # effgate_records_dropped_total{sink="redis"} counts
             redis_url=f"redis://127.0.0.1:{free_port()}/0",
             records_redis_stream="effgate:records",
+            records_stream_max_bytes=1,
             circuit_failures=1000,  # keep routing predictable: no circuit opens
             tenants_path=tenants,
         )
