@@ -233,3 +233,16 @@ async def test_watch_follows_a_configmap_symlink_swap(tmp_path):
         tg.cancel_scope.cancel()
     assert store.current.default_route == "chat"
     assert store.current.sha256 == hashlib.sha256(THREE.encode()).hexdigest()
+
+
+def test_retarget_recompiles_the_same_file_with_new_skills(write):
+    path = write(MINIMAL)
+    recorder = Recorder()
+    store = make_store(path, recorder)
+    old = store.current
+    new = store.retarget({}, 2.0)
+    assert store.current is new and new is not old and new.discrimination == 2.0
+    assert new.sha256 == old.sha256 and recorder.events[-1] == ("ok", new, None)
+    swapped: list[object] = []
+    again = store.retarget({}, 3.0, swap=swapped.append)
+    assert swapped == [again] and store.current.discrimination == 3.0
