@@ -150,26 +150,6 @@ def fit_learner(
     return fit_heads(exs, d, prior, params, seed=seed), params
 
 
-def learner_params(pairs: Sequence[str]) -> Any:
-    """``["rank=200", "model_covariance=none", ...]`` -> LearnerParams (ValueError if bad)."""
-    from router_models.learner import LearnerParams
-
-    fields = {f.name: str(f.type) for f in dataclasses.fields(LearnerParams)}
-    values: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, raw = pair.partition("=")
-        if not sep or name not in fields:
-            raise ValueError(
-                f"--learner {pair!r}: expected NAME=VALUE, NAME one of {sorted(fields)}"
-            )
-        kind = {"int": int, "float": float, "str": str}.get(fields[name], float)
-        try:
-            values[name] = kind(raw)
-        except ValueError:
-            raise ValueError(f"--learner {pair!r}: {raw!r} is not a {kind.__name__}") from None
-    return LearnerParams(**values)
-
-
 def learner_p(fd: FileData, heads: Any, idx: npt.NDArray[np.intp], models: Sequence[str]) -> F64:
     """(len(idx), len(models)) P from the heads; the prior's P for models they lack."""
     from router_models.irt import sigmoid
@@ -462,6 +442,8 @@ def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        from router_models.adapt import learner_params
+
         params = learner_params(args.learner)
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))

@@ -119,7 +119,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def learner_params(pairs: Sequence[str]) -> LearnerParams:
     """``["lam_model=4", ...]`` -> LearnerParams; ValueError naming a bad pair."""
-    fields = {f.name: f.type for f in dataclasses.fields(LearnerParams)}
+    fields = {f.name: str(f.type) for f in dataclasses.fields(LearnerParams)}
     values: dict[str, Any] = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
@@ -127,7 +127,7 @@ def learner_params(pairs: Sequence[str]) -> LearnerParams:
             raise ValueError(
                 f"--learner {pair!r}: expected NAME=VALUE, NAME one of {sorted(fields)}"
             )
-        kind = int if "int" in str(fields[name]) else float
+        kind = {"int": int, "float": float, "str": str}.get(fields[name], float)
         try:
             values[name] = kind(raw)
         except ValueError:

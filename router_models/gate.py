@@ -29,21 +29,11 @@ import numpy as np
 import numpy.typing as npt
 
 from router_models import metrics
-from router_models.learner import Example
+from router_models.learner import Example, fold_ids
 
 F64 = npt.NDArray[np.float64]
 Scorer = Callable[[Sequence[Example]], Mapping[str, F64]]
 BARS = tuple(round(0.05 * k, 2) for k in range(1, 20))
-
-
-def _folds(examples: Sequence[Example], folds: int, seed: int) -> npt.NDArray[np.int64]:
-    rng = np.random.default_rng(seed)
-    groups = sorted({e.group for e in examples})
-    if len(groups) >= folds:
-        order = rng.permutation(len(groups))
-        of_group = {groups[int(g)]: k % folds for k, g in enumerate(order)}
-        return np.array([of_group[e.group] for e in examples], dtype=np.int64)
-    return (rng.permutation(len(examples)) % folds).astype(np.int64)
 
 
 def _round(x: float | None, nd: int = 4) -> float | None:
@@ -73,7 +63,7 @@ def compare(
     for i, e in enumerate(examples):
         for m, s in e.labels.items():
             y[i, mi[m]] = float(s)
-    fold = _folds(examples, max(2, folds), seed)
+    fold = fold_ids(examples, max(2, folds), seed)
     p_new = np.full_like(y, np.nan)
     p_base = np.full_like(y, np.nan)
     for k in range(int(fold.max()) + 1):

@@ -582,7 +582,7 @@ def heads_from_fit(design: Design, fit: Fit, params: LearnerParams) -> Heads:
     )
 
 
-def _fold_ids(examples: Sequence[Example], folds: int, seed: int) -> I64:
+def fold_ids(examples: Sequence[Example], folds: int, seed: int) -> I64:
     """Grouped folds by `Example.group` (per example with fewer groups than folds)."""
     rng = np.random.default_rng(seed)
     groups = sorted({e.group for e in examples})
@@ -618,7 +618,7 @@ def select_params(
     d = np.asarray(prior_difficulty, dtype=np.float64).reshape(-1)
     if d.shape != (len(examples),):
         raise ValueError("prior_difficulty must be finite, one per example")
-    fold = _fold_ids(examples, max(2, params.select_folds), seed)
+    fold = fold_ids(examples, max(2, params.select_folds), seed)
     ranks = sorted({int(r) for r, _ in grid})
     total = dict.fromkeys(grid, 0.0)
     count = 0
