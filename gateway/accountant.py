@@ -207,13 +207,15 @@ class Accountant:
         self, request_id: str, accepted: bool | None, score: float | None, tenant: str
     ) -> dict[str, Any] | None:
         """Join feedback to a served request; None when the id is unknown, expired or not the
-        caller's (a tenant may only rate its own requests).
+        caller's (a tenant may only rate its own requests). Raises ``KVUnavailable`` when
+        Redis did not answer and this replica did not serve the request: unknown is not said
+        of a request another replica may have served.
 
         The last verdict is what the records (and so the report) keep. Prometheus counters
         cannot be taken back, so the outcome counters count each request's first verdict once;
         repeating or changing feedback never counts the request again.
         """
-        raw = await self.kv.get("req:" + request_id)
+        raw = await self.kv.get("req:" + request_id, strict=True)
         if raw is None:
             return None
         summary = orjson.loads(raw)

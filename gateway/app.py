@@ -113,6 +113,10 @@ def create_app(
         stack.push_async_callback(pool.aclose)
         store_kv = kv or _build_kv(settings, metrics)
         stack.push_async_callback(store_kv.aclose)
+        if isinstance(store_kv, RedisKV) and not await store_kv.ping():
+            # connecting (on a cluster, discovering the slots) now, not on the first request's
+            # clock; a Redis that does not answer is the usual fallback, said once here
+            log.warning("redis did not answer at startup; serving on the in-process fallback")
         redis_client = (
             store_kv.client
             if isinstance(store_kv, RedisKV) and settings.records_redis_stream

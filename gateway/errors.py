@@ -202,6 +202,19 @@ class LimitsUnavailable(GatewayError):
         return {**self.extra_headers, "retry-after": "1"}
 
 
+class StoreUnavailable(GatewayError):
+    """The shared store did not answer a read whose answer only it may hold (a request served
+    by another replica); retrying soon is likely to work."""
+
+    status = 503
+    type = "server_error"
+    code = "store_unavailable"
+    outcome: Outcome = "unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {**self.extra_headers, "retry-after": "1"}
+
+
 class Overloaded(GatewayError):
     status = 503
     type = "server_error"

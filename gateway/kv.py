@@ -26,6 +26,10 @@ log = logging.getLogger("effgate.kv")
 FLUSH_BATCH = 256  # writes per Redis pipeline
 
 
+class KVUnavailable(Exception):
+    """A strict read could not ask the shared store, and this process holds no value."""
+
+
 class KV(Protocol):
     async def put(self, key: str, value: bytes, ttl_s: int) -> None: ...
 
@@ -33,7 +37,11 @@ class KV(Protocol):
         """Store now as far as this process's reads go; persist off the caller's path."""
         ...
 
-    async def get(self, key: str) -> bytes | None: ...
+    async def get(self, key: str, *, strict: bool = False) -> bytes | None:
+        """The value, or None when absent. ``strict``: raise ``KVUnavailable`` instead of
+        answering None when the shared store failed and this process holds nothing (so an
+        unknown key and an unreachable store read differently)."""
+        ...
 
     async def put_if_absent(self, key: str, value: bytes, ttl_s: int) -> bool:
         """Store ``value`` only if ``key`` holds nothing; True when this call stored it."""
@@ -147,8 +155,8 @@ class MemoryKV:
         if item is not None:
             self._data_bytes -= len(key) + len(item[1]) + ENTRY_OVERHEAD
 
-    async def get(self, key: str) -> bytes | None:
-        return self.get_now(key)
+    async def get(self, key: str, *, strict: bool = False) -> bytes | None:
+        return self.get_now(key)  # this process is the whole store: never unavailable
 
     def get_now(self, key: str) -> bytes | None:
         item = self._data.get(key)
@@ -383,7 +391,7 @@ class RedisKV:
     def put_later(self, key: str, value: bytes, ttl_s: int) -> None:
         self._hold(key, value, ttl_s, nx=False, failed=False)
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: str, *, strict: bool = False) -> bytes | None:
         pending = self._pending.get(key)
         if pending is not None:
             return pending.value
@@ -392,7 +400,10 @@ class RedisKV:
                 value: bytes | None = await self._redis.get(self._prefix + key)
         except self._errors as exc:
             self._failed("get", exc)
-            return await self._fallback.get(key)
+            local = await self._fallback.get(key)
+            if local is None and strict:
+                raise KVUnavailable(key) from exc
+            return local
         return value if value is not None else await self._fallback.get(key)
 
     async def put_if_absent(self, key: str, value: bytes, ttl_s: int) -> bool:

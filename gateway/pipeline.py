@@ -36,11 +36,13 @@ from gateway.errors import (
     ModelNotFound,
     NoHealthyUpstream,
     RequestNotFound,
+    StoreUnavailable,
     TooDeep,
 )
 from gateway.exchange import Exchange
 from gateway.explain import explain_body, models_body
 from gateway.forward import forward
+from gateway.kv import KVUnavailable
 from gateway.lifecycle import Call
 from gateway.protocol import ChatCompletionRequest, EmbeddingRequest, FeedbackRequest
 from gateway.relay import RelayResponse
@@ -113,7 +115,12 @@ async def feedback(state: AppState, ex: Exchange, call: Call) -> Reply:
     fb = validate(FeedbackRequest, call.body)
     if fb.accepted is None and fb.score is None:
         raise InvalidRequest("Send `accepted`, `score`, or both.", param="accepted")
-    result = await state.accountant.feedback(fb.request_id, fb.accepted, fb.score, ex.tenant)
+    try:
+        result = await state.accountant.feedback(fb.request_id, fb.accepted, fb.score, ex.tenant)
+    except KVUnavailable:
+        raise StoreUnavailable(
+            "The request store did not answer; retry the feedback shortly."
+        ) from None
     if result is None:
         raise RequestNotFound(
             f"No request `{fb.request_id}` is known (unknown, or older than the retention).",

@@ -17,7 +17,7 @@ import httpx
 import orjson
 import pytest
 
-from gateway.kv import RedisKV
+from gateway.kv import KVUnavailable, RedisKV
 from tests.fakes.servers import FakeUpstreamHandle
 from tests.gateway.conftest import GatewayFactory, chat, wait_until
 from tests.redis_server import RedisServer
@@ -83,6 +83,21 @@ async def test_redis_killed_every_operation_falls_back_fast(redis_server: RedisS
 
 
 @pytest.mark.anyio
+async def test_a_strict_read_tells_unreachable_from_unknown(redis_server: RedisServer) -> None:
+    kv = RedisKV(redis_server.url)
+    try:
+        assert await kv.get("nowhere", strict=True) is None  # Redis answered: unknown
+        kv.put_later("mine", b"held here", 60)
+        redis_server.kill()
+        assert await kv.get("mine", strict=True) == b"held here"  # this process has it
+        assert await kv.get("nowhere") is None
+        with pytest.raises(KVUnavailable):
+            await kv.get("nowhere", strict=True)
+    finally:
+        await kv.aclose()
+
+
+@pytest.mark.anyio
 async def test_frozen_redis_times_out_into_the_fallback(redis_server: RedisServer) -> None:
     kv = RedisKV(redis_server.url, timeout_s=0.2)
     assert redis_server.proc is not None
@@ -139,6 +154,26 @@ def test_gateway_keeps_serving_when_redis_goes_away(
     assert gw.metric("effgate_store_fallbacks_total", op="put") >= 2
     # the summaries and verdicts written meanwhile are held for Redis (and read from there)
     assert gw.metric("effgate_store_buffered_total", store="kv_pending") >= 4
+
+
+def test_feedback_for_another_replicas_request_says_retry_while_redis_is_away(
+    make_gateway: GatewayFactory, redis_server: RedisServer, small: FakeUpstreamHandle
+) -> None:
+    gw = make_gateway(redis_url=redis_server.url)
+    unknown = {"request_id": "req_served_elsewhere", "accepted": True}
+    with gw.http() as c:
+        r = c.post("/v1/feedback", json=unknown)
+        assert r.status_code == 404, "Redis answered: the request is unknown"
+        redis_server.kill()
+        r = c.post("/v1/feedback", json=unknown)
+        # Redis did not answer and this replica did not serve it: not "unknown", but "retry"
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "store_unavailable"
+        assert r.json()["error"]["type"] == "server_error"
+    counted = {"endpoint": "feedback", "status_class": "5xx", "outcome": "unavailable"}
+    wait_until(lambda: gw.metric("effgate_requests_total", **counted) == 1, what="503 counted")
+    assert gw.metric("effgate_store_fallbacks_total", op="get") >= 1
 
 
 def test_rate_limit_is_shared_by_replicas_through_redis(

@@ -237,12 +237,12 @@ def test_gateway_on_a_cluster_serves_meters_and_joins_feedback(
         ],
     }
     (tmp_path / "tenants.yaml").write_text(yaml.safe_dump(tenants))
+    # a loaded machine's Redis timeout: this checks joins and meters, not latency
+    shared = {"redis_url": flushed.url, "redis_timeout_s": 1.0}
     a = make_gateway(
-        redis_url=flushed.url,
-        records_redis_stream="effgate:records",
-        tenants_path=tmp_path / "tenants.yaml",
+        **shared, records_redis_stream="effgate:records", tenants_path=tmp_path / "tenants.yaml"
     )
-    b = make_gateway(redis_url=flushed.url, tenants_path=tmp_path / "tenants.yaml")
+    b = make_gateway(**shared, tenants_path=tmp_path / "tenants.yaml")
     auth = {"authorization": f"Bearer {key}"}
     with a.http(headers=auth) as ca, b.http(headers=auth) as cb:
         ids = []
