@@ -17,6 +17,7 @@
     ├── NoHealthyUpstream     503 no_healthy_upstream        unavailable
     ├── PolicyUnavailable     503 policy_unavailable         unavailable
     ├── LimitsUnavailable     503 limits_unavailable         unavailable (+ Retry-After)
+    ├── StoreUnavailable      503 store_unavailable          unavailable (+ Retry-After)
     ├── Overloaded            503 server_overloaded          unavailable (the connection cap)
     ├── ShuttingDown          503 server_shutting_down       unavailable (cut at the deadline)
     └── UpstreamError         502 an upstream failed; ``kind`` labels effgate_upstream_errors_total
