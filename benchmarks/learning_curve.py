@@ -267,11 +267,8 @@ def evaluate(
     p_many = p_rest[used_rest][:, cols]
 
     def share(p: F64) -> float | None:
-        curve = metrics.cost_quality_curve(p, cost, score, routing.BARS)
-        xs = np.array([c.cost for c in curve])
-        qs = np.array([c.quality for c in curve])
-        hit = metrics.cost_to_reach(xs, qs, float(mq[best]))
-        return None if hit is None else round(hit / float(mc[best]), 4)
+        hit = metrics.cost_share_to_match_best(p, cost, score)
+        return None if hit is None else round(hit, 4)
 
     sub_tab = routing.CostTable(tab.models, cost, score, tab.left_out, np.ones(len(trows), bool))
     many = {"learner": share(p_many)}

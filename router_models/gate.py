@@ -33,7 +33,6 @@ from router_models.learner import Example, fold_ids
 
 F64 = npt.NDArray[np.float64]
 Scorer = Callable[[Sequence[Example]], Mapping[str, F64]]
-BARS = tuple(round(0.05 * k, 2) for k in range(1, 20))
 
 
 def _round(x: float | None, nd: int = 4) -> float | None:
@@ -168,8 +167,7 @@ def _many(
         return None
     score = y[sel][:, cols]
     cost = np.tile(np.array([float(prices[models[j]]) for j in cols]), (int(sel.sum()), 1))
-    mq, mc = score.mean(axis=0), cost.mean(axis=0)
-    best = int(np.argmax(mq))
+    mq = score.mean(axis=0)
     out: dict[str, Any] = {"models": [models[j] for j in cols], "rows": int(sel.sum())}
     z_len = (length[sel] - length[sel].mean()) / (length[sel].std() or 1.0)
     z_rand = (rand[sel] - rand[sel].mean()) / (rand[sel].std() or 1.0)
@@ -184,11 +182,7 @@ def _many(
         "random": 1.0 / (1.0 + np.exp(z_rand[:, None] - lm)),
     }
     for name, p in candidates.items():
-        curve = metrics.cost_quality_curve(p, cost, score, BARS)
-        xs = np.array([c.cost for c in curve])
-        qs = np.array([c.quality for c in curve])
-        hit = metrics.cost_to_reach(xs, qs, float(mq[best]))
-        out[name] = None if hit is None else _round(hit / float(mc[best]))
+        out[name] = _round(metrics.cost_share_to_match_best(p, cost, score))
     return out
 
 

@@ -91,6 +91,10 @@ def route_by_bar(p: F64, cost: F64, bar: float) -> npt.NDArray[np.int64]:
     return choice
 
 
+# The quality bars a many-model router is swept over (one routing policy per bar)
+BARS = tuple(round(0.05 * k, 2) for k in range(1, 20))
+
+
 def cost_quality_curve(p: F64, cost: F64, score: F64, bars: Sequence[float]) -> list[CostPoint]:
     rows = np.arange(p.shape[0])
     out = []
@@ -153,6 +157,21 @@ def cost_to_reach(cost: F64, quality: F64, target: float) -> float | None:
     if k == 0:
         return float(xs[0])
     return float(xs[k - 1] + (target - ys[k - 1]) * (xs[k] - xs[k - 1]) / (ys[k] - ys[k - 1]))
+
+
+def cost_share_to_match_best(
+    p: F64, cost: F64, score: F64, bars: Sequence[float] = BARS
+) -> float | None:
+    """The many-model figure: the least mean cost (on the hull of the bar sweep) at which
+    routing by ``p`` reaches the quality of the best single model, as a share of that model's
+    mean cost; None when no mix of the bars reaches it. p, cost, score: (prompts, models)."""
+    mc, mq = cost.mean(axis=0), score.mean(axis=0)
+    best = int(np.argmax(mq))
+    curve = cost_quality_curve(p, cost, score, bars)
+    xs = np.array([c.cost for c in curve])
+    qs = np.array([c.quality for c in curve])
+    hit = cost_to_reach(xs, qs, float(mq[best]))
+    return None if hit is None else hit / float(mc[best])
 
 
 def brier(p: F64, y: F64) -> float:

@@ -21,7 +21,6 @@ from router_models.data import LabelMatrix, Price, Row, prompt_cost
 from router_models.irt import irt_p
 
 F64 = npt.NDArray[np.float64]
-BARS = tuple(round(0.05 * k, 2) for k in range(1, 20))
 PAIR_GAP = 0.15
 MIN_COVERAGE = 0.99
 
@@ -183,7 +182,7 @@ def multi_result(d: F64, a: float, table: CostTable) -> MultiResult:
         [skill_from_mean(d, a, float(table.score[:, j].mean())) for j in range(len(table.models))]
     )
     p = irt_p(a, skills[None, :], d[:, None])
-    curve = metrics.cost_quality_curve(p, table.cost, table.score, BARS)
+    curve = metrics.cost_quality_curve(p, table.cost, table.score, metrics.BARS)
     xs = np.array([c.cost for c in curve])
     ys = np.array([c.quality for c in curve])
     means_c, means_q = table.cost.mean(axis=0), table.score.mean(axis=0)

@@ -74,6 +74,18 @@ def test_hull_aiq_and_cost_to_reach():
     assert metrics.cost_to_reach(cost, quality, 1.1) is None
 
 
+def test_cost_share_to_match_best_by_hand():
+    # two prompts; a cheap model (cost 1) right on the first only, a strong one (10) on both
+    cost = np.array([[1.0, 10.0], [1.0, 10.0]])
+    score = np.array([[1.0, 1.0], [0.0, 1.0]])
+    knows = np.array([[0.9, 0.9], [0.1, 0.9]])  # sends only the second prompt up: 5.5 / 10
+    assert metrics.cost_share_to_match_best(knows, cost, score) == pytest.approx(0.55)
+    blind = np.array([[0.5, 0.9], [0.5, 0.9]])  # all cheap or all strong: the strong's cost
+    assert metrics.cost_share_to_match_best(blind, cost, score) == pytest.approx(1.0)
+    never = np.array([[0.9, 0.2], [0.9, 0.2]])  # never picks the strong model
+    assert metrics.cost_share_to_match_best(never, cost, score) is None
+
+
 def test_hull_is_non_decreasing():
     xs, ys = metrics.upper_hull(np.array([0.0, 1.0, 2.0]), np.array([0.5, 0.9, 0.7]))
     assert xs.tolist() == [0.0, 1.0]
