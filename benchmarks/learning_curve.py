@@ -318,7 +318,8 @@ def latency(fd_list: Sequence[FileData], n: int = 2000, params: Any = None) -> d
     # serving cost does not depend on rank or lam_model: no selection here
     base = params or LearnerParams()
     heads, _ = fit_learner(fd, train, "full", 0, dataclasses.replace(base, select=0))
-    idx = np.arange(min(8, len(heads.models)), dtype=np.intp)
+    # what a route's scorer holds: its 8 candidates' heads (router_models.estimator.Scorer)
+    route = heads.subset(np.arange(min(8, len(heads.models)), dtype=np.intp))
     prompts = [t for f in fd_list for t in f.texts if 1000 <= len(t) <= 2000]
     rng = np.random.default_rng(0)
     system = {"role": "system", "content": "You are a helpful assistant."}
@@ -328,14 +329,14 @@ def latency(fd_list: Sequence[FileData], n: int = 2000, params: Any = None) -> d
     ]
     est = fd.est
     for m in reqs[:200]:
-        heads.p(signature(m), 0.0, idx)
+        route.p(signature(m), 0.0)
     sig_t, all_t = [], []
     for m in reqs:
         t0 = time.perf_counter()
         s = signature(m)
         t1 = time.perf_counter()
         d = est._compiled.difficulty(s.dense)  # the prior from the signature's features
-        heads.p(s, d, idx)
+        route.p(s, d)
         t2 = time.perf_counter()
         sig_t.append(t1 - t0)
         all_t.append(t2 - t0)
@@ -349,7 +350,7 @@ def latency(fd_list: Sequence[FileData], n: int = 2000, params: Any = None) -> d
 
     return {
         "requests": n,
-        "models": len(idx),
+        "models": len(route.models),
         "signature_ms": pct(sig_t),
         "signature_prior_heads_ms": pct(all_t),
         "load_average": [round(x, 2) for x in os.getloadavg()],

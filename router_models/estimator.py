@@ -178,7 +178,7 @@ class Scorer:
     ``scorer(messages) -> (difficulty, {catalog id: P})``; the mapping is None when no model
     of the list has a learned head (the IRT link then applies, as ``decide`` computes it)."""
 
-    __slots__ = ("_est", "_head_idx", "_head_ids", "_signature", "ids")
+    __slots__ = ("_est", "_heads", "_head_ids", "_signature", "ids")
 
     def __init__(self, est: Estimator, models: Sequence[tuple[str, str]]) -> None:
         self._est = est
@@ -188,11 +188,13 @@ class Scorer:
         pairs = [(i, a if a is not None else b) for i, a, b in found]
         hits = [(i, k) for i, k in pairs if k is not None]
         self._head_ids = tuple(i for i, _ in hits)
-        self._head_idx = np.array([k for _, k in hits], dtype=np.intp)
         if hits:
             from router_models.signature import signature
 
             self._signature = signature
+            assert heads is not None
+            # this route's candidates only: the per-request gather is (buckets x candidates)
+            self._heads = heads.subset([k for _, k in hits])
 
     def __call__(
         self, messages: Sequence[Any], tools: Sequence[Any] | None = None
@@ -200,12 +202,11 @@ class Scorer:
         est = self._est
         if not self._head_ids:
             return est._compiled.difficulty(extract(messages).dense), None
-        assert est.heads is not None
         # one feature pass: the signature's dense features (as training saw them) give the
         # prior's difficulty, which is one input of the heads
         sig = self._signature(messages, tools, digest=False)
         d = est._compiled.difficulty(sig.dense)
-        p = est.heads.p(sig, d, self._head_idx)
+        p = self._heads.p(sig, d)
         return d, dict(zip(self._head_ids, p.tolist(), strict=True))
 
 

@@ -172,6 +172,21 @@ class Heads:
     ) -> F64:
         return _sigmoid(self.logits(sig, prior_difficulty, models_idx))
 
+    def subset(self, models_idx: Sequence[int] | npt.NDArray[np.intp]) -> Heads:
+        """The heads of the models at ``models_idx`` only, in that order, their weights in
+        arrays of their own: a route's scorer gathers (buckets x its candidates) per request
+        instead of (buckets x every model the artifact knows). Same probabilities."""
+        cols = np.asarray(models_idx, dtype=np.intp)
+        return replace(
+            self,
+            models=tuple(self.models[int(j)] for j in cols),
+            label_counts=self.label_counts[cols],
+            sparse_w=np.ascontiguousarray(self.sparse_w[:, cols]),
+            dense_w=np.ascontiguousarray(self.dense_w[:, cols]),
+            intercept=self.intercept[cols].copy(),
+            d_coef=self.d_coef[cols].copy(),
+        )
+
     def p_many(self, sigs: Sequence[Signature], difficulty: F64) -> F64:
         """(len(sigs), M) probabilities (offline evaluation)."""
         return np.stack([self.p(s, float(d)) for s, d in zip(sigs, difficulty, strict=True)])

@@ -72,6 +72,10 @@ def test_recovers_who_succeeds_where_and_gain() -> None:
     assert gain[new_kind == 0].mean() - gain[new_kind == 1].mean() > 0.4
     sub = heads.p(signature([{"role": "user", "content": new[0]}]), 0.0, np.array([ib, ia]))
     assert np.allclose(sub, p[0, [ib, ia]])
+    # a route's own heads (its candidates' columns): the same probabilities, in its order
+    only = heads.subset([ib, ia])
+    assert only.models == ("B", "A")
+    assert np.allclose(only.p(signature([{"role": "user", "content": new[0]}]), 0.0), sub)
 
 
 def test_partial_labels_and_shrinkage() -> None:
