@@ -16,8 +16,8 @@
     │   └── BudgetExceeded    429 budget_exceeded
     ├── NoHealthyUpstream     503 no_healthy_upstream        unavailable
     ├── PolicyUnavailable     503 policy_unavailable         unavailable
-    ├── LimitsUnavailable     503 limits_unavailable         unavailable (+ Retry-After)
     ├── StoreUnavailable      503 store_unavailable          unavailable (+ Retry-After)
+    │   └── LimitsUnavailable 503 limits_unavailable         (limits set to fail closed)
     ├── Overloaded            503 server_overloaded          unavailable (the connection cap)
     ├── ShuttingDown          503 server_shutting_down       unavailable (cut at the deadline)
     └── UpstreamError         502 an upstream failed; ``kind`` labels effgate_upstream_errors_total
@@ -191,21 +191,9 @@ class PolicyUnavailable(GatewayError):
     outcome: Outcome = "unavailable"
 
 
-class LimitsUnavailable(GatewayError):
-    """The shared budget store is unreachable and limits are set to fail closed."""
-
-    status = 503
-    type = "server_error"
-    code = "limits_unavailable"
-    outcome: Outcome = "unavailable"
-
-    def headers(self) -> dict[str, str]:
-        return {**self.extra_headers, "retry-after": "1"}
-
-
 class StoreUnavailable(GatewayError):
-    """The shared store did not answer a read whose answer only it may hold (a request served
-    by another replica); retrying soon is likely to work."""
+    """The shared store (Redis) did not answer a call whose answer only it may hold (a request
+    served by another replica); retrying soon is likely to work."""
 
     status = 503
     type = "server_error"
@@ -214,6 +202,12 @@ class StoreUnavailable(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {**self.extra_headers, "retry-after": "1"}
+
+
+class LimitsUnavailable(StoreUnavailable):
+    """The shared budget store is unreachable and limits are set to fail closed."""
+
+    code = "limits_unavailable"
 
 
 class Overloaded(GatewayError):
