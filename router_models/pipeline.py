@@ -19,7 +19,7 @@ from router_models import metrics
 from router_models.data import LabelMatrix, Row, label_matrix
 from router_models.estimator import Weights
 from router_models.fit import FeatureMatrix, FitParams, featurize, fit_weights, predict_raw
-from router_models.irt import Calibration, calibrate, fit_irt, sigmoid
+from router_models.irt import Calibration, calibrate, fit_irt, irt_p
 
 F64 = npt.NDArray[np.float64]
 Step = Callable[[str], None]
@@ -66,7 +66,7 @@ def probability_metrics(
     rows, cols = np.nonzero(labels.mask)
     s = np.array([skills.get(m, np.nan) for m in labels.models])[cols]
     keep = np.isfinite(s)
-    p = sigmoid(a * (s[keep] - d[rows[keep]]))
+    p = irt_p(a, s[keep], d[rows[keep]])
     y = labels.scores[rows[keep], cols[keep]]
     eps = 1e-9
     logloss = float(-(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)).mean())

@@ -218,7 +218,11 @@ def test_records_go_to_the_redis_stream_and_are_replayed_after_an_outage(
         )
         redis_server.start()  # empty: the test's Redis keeps nothing across a restart
         wait_until(lambda: stream_ids(redis_server) == [during], what="the replay")
-    assert gw.metric("effgate_store_replayed_total", store="records_stream") == 1
+        # the entry is in Redis a moment before the writer counts it replayed
+        wait_until(
+            lambda: gw.metric("effgate_store_replayed_total", store="records_stream") == 1,
+            what="the replay counted",
+        )
     assert gw.metric("effgate_records_dropped_total", sink="redis") == 0
     assert len(gw.records(at_least=2)) == 2, "the file sink has both"
 
