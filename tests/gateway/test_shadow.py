@@ -154,7 +154,10 @@ def test_budget_cap_holds(
     small: FakeUpstreamHandle,
     big: FakeUpstreamHandle,
 ) -> None:
-    # each evaluation reserves its worst case (shadow + judge at max output) first
+    # each evaluation reserves its worst case (shadow + judge at max output) first and
+    # settles to its (much smaller) real cost when done: a slow shadow model keeps all six
+    # reservations open at once, so the cap has to refuse some whatever the machine's speed
+    big.set_faults({"kind": "slow_first_byte", "ms": 1000, "count": 100})
     gw = make_gateway(_policy(policy, judge.base_url, daily_usd=0.02), estimator=_easy())
     with gw.http() as c:
         for _ in range(6):
