@@ -40,12 +40,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from router_models.clusters import ClusterMap
 from router_models.features import N_DENSE
 from router_models.signature import N_BUCKETS, WORD_BUCKETS, Signature, signature
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
-HEADS_VERSION = 1
+HEADS_VERSION = 2  # 2: optional workflow clusters (version 1 files, without, still load)
+HEADS_VERSIONS = (1, 2)
 N_EXTRA = N_DENSE + 1  # dense features and the prior difficulty
 CLIP = 5.0
 
@@ -80,6 +82,14 @@ class LearnerParams:
     max_iter: int = 400
     select: int = 0  # 1: pick rank x lam_model from SELECT_GRID by inner grouped CV
     select_folds: int = 3
+    # the calibration stage (router_models.calibration): folds of its out-of-fold logits
+    # (0: off), the cluster counts it chooses from, and its penalties
+    calibrate: int = 5
+    cluster_grid: str = "16,32"
+    cluster_min_df: float = 0.01  # n-gram buckets in this share of prompts shape clusters
+    cluster_dense_weight: float = 0.5
+    lam_calibrate: float = 20.0  # pulls each model's (scale, shift) to (1, 0)
+    lam_cluster: float = 5.0  # pulls each model's cluster shifts to 0
 
 
 SELECT_MAX_ITER = 200  # L-BFGS iterations of each inner-CV fit
@@ -110,10 +120,18 @@ class Heads:
     d_coef: F64  # (M,) prior slope on the difficulty
     word_weight: float = 1.0
     char_weight: float = 1.0
+    # workflow clusters and (K, M) each model's logit shift in each (calibration stage)
+    clusters: ClusterMap | None = None
+    cluster_w: F64 | None = None
     _lookup: npt.NDArray[np.int32] = field(init=False, repr=False, compare=False)
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if (self.clusters is None) != (self.cluster_w is None):
+            raise ValueError("clusters and cluster_w come together")
+        k = None if self.clusters is None else self.clusters.k
+        if self.cluster_w is not None and self.cluster_w.shape != (k, len(self.models)):
+            raise ValueError("cluster_w must have one row per cluster and a column per model")
         lookup = np.full(N_BUCKETS, -1, dtype=np.int32)
         lookup[self.active_ids] = np.arange(self.active_ids.size, dtype=np.int32)
         object.__setattr__(self, "_lookup", lookup)
@@ -154,6 +172,8 @@ class Heads:
                 + z @ self.dense_w
                 + x @ self.sparse_w.take(rows, axis=0)
             )
+            if self.clusters is not None and self.cluster_w is not None:
+                out += self.cluster_w[self.clusters.assign(sig)]
             return out
         cols = np.asarray(models_idx, dtype=np.intp)
         out = (
@@ -162,6 +182,8 @@ class Heads:
             + z @ self.dense_w[:, cols]
             + (x @ self.sparse_w.take(rows, axis=0))[cols]
         )
+        if self.clusters is not None and self.cluster_w is not None:
+            out += self.cluster_w[self.clusters.assign(sig), cols]
         return out
 
     def p(
@@ -185,6 +207,7 @@ class Heads:
             dense_w=np.ascontiguousarray(self.dense_w[:, cols]),
             intercept=self.intercept[cols].copy(),
             d_coef=self.d_coef[cols].copy(),
+            cluster_w=None if self.cluster_w is None else self.cluster_w[:, cols].copy(),
         )
 
     def p_many(self, sigs: Sequence[Signature], difficulty: F64) -> F64:
@@ -192,7 +215,11 @@ class Heads:
         return np.stack([self.p(s, float(d)) for s, d in zip(sigs, difficulty, strict=True)])
 
     def to_arrays(self) -> dict[str, np.ndarray]:
+        extra = {}
+        if self.clusters is not None and self.cluster_w is not None:
+            extra = {**self.clusters.to_arrays(), "cluster_w": self.cluster_w}
         return {
+            **extra,
             "label_counts": self.label_counts,
             "active_ids": self.active_ids,
             "idf": self.idf,
@@ -211,6 +238,8 @@ class Heads:
             "idf_default": self.idf_default,
             "word_weight": self.word_weight,
             "char_weight": self.char_weight,
+            "clusters": 0 if self.clusters is None else self.clusters.k,
+            "cluster_dense_weight": 0.0 if self.clusters is None else self.clusters.dense_weight,
             "label_counts": {
                 m: int(c) for m, c in zip(self.models, self.label_counts, strict=True)
             },
@@ -220,8 +249,9 @@ class Heads:
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Heads:
         """Validate and load; ValueError on anything wrong."""
         try:
-            if meta.get("version") != HEADS_VERSION:
-                raise ValueError(f"unsupported heads version {meta.get('version')!r}")
+            version = meta.get("version")
+            if version not in HEADS_VERSIONS:
+                raise ValueError(f"unsupported heads version {version!r}")
             models = meta["models"]
             if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
                 raise ValueError("models must be a list of names")
@@ -255,6 +285,14 @@ class Heads:
             scale = arr("dense_scale", (N_EXTRA,)).astype(np.float64)
             if np.any(scale <= 0):
                 raise ValueError("dense_scale must be positive")
+            k = 0 if version == 1 else meta.get("clusters", 0)
+            if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+                raise ValueError("clusters must be a non-negative integer")
+            clusters, cluster_w = None, None
+            if k:
+                dw = float(meta.get("cluster_dense_weight", 0.0))
+                clusters = ClusterMap.from_arrays(arrays, k, dw)
+                cluster_w = arr("cluster_w", (k, n_models)).astype(np.float64)
             return cls(
                 models=tuple(models),
                 label_counts=counts,
@@ -269,6 +307,8 @@ class Heads:
                 d_coef=arr("d_coef", (n_models,)).astype(np.float64),
                 word_weight=scalars[1],
                 char_weight=scalars[2],
+                clusters=clusters,
+                cluster_w=cluster_w,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"invalid heads: {exc!r}") from None
@@ -696,4 +736,9 @@ def fit_heads(
         params, _ = select_params(examples, prior_difficulty, prior_logit, params, seed)
     design = build_design(examples, prior_difficulty, prior_logit, params)
     fit = fit_core(design.feats, design.y, design.mask, design.offset, design.n_kernel, params)
-    return heads_from_fit(design, fit, params)
+    heads = heads_from_fit(design, fit, params)
+    if params.calibrate:
+        from router_models.calibration import calibrate_heads
+
+        heads, _ = calibrate_heads(heads, examples, prior_difficulty, prior_logit, params, seed)
+    return heads

@@ -1,0 +1,238 @@
+"""The learner's calibration stage: per-model scaling and workflow-cluster shifts, fitted on
+out-of-fold logits (training time only; the result is folded into the heads' arrays).
+
+The heads (`router_models.learner`) come out of one penalised fit. Two things are left
+that a many-model route cares about, because it holds every model's P against one bar:
+
+- a model's logit can be over- or under-confident: penalties shrink every model alike,
+  and the features that move a logit within a workflow may be noise for this traffic;
+- the fit under-uses what a deployment repeats most, its workflows: which model succeeds
+  on a whole kind of request (a code task, trivia, a long document) is spread over many
+  small n-gram weights that the penalty shrinks.
+
+So `calibrate_heads` refits the heads ``params.calibrate`` times with one fold left out
+(folds keep identical prompts together), collects every labelled (prompt, model)'s logit
+from the fit that did not see it, and fits per model m
+
+    logit'_m(x) = a_m * logit_m(x) + c_m + e_m[cluster(x)]
+
+by penalised soft-label log loss: ``lam_calibrate / 2 * ((a_m - 1)^2 + c_m^2)`` and
+``lam_cluster / 2 * |e_m|^2``, so a model with few labels stays as it was. The clusters
+are `router_models.clusters` workflow clusters of the training prompts; how many (none
+among them) is chosen from ``params.cluster_grid`` by the least held-out log loss of this
+stage in an inner k-fold over the out-of-fold logits. Serving cost: one cluster
+assignment per request, when clusters were chosen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from router_models.clusters import ClusterMap, fit_clusters
+from router_models.learner import (
+    Example,
+    Heads,
+    LearnerParams,
+    PriorLogit,
+    _prior_subset,
+    _sigmoid,
+    build_design,
+    fit_core,
+    heads_from_fit,
+)
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+MIN_PER_CLUSTER = 25  # training prompts per cluster, on average, at the least
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """Per model: scale a, shift c, and (K, M) cluster shifts e (K = 0: none)."""
+
+    a: F64
+    c: F64
+    e: F64
+
+
+def digest_folds(examples: Sequence[Example], folds: int, seed: int) -> I64:
+    """A fold per example, identical prompts (same signature digest) in the same fold."""
+    digests = sorted({e.sig.digest for e in examples})
+    order = np.random.default_rng(seed).permutation(len(digests))
+    of = {digests[int(g)]: k % folds for k, g in enumerate(order)}
+    return np.array([of[e.sig.digest] for e in examples], dtype=np.int64)
+
+
+def label_arrays(examples: Sequence[Example], models: Sequence[str]) -> tuple[F64, F64]:
+    """(y, w): (n, M) labels and 1/0 weights of the models' labelled pairs."""
+    index = {m: j for j, m in enumerate(models)}
+    y = np.zeros((len(examples), len(models)))
+    w = np.zeros_like(y)
+    for i, e in enumerate(examples):
+        for name, val in e.labels.items():
+            j = index.get(name)
+            if j is not None:
+                y[i, j], w[i, j] = float(val), 1.0
+    return y, w
+
+
+def oof_logits(
+    heads: Heads,
+    examples: Sequence[Example],
+    prior_difficulty: F64,
+    prior_logit: PriorLogit,
+    params: LearnerParams,
+    seed: int,
+) -> F64:
+    """(n, M) logits of the heads' models, each from a fit without the example's fold (the
+    full fit's own where a fold's fit lacks the model)."""
+    d = np.asarray(prior_difficulty, dtype=np.float64).reshape(-1)
+    z = np.stack([heads.logits(e.sig, float(d[i])) for i, e in enumerate(examples)])
+    folds = max(2, int(params.calibrate))
+    fold = digest_folds(examples, folds, seed)
+    inner = replace(params, calibrate=0, select=0)
+    for k in range(folds):
+        tr = np.flatnonzero(fold != k).astype(np.int64)
+        te = np.flatnonzero(fold == k)
+        if tr.size == 0 or te.size == 0:
+            continue
+        design = build_design(
+            [examples[int(i)] for i in tr], d[tr], _prior_subset(prior_logit, tr), inner
+        )
+        fit = fit_core(design.feats, design.y, design.mask, design.offset, design.n_kernel, inner)
+        h = heads_from_fit(design, fit, inner)
+        cols = [h.index(m) for m in heads.models]
+        have = np.array([j for j, c in enumerate(cols) if c is not None], dtype=np.intp)
+        src = np.array([c for c in cols if c is not None], dtype=np.intp)
+        for i in te:
+            z[i, have] = h.logits(examples[int(i)].sig, float(d[i]), src)
+    return z
+
+
+def fit_stage(z: F64, y: F64, w: F64, assign: I64, k: int, lam_a: float, lam_e: float) -> Stage:
+    """Minimise sum w * logloss(y, a z + c + e[assign]) + lam_a/2 ((a-1)^2 + c^2) +
+    lam_e/2 |e|^2 jointly over every model (columns of z, y, w)."""
+    from scipy.optimize import minimize
+
+    n, m = z.shape
+    onehot = np.zeros((n, k))
+    if k:
+        onehot[np.arange(n), assign] = 1.0
+
+    def unpack(t: F64) -> tuple[F64, F64, F64]:
+        return t[:m], t[m : 2 * m], t[2 * m :].reshape(k, m)
+
+    def loss(t: F64) -> tuple[float, F64]:
+        a, c, e = unpack(t)
+        s = a[None, :] * z + c[None, :] + onehot @ e
+        r = (_sigmoid(s) - y) * w
+        f = float(((np.logaddexp(0.0, s) - y * s) * w).sum())
+        f += 0.5 * lam_a * float(((a - 1.0) ** 2).sum() + (c * c).sum())
+        f += 0.5 * lam_e * float((e * e).sum())
+        grad = np.concatenate(
+            [
+                (r * z).sum(axis=0) + lam_a * (a - 1.0),
+                r.sum(axis=0) + lam_a * c,
+                (onehot.T @ r + lam_e * e).ravel(),
+            ]
+        )
+        return f, grad
+
+    start = np.concatenate([np.ones(m), np.zeros(m + k * m)])
+    res = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    a, c, e = unpack(np.asarray(res.x, dtype=np.float64))
+    return Stage(a=a.copy(), c=c.copy(), e=e.copy())
+
+
+def stage_logits(stage: Stage, z: F64, assign: I64) -> F64:
+    out: F64 = stage.a[None, :] * z + stage.c[None, :]
+    if stage.e.shape[0]:
+        out = out + stage.e[assign]
+    return out
+
+
+def grid(params: LearnerParams, n: int) -> list[int]:
+    """The cluster counts to choose from: ``params.cluster_grid`` (comma-separated), each
+    capped so that a cluster holds MIN_PER_CLUSTER prompts on average; 0 always."""
+    ks = {0}
+    for part in str(params.cluster_grid).split(","):
+        if part.strip():
+            k = int(part)
+            if k < 0:
+                raise ValueError(f"cluster_grid: {k} is not a cluster count")
+            ks.add(min(k, n // MIN_PER_CLUSTER))
+    return sorted(ks)
+
+
+def calibrate_heads(
+    heads: Heads,
+    examples: Sequence[Example],
+    prior_difficulty: F64,
+    prior_logit: PriorLogit,
+    params: LearnerParams,
+    seed: int = 0,
+) -> tuple[Heads, dict[str, Any]]:
+    """(the heads with the calibration stage folded in, a report: the cluster count chosen
+    and every candidate's held-out log loss per labelled pair)."""
+    n = len(examples)
+    z = oof_logits(heads, examples, prior_difficulty, prior_logit, params, seed)
+    y, w = label_arrays(examples, heads.models)
+    inner = digest_folds(examples, max(2, int(params.calibrate)), seed + 1)
+    labelled = max(float(w.sum()), 1.0)
+    # the heads as they are: the candidate every fitted stage has to beat
+    none = float(((np.logaddexp(0.0, z) - y * z) * w).sum()) / labelled
+    maps: dict[int, ClusterMap | None] = {}
+    assigns: dict[int, I64] = {}
+    losses: dict[int, float] = {}
+    min_df = max(3, math.ceil(params.cluster_min_df * n))
+    for k in grid(params, n):
+        cmap = None
+        assign = np.zeros(n, dtype=np.int64)
+        if k:
+            cmap = fit_clusters(
+                [e.sig for e in examples],
+                k,
+                min_df=min_df,
+                dense_weight=params.cluster_dense_weight,
+                seed=seed,
+            )
+            assign = np.array([cmap.assign(e.sig) for e in examples], dtype=np.int64)
+        kk = 0 if cmap is None else cmap.k
+        total = 0.0
+        for f in range(int(inner.max()) + 1):
+            tr, te = inner != f, inner == f
+            st = fit_stage(
+                z[tr], y[tr], w[tr], assign[tr], kk, params.lam_calibrate, params.lam_cluster
+            )
+            s = stage_logits(st, z[te], assign[te])
+            total += float(((np.logaddexp(0.0, s) - y[te] * s) * w[te]).sum())
+        maps[k], assigns[k] = cmap, assign
+        losses[k] = total / labelled
+    best = min(losses, key=lambda k: (losses[k], k))
+    report: dict[str, Any] = {
+        "stage": losses[best] < none,
+        "log_loss": {"none": round(none, 6), **{str(k): round(v, 6) for k, v in losses.items()}},
+    }
+    if losses[best] >= none:
+        return heads, {**report, "clusters": 0}
+    cmap = maps[best]
+    kk = 0 if cmap is None else cmap.k
+    st = fit_stage(z, y, w, assigns[best], kk, params.lam_calibrate, params.lam_cluster)
+    out = replace(
+        heads,
+        sparse_w=heads.sparse_w * st.a[None, :],
+        dense_w=heads.dense_w * st.a[None, :],
+        intercept=heads.intercept * st.a + st.c,
+        d_coef=heads.d_coef * st.a,
+        clusters=cmap,
+        cluster_w=None if cmap is None else st.e,
+    )
+    report["clusters"] = kk
+    report["scale"] = {m: round(float(a), 4) for m, a in zip(heads.models, st.a, strict=True)}
+    return out, report
