@@ -2,7 +2,7 @@
 
     python -m benchmarks.learning_curve [--data FILE ...] [--k 100 300 1000 3000 2000]
         [--regime full bandit] [--seeds N] [--json OUT] [--no-tfidf] [--latency-only]
-        [--learner NAME=VALUE ...]
+        [--learner NAME=VALUE ...] [--task-tags]
 
 Protocol, per file, K and seed: draw K labelled prompts at random (seeded), train on them,
 evaluate on the rest. Regimes: `full` (every model's label of the K prompts) and `bandit`
@@ -24,6 +24,10 @@ Also the serving latency of signature + heads for 8 models on typical requests.
 `--learner NAME=VALUE` (repeatable) overrides one `router_models.learner.LearnerParams`
 field for every fit (e.g. `--learner select=1`: rank and lam_model chosen per fit by inner
 grouped CV on that fit's training draw; the choice is reported as `params`).
+
+`--task-tags`: the learner also sees each row's `task` as the request's workflow tag, as a
+deployment whose clients send `x-effgate-task` would (training and evaluation alike); the
+other routers never see it. Without it (the default) every router sees the prompt only.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def _quiet_threads() -> None:
 class FileData:
     """One labelled file, prepared once: rows, labels, signatures, prior difficulty."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, tags: bool = False) -> None:
         from router_models import load_estimator, routing
         from router_models.data import label_matrix, load_dataset
         from router_models.features import prompt_text
@@ -70,7 +74,7 @@ class FileData:
         self.labels = label_matrix(self.rows)
         self.est = load_estimator()
         self.d = self.est.difficulties([list(r.messages) for r in self.rows])
-        self.examples = examples_from_rows(self.rows)
+        self.examples = examples_from_rows(self.rows, tags=tags)
         self.texts = [prompt_text(list(r.messages)) for r in self.rows]
         self.length = np.log1p(np.array([r.prompt_chars for r in self.rows], dtype=np.float64))
         self.strong, self.weak = routing.default_pair(self.labels, self.prices)
@@ -134,7 +138,9 @@ def fit_learner(
     if regime == "bandit":
         labs = bandit_labels(fd, train, np.random.default_rng(1000 + seed))
         exs = [
-            Example(fd.examples[int(i)].sig, lab, fd.examples[int(i)].group)
+            Example(
+                fd.examples[int(i)].sig, lab, fd.examples[int(i)].group, fd.examples[int(i)].tag
+            )
             for i, lab in zip(train, labs, strict=True)
         ]
     else:
@@ -159,7 +165,8 @@ def learner_p(fd: FileData, heads: Any, idx: npt.NDArray[np.intp], models: Seque
     have = np.array([c for c in cols if c is not None], dtype=np.intp)
     where = [j for j, c in enumerate(cols) if c is not None]
     for r, i in enumerate(idx):
-        out[r, where] = heads.p(fd.examples[int(i)].sig, float(fd.d[int(i)]), have)
+        ex = fd.examples[int(i)]
+        out[r, where] = heads.p(ex.sig, float(fd.d[int(i)]), have, ex.tag)
     for j, c in enumerate(cols):
         if c is None:
             lg = fd.prior_logit(models[j], idx)
@@ -298,6 +305,7 @@ def evaluate(
         "k": k,
         "regime": regime,
         "seed": seed,
+        "task_tags": any(e.tag for e in fd.examples),
         "fit_s": round(fit_s, 2),
         "params": {"rank": used.rank, "lam_model": used.lam_model},
         "labels": int(heads.label_counts.sum()),
@@ -432,6 +440,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-tfidf", action="store_true")
     parser.add_argument("--latency-only", action="store_true")
     parser.add_argument(
+        "--task-tags",
+        action="store_true",
+        help="the learner sees each row's task as the workflow tag (x-effgate-task)",
+    )
+    parser.add_argument(
         "--learner",
         action="append",
         default=[],
@@ -446,7 +459,7 @@ def main(argv: list[str]) -> int:
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     start = time.perf_counter()
-    files = [FileData(p) for p in (args.data or list(DEFAULT_DATA))]
+    files = [FileData(p, tags=args.task_tags) for p in (args.data or list(DEFAULT_DATA))]
     print(f"prepared {len(files)} files in {time.perf_counter() - start:.1f}s", flush=True)
     results: list[dict[str, Any]] = []
     if not args.latency_only:
@@ -469,6 +482,7 @@ def main(argv: list[str]) -> int:
     if args.json:
         out = {"runs": results, "mean": agg, "latency": lat, "total_s": total}
         out["learner"] = args.learner
+        out["task_tags"] = args.task_tags
         args.json.write_text(
             json.dumps(out, indent=1),
             encoding="utf-8",

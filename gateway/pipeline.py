@@ -393,6 +393,8 @@ def route_input(
     text = prompt_text(messages)
     override = headers.get("x-effgate-route")
     difficulty = p = None
+    meta_task = req.metadata.get("task") if req.metadata else None
+    task = headers.get("x-effgate-task") or (meta_task if isinstance(meta_task, str) else None)
     target = resolve(policy, req.model, override)
     if (
         target is not None
@@ -400,10 +402,10 @@ def route_input(
         and policy.routes[target.name].uses_quality_bar
     ):
         t0 = time.perf_counter()
-        difficulty, p = state.estimator.score(policy, target.name, messages, body.get("tools"))
+        difficulty, p = state.estimator.score(
+            policy, target.name, messages, body.get("tools"), task
+        )
         state.metrics.estimator_duration.observe((), time.perf_counter() - t0)
-    meta_task = req.metadata.get("task") if req.metadata else None
-    task = headers.get("x-effgate-task") or (meta_task if isinstance(meta_task, str) else None)
     ex.task = task
     ex.messages = messages
     ex.tools = body.get("tools")

@@ -1,9 +1,10 @@
 """The live estimator: P(acceptable) per candidate for each request, and its hot reload.
 
-``EstimatorStore.score(policy, route, messages)`` returns the difficulty and, when the
-artifact has learned heads for some of the route's models, their probabilities by catalog
-id (``policies.engine.RouteInput.p``). Scorers are compiled once per (policy, estimator)
-pair, lazily on the first request that needs one.
+``EstimatorStore.score(policy, route, messages, tools, task)`` returns the difficulty and,
+when the artifact has learned heads for some of the route's models, their probabilities by
+catalog id (``policies.engine.RouteInput.p``); ``task`` is the request's workflow tag
+(``x-effgate-task`` or ``metadata.task``), which heads fitted with tags use. Scorers are
+compiled once per (policy, estimator) pair, lazily on the first request that needs one.
 
 The artifact directory named by ``EFFGATE_ESTIMATOR_PATH`` is watched like the policy file:
 when a file in it changes, the new artifact is loaded and checked, the live policy is
@@ -46,7 +47,7 @@ class Estimator(Protocol):
     def difficulty(self, messages: list[object]) -> float: ...
 
 
-ScoreFn = Callable[[Any, Any], Scored]
+ScoreFn = Callable[[Any, Any, str | None], Scored]
 
 
 def _scorers(est: Any, policy: CompiledPolicy) -> dict[str, ScoreFn]:
@@ -58,7 +59,10 @@ def _scorers(est: Any, policy: CompiledPolicy) -> dict[str, ScoreFn]:
         else:  # an estimator without per-model heads: difficulty only
 
             def plain(
-                messages: Any, tools: Any, _d: Callable[[Any], float] = est.difficulty
+                messages: Any,
+                tools: Any,
+                task: str | None,
+                _d: Callable[[Any], float] = est.difficulty,
             ) -> Scored:
                 return _d(messages), None
 
@@ -108,6 +112,7 @@ class EstimatorStore:
         route: str,
         messages: Sequence[Any],
         tools: Sequence[Any] | None = None,
+        task: str | None = None,
     ) -> Scored:
         """(difficulty, P by catalog id or None) for one request on ``route`` of ``policy``."""
         est = self._current
@@ -115,7 +120,7 @@ class EstimatorStore:
         if built is None or built[0] is not policy or built[1] is not est:
             self._scorers = _scorers(est, policy)
             self._built_for = (policy, est)
-        return self._scorers[route](messages, tools)
+        return self._scorers[route](messages, tools, task)
 
     def poll(self) -> bool:
         """One watcher tick: True when a new artifact went live."""

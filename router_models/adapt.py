@@ -69,7 +69,7 @@ def scorer(est: Estimator, heads: Heads | None) -> Any:
         d = _difficulty(est, examples)
         out: dict[str, F64] = {m: irt_p(est.discrimination, s, d) for m, s in est.skills.items()}
         if heads is not None and examples:
-            p = heads.p_many([e.sig for e in examples], d)
+            p = heads.p_many([e.sig for e in examples], d, [e.tag for e in examples])
             for j, m in enumerate(heads.models):
                 out[m] = p[:, j]
         return out
@@ -109,6 +109,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--folds", type=int, default=5, help="grouped folds of the comparison")
     p.add_argument(
+        "--task-tags",
+        action="store_true",
+        help="with --data: each row's task is its workflow tag, as if its client had sent "
+        "x-effgate-task (records carry the tag their requests had)",
+    )
+    p.add_argument(
         "--learner",
         action="append",
         default=[],
@@ -143,7 +149,7 @@ def main(args: argparse.Namespace) -> int:
     sources: dict[str, Any] = {}
     if args.data:
         dataset = load_dataset(args.data)
-        examples += examples_from_rows(dataset.rows)
+        examples += examples_from_rows(dataset.rows, tags=args.task_tags)
         prices = _prices(dataset.rows, dataset.prices)
         sources["data"] = [
             {"file": Path(p).name, "sha256": sha256_file(Path(p))} for p in args.data

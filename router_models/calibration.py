@@ -50,6 +50,7 @@ from router_models.learner import (
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 MIN_PER_CLUSTER = 25  # training prompts per cluster, on average, at the least
+MIN_PER_TAG = 5  # a workflow tag seen less often gets no shift
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,15 +116,24 @@ def oof_logits(
     return z
 
 
-def fit_stage(z: F64, y: F64, w: F64, assign: I64, k: int, lam_a: float, lam_e: float) -> Stage:
-    """Minimise sum w * logloss(y, a z + c + e[assign]) + lam_a/2 ((a-1)^2 + c^2) +
-    lam_e/2 |e|^2 jointly over every model (columns of z, y, w)."""
+def indicators(n: int, blocks: Sequence[tuple[I64, int]]) -> F64:
+    """(n, sum of sizes) 0/1 columns: per block (index per row, -1 for none; size)."""
+    out = np.zeros((n, sum(size for _, size in blocks)))
+    start = 0
+    for idx, size in blocks:
+        rows = np.flatnonzero(idx >= 0)
+        out[rows, start + idx[rows]] = 1.0
+        start += size
+    return out
+
+
+def fit_stage(z: F64, y: F64, w: F64, onehot: F64, lam_a: float, lam_e: float) -> Stage:
+    """Minimise sum w * logloss(y, a z + c + onehot e) + lam_a/2 ((a-1)^2 + c^2) +
+    lam_e/2 |e|^2 jointly over every model (columns of z, y, w; e: a row per indicator)."""
     from scipy.optimize import minimize
 
-    n, m = z.shape
-    onehot = np.zeros((n, k))
-    if k:
-        onehot[np.arange(n), assign] = 1.0
+    m = z.shape[1]
+    k = onehot.shape[1]
 
     def unpack(t: F64) -> tuple[F64, F64, F64]:
         return t[:m], t[m : 2 * m], t[2 * m :].reshape(k, m)
@@ -150,11 +160,20 @@ def fit_stage(z: F64, y: F64, w: F64, assign: I64, k: int, lam_a: float, lam_e: 
     return Stage(a=a.copy(), c=c.copy(), e=e.copy())
 
 
-def stage_logits(stage: Stage, z: F64, assign: I64) -> F64:
-    out: F64 = stage.a[None, :] * z + stage.c[None, :]
-    if stage.e.shape[0]:
-        out = out + stage.e[assign]
+def stage_logits(stage: Stage, z: F64, onehot: F64) -> F64:
+    out: F64 = stage.a[None, :] * z + stage.c[None, :] + onehot @ stage.e
     return out
+
+
+def workflow_tags(examples: Sequence[Example]) -> tuple[tuple[str, ...], I64]:
+    """(the tags of at least MIN_PER_TAG examples, sorted; each example's index, -1 for none)."""
+    counts: dict[str, int] = {}
+    for e in examples:
+        if e.tag:
+            counts[e.tag] = counts.get(e.tag, 0) + 1
+    tags = tuple(sorted(t for t, c in counts.items() if c >= MIN_PER_TAG))
+    index = {t: j for j, t in enumerate(tags)}
+    return tags, np.array([index.get(e.tag, -1) for e in examples], dtype=np.int64)
 
 
 def grid(params: LearnerParams, n: int) -> list[int]:
@@ -178,22 +197,27 @@ def calibrate_heads(
     params: LearnerParams,
     seed: int = 0,
 ) -> tuple[Heads, dict[str, Any]]:
-    """(the heads with the calibration stage folded in, a report: the cluster count chosen
-    and every candidate's held-out log loss per labelled pair)."""
+    """(the heads with the calibration stage folded in, a report: the clusters and tags
+    chosen and every candidate's held-out log loss per labelled pair).
+
+    Candidates: each cluster count of `grid` (0: scale and shift only), each with and
+    without the workflow tags when the examples carry any; the heads as they are win when
+    no candidate beats them."""
     n = len(examples)
     z = oof_logits(heads, examples, prior_difficulty, prior_logit, params, seed)
     y, w = label_arrays(examples, heads.models)
     inner = digest_folds(examples, max(2, int(params.calibrate)), seed + 1)
     labelled = max(float(w.sum()), 1.0)
+    tags, tag_of = workflow_tags(examples)
     # the heads as they are: the candidate every fitted stage has to beat
-    none = float(((np.logaddexp(0.0, z) - y * z) * w).sum()) / labelled
-    maps: dict[int, ClusterMap | None] = {}
-    assigns: dict[int, I64] = {}
-    losses: dict[int, float] = {}
+    losses: dict[str, float] = {
+        "none": float(((np.logaddexp(0.0, z) - y * z) * w).sum()) / labelled
+    }
+    designs: dict[str, tuple[ClusterMap | None, bool, F64]] = {}
     min_df = max(3, math.ceil(params.cluster_min_df * n))
     for k in grid(params, n):
         cmap = None
-        assign = np.zeros(n, dtype=np.int64)
+        blocks: list[tuple[I64, int]] = []
         if k:
             cmap = fit_clusters(
                 [e.sig for e in examples],
@@ -202,28 +226,30 @@ def calibrate_heads(
                 dense_weight=params.cluster_dense_weight,
                 seed=seed,
             )
-            assign = np.array([cmap.assign(e.sig) for e in examples], dtype=np.int64)
-        kk = 0 if cmap is None else cmap.k
-        total = 0.0
-        for f in range(int(inner.max()) + 1):
-            tr, te = inner != f, inner == f
-            st = fit_stage(
-                z[tr], y[tr], w[tr], assign[tr], kk, params.lam_calibrate, params.lam_cluster
-            )
-            s = stage_logits(st, z[te], assign[te])
-            total += float(((np.logaddexp(0.0, s) - y[te] * s) * w[te]).sum())
-        maps[k], assigns[k] = cmap, assign
-        losses[k] = total / labelled
-    best = min(losses, key=lambda k: (losses[k], k))
+            blocks.append((np.array([cmap.assign(e.sig) for e in examples]), cmap.k))
+        for with_tags in (False, True) if tags else (False,):
+            onehot = indicators(n, [*blocks, (tag_of, len(tags))] if with_tags else blocks)
+            total = 0.0
+            for f in range(int(inner.max()) + 1):
+                tr, te = inner != f, inner == f
+                st = fit_stage(
+                    z[tr], y[tr], w[tr], onehot[tr], params.lam_calibrate, params.lam_cluster
+                )
+                sl = stage_logits(st, z[te], onehot[te])
+                total += float(((np.logaddexp(0.0, sl) - y[te] * sl) * w[te]).sum())
+            name = f"clusters={0 if cmap is None else cmap.k}" + (",tags" if with_tags else "")
+            designs[name] = (cmap, with_tags, onehot)
+            losses[name] = total / labelled
+    best = min(losses, key=lambda c: losses[c])
     report: dict[str, Any] = {
-        "stage": losses[best] < none,
-        "log_loss": {"none": round(none, 6), **{str(k): round(v, 6) for k, v in losses.items()}},
+        "chosen": best,
+        "log_loss": {c: round(v, 6) for c, v in losses.items()},
     }
-    if losses[best] >= none:
-        return heads, {**report, "clusters": 0}
-    cmap = maps[best]
+    if best == "none":
+        return heads, report
+    cmap, with_tags, onehot = designs[best]
+    st = fit_stage(z, y, w, onehot, params.lam_calibrate, params.lam_cluster)
     kk = 0 if cmap is None else cmap.k
-    st = fit_stage(z, y, w, assigns[best], kk, params.lam_calibrate, params.lam_cluster)
     out = replace(
         heads,
         sparse_w=heads.sparse_w * st.a[None, :],
@@ -231,8 +257,9 @@ def calibrate_heads(
         intercept=heads.intercept * st.a + st.c,
         d_coef=heads.d_coef * st.a,
         clusters=cmap,
-        cluster_w=None if cmap is None else st.e,
+        cluster_w=None if cmap is None else st.e[:kk],
+        tags=tags if with_tags else (),
+        tag_w=st.e[kk:] if with_tags else None,
     )
-    report["clusters"] = kk
     report["scale"] = {m: round(float(a), 4) for m, a in zip(heads.models, st.a, strict=True)}
     return out, report

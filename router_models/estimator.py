@@ -175,8 +175,9 @@ class Scorer:
     """P(acceptable) of a fixed list of models, compiled once (per policy route) so that one
     request costs one feature pass, one difficulty and, where heads exist, one head pass.
 
-    ``scorer(messages) -> (difficulty, {catalog id: P})``; the mapping is None when no model
-    of the list has a learned head (the IRT link then applies, as ``decide`` computes it)."""
+    ``scorer(messages, tools, task) -> (difficulty, {catalog id: P})``; the mapping is None
+    when no model of the list has a learned head (the IRT link then applies, as ``decide``
+    computes it). ``task``: the request's workflow tag, where the heads learned one."""
 
     __slots__ = ("_est", "_heads", "_head_ids", "_signature", "ids")
 
@@ -197,7 +198,7 @@ class Scorer:
             self._heads = heads.subset([k for _, k in hits])
 
     def __call__(
-        self, messages: Sequence[Any], tools: Sequence[Any] | None = None
+        self, messages: Sequence[Any], tools: Sequence[Any] | None = None, task: str | None = None
     ) -> tuple[float, dict[str, float] | None]:
         est = self._est
         if not self._head_ids:
@@ -206,7 +207,7 @@ class Scorer:
         # prior's difficulty, which is one input of the heads
         sig = self._signature(messages, tools, digest=False)
         d = est._compiled.difficulty(sig.dense)
-        p = self._heads.p(sig, d)
+        p = self._heads.p(sig, d, None, task)
         return d, dict(zip(self._head_ids, p.tolist(), strict=True))
 
 
@@ -254,13 +255,19 @@ class Estimator:
         return np.array([self.difficulty(m) for m in batch], dtype=np.float64)
 
     def p_acceptable(
-        self, messages: Sequence[Any], skill: float | None = None, *, model: str | None = None
+        self,
+        messages: Sequence[Any],
+        skill: float | None = None,
+        *,
+        model: str | None = None,
+        task: str | None = None,
     ) -> float:
         """P(acceptable answer) of one model on this request.
 
         ``model`` (a catalog id or upstream model name): the learned head's probability when
-        the artifact has labels for it, else the IRT link with its fitted skill (``skill``
-        wins when given). Without ``model``: sigmoid(a * (skill - difficulty)). Raises
+        the artifact has labels for it (``task``: the request's workflow tag, used where the
+        head learned one), else the IRT link with its fitted skill (``skill`` wins when
+        given). Without ``model``: sigmoid(a * (skill - difficulty)). Raises
         ``KeyError`` for a model with neither a head nor a skill (and no ``skill`` given)."""
         if model is not None:
             k = self.heads.index(model) if self.heads is not None else None
@@ -270,7 +277,7 @@ class Estimator:
                 assert self.heads is not None
                 sig = signature(messages)
                 d = self._compiled.difficulty(sig.dense)
-                return float(self.heads.p(sig, d, np.array([k]))[0])
+                return float(self.heads.p(sig, d, np.array([k]), task)[0])
             if skill is None:
                 if model not in self._skills:
                     raise KeyError(f"no head and no skill for model {model!r}")

@@ -46,7 +46,7 @@ from router_models.signature import N_BUCKETS, WORD_BUCKETS, Signature, signatur
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
-HEADS_VERSION = 2  # 2: optional workflow clusters (version 1 files, without, still load)
+HEADS_VERSION = 2  # 2: optional workflow clusters and tags (version 1, without, still loads)
 HEADS_VERSIONS = (1, 2)
 N_EXTRA = N_DENSE + 1  # dense features and the prior difficulty
 CLIP = 5.0
@@ -57,11 +57,13 @@ PriorLogit = Callable[[str], "npt.ArrayLike | None"] | Mapping[str, "npt.ArrayLi
 @dataclass(frozen=True, slots=True)
 class Example:
     """One labelled request: its signature, scores of the models that served it, a group
-    (task, tenant, ...) for grouped validation."""
+    (task, tenant, ...) for grouped validation, and the workflow tag the client sent with
+    it (``x-effgate-task`` or ``metadata.task``; "" for none)."""
 
     sig: Signature
     labels: Mapping[str, float]
     group: str = ""
+    tag: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +122,15 @@ class Heads:
     d_coef: F64  # (M,) prior slope on the difficulty
     word_weight: float = 1.0
     char_weight: float = 1.0
-    # workflow clusters and (K, M) each model's logit shift in each (calibration stage)
+    # workflow clusters and (K, M) each model's logit shift in each; workflow tags and
+    # (T, M) each model's shift for each (both from the calibration stage)
     clusters: ClusterMap | None = None
     cluster_w: F64 | None = None
+    tags: tuple[str, ...] = ()
+    tag_w: F64 | None = None
     _lookup: npt.NDArray[np.int32] = field(init=False, repr=False, compare=False)
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
+    _tag_index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if (self.clusters is None) != (self.cluster_w is None):
@@ -132,6 +138,11 @@ class Heads:
         k = None if self.clusters is None else self.clusters.k
         if self.cluster_w is not None and self.cluster_w.shape != (k, len(self.models)):
             raise ValueError("cluster_w must have one row per cluster and a column per model")
+        if (self.tag_w is None) != (not self.tags) or (
+            self.tag_w is not None and self.tag_w.shape != (len(self.tags), len(self.models))
+        ):
+            raise ValueError("tag_w must have one row per tag and a column per model")
+        object.__setattr__(self, "_tag_index", {t: j for j, t in enumerate(self.tags)})
         lookup = np.full(N_BUCKETS, -1, dtype=np.int32)
         lookup[self.active_ids] = np.arange(self.active_ids.size, dtype=np.int32)
         object.__setattr__(self, "_lookup", lookup)
@@ -158,8 +169,10 @@ class Heads:
         sig: Signature,
         prior_difficulty: float,
         models_idx: npt.NDArray[np.intp] | None = None,
+        tag: str | None = None,
     ) -> F64:
-        """One logit per model (all, or those at `models_idx`)."""
+        """One logit per model (all, or those at `models_idx`); ``tag``: the request's
+        workflow tag (a tag the heads were not fitted on adds nothing)."""
         rows, x = self._x(sig)
         z = np.empty(N_EXTRA)
         z[:N_DENSE] = sig.dense
@@ -174,6 +187,8 @@ class Heads:
             )
             if self.clusters is not None and self.cluster_w is not None:
                 out += self.cluster_w[self.clusters.assign(sig)]
+            if tag and self.tag_w is not None and tag in self._tag_index:
+                out += self.tag_w[self._tag_index[tag]]
             return out
         cols = np.asarray(models_idx, dtype=np.intp)
         out = (
@@ -184,6 +199,8 @@ class Heads:
         )
         if self.clusters is not None and self.cluster_w is not None:
             out += self.cluster_w[self.clusters.assign(sig), cols]
+        if tag and self.tag_w is not None and tag in self._tag_index:
+            out += self.tag_w[self._tag_index[tag], cols]
         return out
 
     def p(
@@ -191,8 +208,9 @@ class Heads:
         sig: Signature,
         prior_difficulty: float,
         models_idx: npt.NDArray[np.intp] | None = None,
+        tag: str | None = None,
     ) -> F64:
-        return _sigmoid(self.logits(sig, prior_difficulty, models_idx))
+        return _sigmoid(self.logits(sig, prior_difficulty, models_idx, tag))
 
     def subset(self, models_idx: Sequence[int] | npt.NDArray[np.intp]) -> Heads:
         """The heads of the models at ``models_idx`` only, in that order, their weights in
@@ -208,16 +226,24 @@ class Heads:
             intercept=self.intercept[cols].copy(),
             d_coef=self.d_coef[cols].copy(),
             cluster_w=None if self.cluster_w is None else self.cluster_w[:, cols].copy(),
+            tag_w=None if self.tag_w is None else self.tag_w[:, cols].copy(),
         )
 
-    def p_many(self, sigs: Sequence[Signature], difficulty: F64) -> F64:
+    def p_many(
+        self, sigs: Sequence[Signature], difficulty: F64, tags: Sequence[str] | None = None
+    ) -> F64:
         """(len(sigs), M) probabilities (offline evaluation)."""
-        return np.stack([self.p(s, float(d)) for s, d in zip(sigs, difficulty, strict=True)])
+        tags = tags if tags is not None else [""] * len(sigs)
+        return np.stack(
+            [self.p(s, float(d), None, t) for s, d, t in zip(sigs, difficulty, tags, strict=True)]
+        )
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         extra = {}
         if self.clusters is not None and self.cluster_w is not None:
             extra = {**self.clusters.to_arrays(), "cluster_w": self.cluster_w}
+        if self.tag_w is not None:
+            extra["tag_w"] = self.tag_w
         return {
             **extra,
             "label_counts": self.label_counts,
@@ -240,6 +266,7 @@ class Heads:
             "char_weight": self.char_weight,
             "clusters": 0 if self.clusters is None else self.clusters.k,
             "cluster_dense_weight": 0.0 if self.clusters is None else self.clusters.dense_weight,
+            "tags": list(self.tags),
             "label_counts": {
                 m: int(c) for m, c in zip(self.models, self.label_counts, strict=True)
             },
@@ -293,6 +320,12 @@ class Heads:
                 dw = float(meta.get("cluster_dense_weight", 0.0))
                 clusters = ClusterMap.from_arrays(arrays, k, dw)
                 cluster_w = arr("cluster_w", (k, n_models)).astype(np.float64)
+            tags = [] if version == 1 else meta.get("tags", [])
+            if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+                raise ValueError("tags must be a list of non-empty strings")
+            if len(set(tags)) != len(tags):
+                raise ValueError("tags must be distinct")
+            tag_w = arr("tag_w", (len(tags), n_models)).astype(np.float64) if tags else None
             return cls(
                 models=tuple(models),
                 label_counts=counts,
@@ -309,6 +342,8 @@ class Heads:
                 char_weight=scalars[2],
                 clusters=clusters,
                 cluster_w=cluster_w,
+                tags=tuple(tags),
+                tag_w=tag_w,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"invalid heads: {exc!r}") from None
@@ -317,13 +352,15 @@ class Heads:
 # ---------------------------------------------------------------- training (scipy)
 
 
-def examples_from_rows(rows: Sequence[Any]) -> list[Example]:
-    """`router_models.data.Row`s -> Examples (signature of the row's messages, group = task)."""
+def examples_from_rows(rows: Sequence[Any], tags: bool = False) -> list[Example]:
+    """`router_models.data.Row`s -> Examples (signature of the row's messages, group = task;
+    with ``tags``, the task is also the workflow tag, as if clients sent it)."""
     return [
         Example(
             sig=signature(list(r.messages)),
             labels={m: float(res.score) for m, res in r.results.items()},
             group=str(r.task),
+            tag=str(r.task) if tags else "",
         )
         for r in rows
     ]

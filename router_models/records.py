@@ -258,7 +258,9 @@ def load_examples(path: Path) -> tuple[list[Example], RecordsSummary]:
         n_fb += int(rid in feedback and isinstance(model, str))
         n_judge += len(judged.get(rid, {}))
         seen[rid] = len(examples)
-        examples.append(Example(sig=sig, labels=labels, group=sig.digest))
+        task = rec.get("task")
+        tag = task if isinstance(task, str) else ""
+        examples.append(Example(sig=sig, labels=labels, group=sig.digest, tag=tag))
     summary = RecordsSummary(
         requests=requests,
         labelled=len(examples),

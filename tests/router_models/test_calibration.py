@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from router_models.calibration import calibrate_heads, fit_stage, grid
+from router_models.calibration import calibrate_heads, fit_stage, grid, indicators
 from router_models.clusters import fit_clusters
 from router_models.learner import Example, Heads, LearnerParams, fit_heads
 from router_models.signature import signature
@@ -84,7 +84,7 @@ def test_stage_recovers_a_models_scale_and_cluster_shifts() -> None:
     y = (rng.random((n, 2)) < p).astype(float)
     # model 0 over-confident (its logits 3x too large), model 1 right
     z = true_logit * np.array([3.0, 1.0])
-    st = fit_stage(z, y, np.ones_like(y), assign, k, lam_a=1.0, lam_e=1.0)
+    st = fit_stage(z, y, np.ones_like(y), indicators(n, [(assign, k)]), lam_a=1.0, lam_e=1.0)
     assert abs(st.a[0] - 1 / 3) < 0.05 and abs(st.a[1] - 1.0) < 0.1
     assert np.abs(st.e + st.c[None, :] - shift).max() < 0.15
 
@@ -100,8 +100,9 @@ def test_stage_learns_the_workflows_a_stiff_fit_misses() -> None:
     stiff = LearnerParams(lam_model=1e4, lam_shared=1e4, calibrate=0)
     base = fit_heads(examples, d, prior, stiff)
     heads, report = calibrate_heads(base, examples, d, prior, replace(stiff, calibrate=5), 0)
-    assert report["stage"] and report["clusters"] > 0
-    assert report["log_loss"][str(report["clusters"])] < report["log_loss"]["none"] - 0.05
+    assert report["chosen"].startswith("clusters=") and heads.clusters is not None
+    assert report["chosen"] != "clusters=0" and not heads.tags  # the examples carry no tags
+    assert report["log_loss"][report["chosen"]] < report["log_loss"]["none"] - 0.05
     test, kinds = _workflows(300, 1)
     truth = np.array([[TRUTH[m][int(k)] for m in heads.models] for k in kinds])
     err = {}
@@ -192,3 +193,45 @@ def test_cluster_grid_is_capped_by_the_examples_and_always_offers_none() -> None
     assert grid(p, 30) == [0, 1]
     with pytest.raises(ValueError):
         grid(LearnerParams(cluster_grid="-3"), 100)
+
+
+def _tagged(n: int, seed: int) -> tuple[list[Example], list[str]]:
+    """Prompts of one style whatever the workflow; only the client's tag tells them apart."""
+    rng = np.random.default_rng(seed)
+    truth = {"chat": {"A": 0.9, "B": 0.3}, "code": {"A": 0.1, "B": 0.8}}
+    tags = [("chat", "code")[int(k)] for k in rng.integers(0, 2, n)]
+    examples = [
+        Example(
+            signature([{"role": "user", "content": " ".join(rng.choice(WORDS, 8))}]),
+            {m: float(rng.random() < truth[t][m]) for m in ("A", "B")},
+            "g",
+            t,
+        )
+        for t in tags
+    ]
+    return examples, tags
+
+
+def test_workflow_tags_shift_each_model_and_round_trip() -> None:
+    examples, _ = _tagged(400, 3)
+    heads = fit_heads(examples, np.zeros(400), lambda _m: np.zeros(400), LearnerParams())
+    assert heads.tags == ("chat", "code") and heads.tag_w is not None
+    sig = signature([{"role": "user", "content": "alpha beta gamma delta omega sigma tau rho"}])
+    ia, ib = heads.index("A"), heads.index("B")
+    assert ia is not None and ib is not None
+    chat, code, untagged = (heads.p(sig, 0.0, None, t) for t in ("chat", "code", None))
+    assert chat[ia] > 0.75 and code[ia] < 0.25 and code[ib] > 0.65 and chat[ib] < 0.45
+    # no tag, or one it never saw: no shift
+    assert np.allclose(heads.p(sig, 0.0, None, "unseen"), untagged)
+    assert code[ia] < untagged[ia] < chat[ia]
+    # a route's subset keeps each model's tag shifts; the arrays keep the tags
+    assert np.allclose(heads.subset([ib]).p(sig, 0.0, None, "code"), code[[ib]])
+    back = Heads.from_arrays(
+        {k: np.asarray(v) for k, v in heads.to_arrays().items()},
+        json.loads(json.dumps(heads.meta())),
+    )
+    assert back.tags == heads.tags
+    assert np.allclose(back.p(sig, 0.0, None, "code"), code, atol=1e-5)
+    for bad in (["chat", "chat"], ["chat", ""], "chat", ["chat", 3]):
+        with pytest.raises(ValueError):
+            Heads.from_arrays(heads.to_arrays(), {**heads.meta(), "tags": bad})
