@@ -1,5 +1,5 @@
-"""The learner's calibration stage: per-model scaling and workflow-cluster shifts, fitted on
-out-of-fold logits (training time only; the result is folded into the heads' arrays).
+"""The learner's calibration stage: per-model scaling, workflow-cluster and workflow-tag
+shifts, fitted on out-of-fold logits (training time only; folded into the heads' arrays).
 
 The heads (`router_models.learner`) come out of one penalised fit. Two things are left
 that a many-model route cares about, because it holds every model's P against one bar:
@@ -14,20 +14,23 @@ So `calibrate_heads` refits the heads ``params.calibrate`` times with one fold l
 (folds keep identical prompts together), collects every labelled (prompt, model)'s logit
 from the fit that did not see it, and fits per model m
 
-    logit'_m(x) = a_m * logit_m(x) + c_m + e_m[cluster(x)]
+    logit'_m(x) = a_m * logit_m(x) + c_m + e_m[cluster(x)] + t_m[tag(x)]
 
 by penalised soft-label log loss: ``lam_calibrate / 2 * ((a_m - 1)^2 + c_m^2)`` and
-``lam_cluster / 2 * |e_m|^2``, so a model with few labels stays as it was. The clusters
-are `router_models.clusters` workflow clusters of the training prompts; how many (none
-among them) is chosen from ``params.cluster_grid`` by the least held-out log loss of this
-stage in an inner k-fold over the out-of-fold logits. Serving cost: one cluster
-assignment per request, when clusters were chosen.
+``lam_cluster / 2 * (|e_m|^2 + |t_m|^2)``, so a model with few labels stays as it was.
+The clusters are `router_models.clusters` workflow clusters of the training prompts; the
+tags are what clients sent as ``x-effgate-task`` (tags of at least MIN_PER_TAG examples).
+Which of these the stage uses (none of them; scale and shift only; a cluster count of
+``params.cluster_grid``; with or without tags) is chosen in an inner k-fold over the
+out-of-fold logits: the smallest candidate within one standard error of the least held-out
+log loss, so the heads stay as they are unless a stage beats them by more than noise.
+Serving cost: one cluster assignment (and a dict lookup for a tag) per request.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -189,6 +192,19 @@ def grid(params: LearnerParams, n: int) -> list[int]:
     return sorted(ks)
 
 
+def one_standard_error(pair_loss: Mapping[str, F64], size: Mapping[str, int]) -> str:
+    """The smallest candidate (fewest parameters per model) whose held-out loss is within
+    one standard error of the best's (the paired difference over the same labelled pairs):
+    a richer stage has to earn its place by more than noise."""
+    best = min(pair_loss, key=lambda c: float(pair_loss[c].mean()))
+    for c in sorted(pair_loss, key=lambda c: (size[c], float(pair_loss[c].mean()))):
+        diff = pair_loss[c] - pair_loss[best]
+        se = float(diff.std()) / math.sqrt(max(diff.size, 1))
+        if float(diff.mean()) <= se:
+            return c
+    return best
+
+
 def calibrate_heads(
     heads: Heads,
     examples: Sequence[Example],
@@ -209,10 +225,9 @@ def calibrate_heads(
     inner = digest_folds(examples, max(2, int(params.calibrate)), seed + 1)
     labelled = max(float(w.sum()), 1.0)
     tags, tag_of = workflow_tags(examples)
-    # the heads as they are: the candidate every fitted stage has to beat
-    losses: dict[str, float] = {
-        "none": float(((np.logaddexp(0.0, z) - y * z) * w).sum()) / labelled
-    }
+    # held-out log loss of every labelled pair, per candidate; the heads as they are first
+    pair_loss: dict[str, F64] = {"none": ((np.logaddexp(0.0, z) - y * z) * w)[w > 0]}
+    size: dict[str, int] = {"none": 0}
     designs: dict[str, tuple[ClusterMap | None, bool, F64]] = {}
     min_df = max(3, math.ceil(params.cluster_min_df * n))
     for k in grid(params, n):
@@ -229,18 +244,20 @@ def calibrate_heads(
             blocks.append((np.array([cmap.assign(e.sig) for e in examples]), cmap.k))
         for with_tags in (False, True) if tags else (False,):
             onehot = indicators(n, [*blocks, (tag_of, len(tags))] if with_tags else blocks)
-            total = 0.0
+            held = np.zeros_like(z)
             for f in range(int(inner.max()) + 1):
                 tr, te = inner != f, inner == f
                 st = fit_stage(
                     z[tr], y[tr], w[tr], onehot[tr], params.lam_calibrate, params.lam_cluster
                 )
                 sl = stage_logits(st, z[te], onehot[te])
-                total += float(((np.logaddexp(0.0, sl) - y[te] * sl) * w[te]).sum())
+                held[te] = (np.logaddexp(0.0, sl) - y[te] * sl) * w[te]
             name = f"clusters={0 if cmap is None else cmap.k}" + (",tags" if with_tags else "")
             designs[name] = (cmap, with_tags, onehot)
-            losses[name] = total / labelled
-    best = min(losses, key=lambda c: losses[c])
+            pair_loss[name] = held[w > 0]
+            size[name] = 2 + onehot.shape[1]
+    losses = {c: float(v.sum()) / labelled for c, v in pair_loss.items()}
+    best = one_standard_error(pair_loss, size)
     report: dict[str, Any] = {
         "chosen": best,
         "log_loss": {c: round(v, 6) for c, v in losses.items()},

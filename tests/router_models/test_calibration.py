@@ -8,7 +8,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from router_models.calibration import calibrate_heads, fit_stage, grid, indicators
+from router_models.calibration import (
+    calibrate_heads,
+    fit_stage,
+    grid,
+    indicators,
+    one_standard_error,
+)
 from router_models.clusters import fit_clusters
 from router_models.learner import Example, Heads, LearnerParams, fit_heads
 from router_models.signature import signature
@@ -235,3 +241,17 @@ def test_workflow_tags_shift_each_model_and_round_trip() -> None:
     for bad in (["chat", "chat"], ["chat", ""], "chat", ["chat", 3]):
         with pytest.raises(ValueError):
             Heads.from_arrays(heads.to_arrays(), {**heads.meta(), "tags": bad})
+
+
+def test_one_standard_error_keeps_the_simpler_stage_unless_the_richer_one_earns_it() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.exponential(0.6, 5000)
+    size = {"none": 0, "clusters=0": 4, "clusters=16": 36}
+    noise = {  # a hair better than the heads as they are: noise, not a gain
+        "none": base,
+        "clusters=0": base - 0.0005 + rng.normal(0, 0.05, 5000),
+        "clusters=16": base + rng.normal(0, 0.05, 5000),
+    }
+    assert one_standard_error(noise, size) == "none"
+    clear = {**noise, "clusters=16": base - 0.05 + rng.normal(0, 0.05, 5000)}
+    assert one_standard_error(clear, size) == "clusters=16"
