@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,12 @@ class ClusterMap:
     dense_mean: F64  # (N_DENSE,)
     dense_scale: F64  # (N_DENSE,)
     dense_weight: float
+    _lookup: npt.NDArray[np.int32] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        lookup = np.full(N_BUCKETS, -1, dtype=np.int32)
+        lookup[self.ids] = np.arange(self.ids.size, dtype=np.int32)
+        object.__setattr__(self, "_lookup", lookup)
 
     @property
     def k(self) -> int:
@@ -50,14 +56,13 @@ class ClusterMap:
 
     def assign(self, sig: Signature) -> int:
         """The cluster whose centroid is most similar to this request."""
-        ids = self.ids
-        pos = np.searchsorted(ids, sig.ids)
-        pos[pos >= ids.size] = 0
-        rows = pos[ids[pos] == sig.ids] if ids.size else pos[:0]
+        rows = self._lookup[sig.ids]
+        rows = rows[rows >= 0]
         z = np.clip((sig.dense - self.dense_mean) / self.dense_scale, -CLIP, CLIP)
         sims = z @ self.dense_centroids * (self.dense_weight / math.sqrt(N_DENSE))
-        if rows.size:
-            sims = sims + self.centroids.take(rows, axis=0).sum(axis=0) / math.sqrt(rows.size)
+        if rows.size:  # the unit binary vector times the centroids: one gather, one gemv
+            unit = np.full(rows.size, 1.0 / math.sqrt(rows.size))
+            sims = sims + unit @ self.centroids.take(rows, axis=0)
         return int(np.argmax(sims))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
