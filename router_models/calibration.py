@@ -38,16 +38,16 @@ import numpy as np
 import numpy.typing as npt
 
 from router_models.clusters import ClusterMap, fit_clusters
+from router_models.irt import sigmoid
 from router_models.learner import (
     Example,
     Heads,
     LearnerParams,
     PriorLogit,
-    _prior_subset,
-    _sigmoid,
     build_design,
     fit_core,
     heads_from_fit,
+    prior_subset,
 )
 
 F64 = npt.NDArray[np.float64]
@@ -107,7 +107,7 @@ def oof_logits(
         if tr.size == 0 or te.size == 0:
             continue
         design = build_design(
-            [examples[int(i)] for i in tr], d[tr], _prior_subset(prior_logit, tr), inner
+            [examples[int(i)] for i in tr], d[tr], prior_subset(prior_logit, tr), inner
         )
         fit = fit_core(design.feats, design.y, design.mask, design.offset, design.n_kernel, inner)
         h = heads_from_fit(design, fit, inner)
@@ -144,7 +144,7 @@ def fit_stage(z: F64, y: F64, w: F64, onehot: F64, lam_a: float, lam_e: float) -
     def loss(t: F64) -> tuple[float, F64]:
         a, c, e = unpack(t)
         s = a[None, :] * z + c[None, :] + onehot @ e
-        r = (_sigmoid(s) - y) * w
+        r = (sigmoid(s) - y) * w
         f = float(((np.logaddexp(0.0, s) - y * s) * w).sum())
         f += 0.5 * lam_a * float(((a - 1.0) ** 2).sum() + (c * c).sum())
         f += 0.5 * lam_e * float((e * e).sum())

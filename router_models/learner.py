@@ -685,7 +685,7 @@ def fold_ids(examples: Sequence[Example], folds: int, seed: int) -> I64:
     return (rng.permutation(len(examples)) % folds).astype(np.int64)
 
 
-def _prior_subset(prior: PriorLogit, idx: I64) -> PriorLogit:
+def prior_subset(prior: PriorLogit, idx: I64) -> PriorLogit:
     def logit(model: str) -> F64 | None:
         raw = prior.get(model) if isinstance(prior, Mapping) else prior(model)
         if raw is None:
@@ -721,7 +721,7 @@ def select_params(
             continue
         train = [examples[int(i)] for i in tr]
         full = build_design(
-            train, d[tr], _prior_subset(prior_logit, tr), replace(params, rank=max(ranks))
+            train, d[tr], prior_subset(prior_logit, tr), replace(params, rank=max(ranks))
         )
         cols = {m: j for j, m in enumerate(full.models)}
         y_te, m_te = [], []
