@@ -58,6 +58,12 @@ def wait_until(check: Callable[[], object], timeout: float = 5.0, what: str = "c
         time.sleep(0.01)
 
 
+def complete_lines(data: bytes) -> list[bytes]:
+    """The non-empty lines of a JSON Lines file another thread or process is writing: a
+    last line without its newline is still being written and is left out."""
+    return [ln for ln in data[: data.rfind(b"\n") + 1].splitlines() if ln]
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on (connections to it are refused)."""
     with socket.socket() as s:
@@ -310,7 +316,7 @@ class Gateway:
                 self.records_dir.glob("records.jsonl*"),
                 key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0,
             )
-            lines = [ln for f in files for ln in f.read_bytes().splitlines() if ln]
+            lines = [ln for f in files for ln in complete_lines(f.read_bytes())]
             return [orjson.loads(ln) for ln in lines]
 
         wait_until(lambda: len(read()) >= at_least, timeout, f"{at_least} records")

@@ -26,7 +26,7 @@ import orjson
 import yaml
 
 from tests.fakes.servers import FakeUpstreamHandle
-from tests.gateway.conftest import policy_dict, wait_until
+from tests.gateway.conftest import complete_lines, policy_dict, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOW_OK = {"connect_s": 5.0, "first_byte_s": 30.0, "idle_s": 30.0, "total_s": 60.0}
@@ -54,7 +54,7 @@ class ServeProcess:
         path = self.records_dir / "records.jsonl"
         if not path.exists():
             return []
-        return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
+        return [orjson.loads(line) for line in complete_lines(path.read_bytes())]
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

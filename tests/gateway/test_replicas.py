@@ -46,7 +46,7 @@ import yaml
 from benchmarks.procs import Proc, free_port, spawn
 from gateway.tenants import digest, new_key
 from tests.fakes.servers import FakeUpstreamHandle, serve_fake_upstream
-from tests.gateway.conftest import policy_dict, wait_until
+from tests.gateway.conftest import complete_lines, policy_dict, wait_until
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -94,7 +94,7 @@ class Replica:
     def record_ids(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for f in self.records.glob("records.jsonl*"):
-            for line in f.read_bytes().splitlines():
+            for line in complete_lines(f.read_bytes()):
                 r = orjson.loads(line)
                 if r.get("type") == "request" and r.get("endpoint", "chat") == "chat":
                     out[r["id"]] = r
