@@ -29,10 +29,10 @@ from router_models.artifact import load_estimator, save_artifact
 from router_models.data import DataError, load_dataset, prompt_cost, sha256_file
 from router_models.estimator import Estimator
 from router_models.gate import compare, format_comparison
+from router_models.heads import Heads
 from router_models.irt import irt_p
 from router_models.learner import (
     Example,
-    Heads,
     LearnerParams,
     examples_from_rows,
     fit_heads,

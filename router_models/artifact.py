@@ -3,7 +3,7 @@
 metadata.json carries the feature version, the weights' sha256, the fitted skills and
 discrimination, the training data files with their sha256, and evaluation metrics. An
 artifact adapted to a deployment's labels (`effgate train --records` / `--base`) also has
-`heads.npz`, the learned per-model heads (`router_models.learner.Heads`), described under
+`heads.npz`, the learned per-model heads (`router_models.heads.Heads`), described under
 `metadata["heads"]` with their sha256, and the held-out comparison that let it be written.
 Anything unexpected (missing file, bad JSON, hash mismatch, wrong feature version, wrong
 shapes, non-finite numbers) raises `ArtifactError`, never a half-loaded estimator.
@@ -26,7 +26,7 @@ from router_models.estimator import Estimator, Trees, Weights
 from router_models.features import FEATURE_VERSION
 
 if TYPE_CHECKING:
-    from router_models.learner import Heads
+    from router_models.heads import Heads
 
 METADATA = "metadata.json"
 WEIGHTS = "weights.npz"
@@ -152,7 +152,7 @@ def _read_heads(directory: Path, meta: Mapping[str, Any]) -> Heads | None:
     spec = meta.get("heads")
     if spec is None:
         return None
-    from router_models.learner import Heads
+    from router_models.heads import Heads
 
     if not isinstance(spec, dict):
         raise ArtifactError(f"{directory / METADATA}: heads must be an object")

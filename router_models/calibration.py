@@ -38,10 +38,10 @@ import numpy as np
 import numpy.typing as npt
 
 from router_models.clusters import ClusterMap, fit_clusters
+from router_models.heads import Heads
 from router_models.irt import sigmoid
 from router_models.learner import (
     Example,
-    Heads,
     LearnerParams,
     PriorLogit,
     build_design,

@@ -5,7 +5,7 @@ features plus an optional ensemble of small regression trees on them. The trees 
 stored as flat arrays and walked for all trees at once, level by level.
 
 P(acceptable) of a model: when the artifact carries learned per-model heads
-(``router_models.learner.Heads``, fitted on a deployment's own labels) and has one for that
+(``router_models.heads.Heads``, fitted on a deployment's own labels) and has one for that
 model, the head's calibrated probability; otherwise the IRT link of the model's skill and
 the difficulty (the prior).
 """
@@ -24,7 +24,7 @@ from router_models.features import N_DENSE, Features, extract
 from router_models.irt import irt_p
 
 if TYPE_CHECKING:
-    from router_models.learner import Heads
+    from router_models.heads import Heads
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]

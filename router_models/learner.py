@@ -27,29 +27,25 @@ Training (scipy, at fit time only) works in the span of the training prompts: th
 kernel K = X X^T gives coordinates Q sqrt(L) (its top `rank` eigenpairs), which makes the
 penalised fit the same as the primal one restricted to those directions, at a cost that
 does not grow with the number of n-grams; the weights are mapped back to n-gram buckets
-afterwards. Serving (`Heads.logits`) is numpy only: a gather and two dot products.
+afterwards. The calibration stage (`router_models.calibration`) runs after the fit; serving
+is `router_models.heads.Heads` (numpy only: a gather and two dot products).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from router_models.clusters import ClusterMap
-from router_models.features import N_DENSE
+from router_models.heads import CLIP, Heads, logistic
 from router_models.signature import N_BUCKETS, WORD_BUCKETS, Signature, signature
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
-HEADS_VERSION = 2  # 2: optional workflow clusters and tags (version 1, without, still loads)
-HEADS_VERSIONS = (1, 2)
-N_EXTRA = N_DENSE + 1  # dense features and the prior difficulty
-CLIP = 5.0
 
 PriorLogit = Callable[[str], "npt.ArrayLike | None"] | Mapping[str, "npt.ArrayLike"]
 
@@ -98,255 +94,6 @@ SELECT_MAX_ITER = 200  # L-BFGS iterations of each inner-CV fit
 SELECT_GRID: tuple[tuple[int, float], ...] = tuple(
     (r, lam) for r in (100, 200, 400) for lam in (1.0, 2.0, 4.0)
 )
-
-
-def _sigmoid(z: F64) -> F64:
-    out: F64 = 0.5 * (1.0 + np.tanh(0.5 * z))
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class Heads:
-    """Per-model logistic heads over a signature; numpy only, plain arrays."""
-
-    models: tuple[str, ...]
-    label_counts: I64  # (M,) labels each model was fitted on
-    active_ids: I64  # (A,) sorted bucket ids that carry weight
-    idf: F64  # (A,)
-    idf_default: float  # idf of every other bucket (for the l2 norms)
-    sparse_w: F64  # (A, M)
-    dense_mean: F64  # (N_EXTRA,)
-    dense_scale: F64  # (N_EXTRA,)
-    dense_w: F64  # (N_EXTRA, M)
-    intercept: F64  # (M,)
-    d_coef: F64  # (M,) prior slope on the difficulty
-    word_weight: float = 1.0
-    char_weight: float = 1.0
-    # workflow clusters and (K, M) each model's logit shift in each; workflow tags and
-    # (T, M) each model's shift for each (both from the calibration stage)
-    clusters: ClusterMap | None = None
-    cluster_w: F64 | None = None
-    tags: tuple[str, ...] = ()
-    tag_w: F64 | None = None
-    _lookup: npt.NDArray[np.int32] = field(init=False, repr=False, compare=False)
-    _index: dict[str, int] = field(init=False, repr=False, compare=False)
-    _tag_index: dict[str, int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if (self.clusters is None) != (self.cluster_w is None):
-            raise ValueError("clusters and cluster_w come together")
-        k = None if self.clusters is None else self.clusters.k
-        if self.cluster_w is not None and self.cluster_w.shape != (k, len(self.models)):
-            raise ValueError("cluster_w must have one row per cluster and a column per model")
-        if (self.tag_w is None) != (not self.tags) or (
-            self.tag_w is not None and self.tag_w.shape != (len(self.tags), len(self.models))
-        ):
-            raise ValueError("tag_w must have one row per tag and a column per model")
-        object.__setattr__(self, "_tag_index", {t: j for j, t in enumerate(self.tags)})
-        lookup = np.full(N_BUCKETS, -1, dtype=np.int32)
-        lookup[self.active_ids] = np.arange(self.active_ids.size, dtype=np.int32)
-        object.__setattr__(self, "_lookup", lookup)
-        object.__setattr__(self, "_index", {m: j for j, m in enumerate(self.models)})
-
-    def index(self, name: str) -> int | None:
-        return self._index.get(name)
-
-    def _x(self, sig: Signature) -> tuple[npt.NDArray[np.int32], F64]:
-        rows = self._lookup[sig.ids]
-        hit = rows >= 0
-        w = (1.0 + np.log(sig.counts)) * np.where(hit, self.idf[rows], self.idf_default)
-        sq = w * w
-        word = sig.ids < WORD_BUCKETS
-        nw = math.sqrt(float(sq[word].sum())) or 1.0
-        nc = math.sqrt(float(sq.sum()) - nw * nw) if word.size else 0.0
-        scale = np.where(
-            word, self.word_weight / nw, self.char_weight / (nc if nc > 1e-12 else 1.0)
-        )
-        return rows[hit], (w * scale)[hit]
-
-    def logits(
-        self,
-        sig: Signature,
-        prior_difficulty: float,
-        models_idx: npt.NDArray[np.intp] | None = None,
-        tag: str | None = None,
-    ) -> F64:
-        """One logit per model (all, or those at `models_idx`); ``tag``: the request's
-        workflow tag (a tag the heads were not fitted on adds nothing)."""
-        rows, x = self._x(sig)
-        z = np.empty(N_EXTRA)
-        z[:N_DENSE] = sig.dense
-        z[N_DENSE] = prior_difficulty
-        z = np.clip((z - self.dense_mean) / self.dense_scale, -CLIP, CLIP)
-        if models_idx is None:
-            out: F64 = (
-                self.intercept
-                + self.d_coef * prior_difficulty
-                + z @ self.dense_w
-                + x @ self.sparse_w.take(rows, axis=0)
-            )
-            if self.clusters is not None and self.cluster_w is not None:
-                out += self.cluster_w[self.clusters.assign(sig)]
-            if tag and self.tag_w is not None and tag in self._tag_index:
-                out += self.tag_w[self._tag_index[tag]]
-            return out
-        cols = np.asarray(models_idx, dtype=np.intp)
-        out = (
-            self.intercept[cols]
-            + self.d_coef[cols] * prior_difficulty
-            + z @ self.dense_w[:, cols]
-            + (x @ self.sparse_w.take(rows, axis=0))[cols]
-        )
-        if self.clusters is not None and self.cluster_w is not None:
-            out += self.cluster_w[self.clusters.assign(sig), cols]
-        if tag and self.tag_w is not None and tag in self._tag_index:
-            out += self.tag_w[self._tag_index[tag], cols]
-        return out
-
-    def p(
-        self,
-        sig: Signature,
-        prior_difficulty: float,
-        models_idx: npt.NDArray[np.intp] | None = None,
-        tag: str | None = None,
-    ) -> F64:
-        return _sigmoid(self.logits(sig, prior_difficulty, models_idx, tag))
-
-    def subset(self, models_idx: Sequence[int] | npt.NDArray[np.intp]) -> Heads:
-        """The heads of the models at ``models_idx`` only, in that order, their weights in
-        arrays of their own: a route's scorer gathers (buckets x its candidates) per request
-        instead of (buckets x every model the artifact knows). Same probabilities."""
-        cols = np.asarray(models_idx, dtype=np.intp)
-        return replace(
-            self,
-            models=tuple(self.models[int(j)] for j in cols),
-            label_counts=self.label_counts[cols],
-            sparse_w=np.ascontiguousarray(self.sparse_w[:, cols]),
-            dense_w=np.ascontiguousarray(self.dense_w[:, cols]),
-            intercept=self.intercept[cols].copy(),
-            d_coef=self.d_coef[cols].copy(),
-            cluster_w=None if self.cluster_w is None else self.cluster_w[:, cols].copy(),
-            tag_w=None if self.tag_w is None else self.tag_w[:, cols].copy(),
-        )
-
-    def p_many(
-        self, sigs: Sequence[Signature], difficulty: F64, tags: Sequence[str] | None = None
-    ) -> F64:
-        """(len(sigs), M) probabilities (offline evaluation)."""
-        tags = tags if tags is not None else [""] * len(sigs)
-        return np.stack(
-            [self.p(s, float(d), None, t) for s, d, t in zip(sigs, difficulty, tags, strict=True)]
-        )
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        extra = {}
-        if self.clusters is not None and self.cluster_w is not None:
-            extra = {**self.clusters.to_arrays(), "cluster_w": self.cluster_w}
-        if self.tag_w is not None:
-            extra["tag_w"] = self.tag_w
-        return {
-            **extra,
-            "label_counts": self.label_counts,
-            "active_ids": self.active_ids,
-            "idf": self.idf,
-            "sparse_w": self.sparse_w.astype(np.float32),
-            "dense_mean": self.dense_mean,
-            "dense_scale": self.dense_scale,
-            "dense_w": self.dense_w,
-            "intercept": self.intercept,
-            "d_coef": self.d_coef,
-        }
-
-    def meta(self) -> dict[str, Any]:
-        return {
-            "version": HEADS_VERSION,
-            "models": list(self.models),
-            "idf_default": self.idf_default,
-            "word_weight": self.word_weight,
-            "char_weight": self.char_weight,
-            "clusters": 0 if self.clusters is None else self.clusters.k,
-            "cluster_dense_weight": 0.0 if self.clusters is None else self.clusters.dense_weight,
-            "tags": list(self.tags),
-            "label_counts": {
-                m: int(c) for m, c in zip(self.models, self.label_counts, strict=True)
-            },
-        }
-
-    @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Heads:
-        """Validate and load; ValueError on anything wrong."""
-        try:
-            version = meta.get("version")
-            if version not in HEADS_VERSIONS:
-                raise ValueError(f"unsupported heads version {version!r}")
-            models = meta["models"]
-            if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-                raise ValueError("models must be a list of names")
-            if len(set(models)) != len(models) or not models:
-                raise ValueError("models must be distinct and non-empty")
-            scalars = [float(meta[k]) for k in ("idf_default", "word_weight", "char_weight")]
-            if not all(math.isfinite(v) and v >= 0 for v in scalars):
-                raise ValueError("idf_default and block weights must be finite and >= 0")
-            n_models = len(models)
-
-            def arr(name: str, shape: tuple[int, ...], kind: str = "f") -> np.ndarray:
-                a = np.asarray(arrays[name])
-                if a.dtype.kind not in ("iu" if kind == "i" else "f"):
-                    raise ValueError(f"{name} has dtype {a.dtype}")
-                if a.shape != shape:
-                    raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
-                if kind == "f" and not np.isfinite(a).all():
-                    raise ValueError(f"{name} is not finite")
-                return a
-
-            ids = np.asarray(arrays["active_ids"])
-            if ids.ndim != 1 or ids.dtype.kind not in "iu":
-                raise ValueError("active_ids must be a 1-d integer array")
-            n_active = ids.shape[0]
-            ids = ids.astype(np.int64)
-            if n_active and (ids[0] < 0 or ids[-1] >= N_BUCKETS or np.any(np.diff(ids) <= 0)):
-                raise ValueError("active_ids must be sorted, distinct and in range")
-            counts = arr("label_counts", (n_models,), "i").astype(np.int64)
-            if counts.size and counts.min() < 0:
-                raise ValueError("negative label count")
-            scale = arr("dense_scale", (N_EXTRA,)).astype(np.float64)
-            if np.any(scale <= 0):
-                raise ValueError("dense_scale must be positive")
-            k = 0 if version == 1 else meta.get("clusters", 0)
-            if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-                raise ValueError("clusters must be a non-negative integer")
-            clusters, cluster_w = None, None
-            if k:
-                dw = float(meta.get("cluster_dense_weight", 0.0))
-                clusters = ClusterMap.from_arrays(arrays, k, dw)
-                cluster_w = arr("cluster_w", (k, n_models)).astype(np.float64)
-            tags = [] if version == 1 else meta.get("tags", [])
-            if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
-                raise ValueError("tags must be a list of non-empty strings")
-            if len(set(tags)) != len(tags):
-                raise ValueError("tags must be distinct")
-            tag_w = arr("tag_w", (len(tags), n_models)).astype(np.float64) if tags else None
-            return cls(
-                models=tuple(models),
-                label_counts=counts,
-                active_ids=ids,
-                idf=arr("idf", (n_active,)).astype(np.float64),
-                idf_default=scalars[0],
-                sparse_w=arr("sparse_w", (n_active, n_models)).astype(np.float64),
-                dense_mean=arr("dense_mean", (N_EXTRA,)).astype(np.float64),
-                dense_scale=scale,
-                dense_w=arr("dense_w", (N_EXTRA, n_models)).astype(np.float64),
-                intercept=arr("intercept", (n_models,)).astype(np.float64),
-                d_coef=arr("d_coef", (n_models,)).astype(np.float64),
-                word_weight=scalars[1],
-                char_weight=scalars[2],
-                clusters=clusters,
-                cluster_w=cluster_w,
-                tags=tuple(tags),
-                tag_w=tag_w,
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"invalid heads: {exc!r}") from None
 
 
 # ---------------------------------------------------------------- training (scipy)
@@ -539,7 +286,7 @@ def model_correlation(
     positive definite (eigenvalues >= `floor`) with a unit diagonal."""
     n_models = y.shape[1]
     m = mask.astype(np.float64)
-    e = (y - _sigmoid(offset)) * m
+    e = (y - logistic(offset)) * m
     n = m.T @ m
     s1 = e.T @ m  # s1[a, b]: sum of a's residuals where a and b are both labelled
     s2 = (e * e).T @ m
@@ -624,7 +371,7 @@ def fit_core(
         z = offset + b[None, :] + (feats @ (u[:, None] * share[None, :] + v))
         # soft-label log loss: log(1 + e^z) - y z, stable
         ll = np.logaddexp(0.0, z) - y * z
-        r = (_sigmoid(z) - y) * wmask
+        r = (logistic(z) - y) * wmask
         vp = v @ prec
         f = float((ll * wmask).sum())
         f += 0.5 * params.lam_bias * float(b @ b)

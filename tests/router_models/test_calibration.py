@@ -16,7 +16,8 @@ from router_models.calibration import (
     one_standard_error,
 )
 from router_models.clusters import fit_clusters
-from router_models.learner import Example, Heads, LearnerParams, fit_heads
+from router_models.heads import Heads
+from router_models.learner import Example, LearnerParams, fit_heads
 from router_models.signature import signature
 
 WORDS = [

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from router_models.heads import Heads
 from router_models.learner import (
     SELECT_GRID,
     Example,
-    Heads,
     LearnerParams,
     fit_heads,
     select_params,
