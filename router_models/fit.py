@@ -41,6 +41,15 @@ def sklearn_models() -> tuple[Any, Any]:
     return Ridge, GradientBoostingRegressor
 
 
+def require_scipy() -> None:
+    """MissingExtra without scipy (the learner's and the calibration stage's optimiser)."""
+    try:
+        import scipy.linalg
+        import scipy.optimize  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtra(f"training needs scipy: {TRAIN_EXTRA}") from exc
+
+
 @dataclass(frozen=True, slots=True)
 class FitParams:
     dense_alpha: float = 10.0

@@ -26,7 +26,7 @@ from router_models import adapt
 from router_models.artifact import ArtifactError, save_artifact
 from router_models.data import DataError, Price, Row, load_dataset, sha256_file
 from router_models.evaluate import evaluate_rows
-from router_models.fit import TRAIN_EXTRA, FitParams, MissingExtra, sklearn_models
+from router_models.fit import TRAIN_EXTRA, FitParams, MissingExtra, require_scipy, sklearn_models
 from router_models.pipeline import train
 
 
@@ -100,6 +100,11 @@ def main(argv: list[str]) -> int:
         print("effgate train: give --data FILE (repeatable) and/or --records PATH", file=sys.stderr)
         return 2
     if args.records is not None or args.base is not None:
+        try:  # before reading any data: the learner needs scipy
+            require_scipy()
+        except MissingExtra as exc:
+            print(f"effgate train: {exc}", file=sys.stderr)
+            return 2
         try:
             return adapt.main(args)
         except (ArtifactError, DataError, OSError, ValueError) as exc:

@@ -131,6 +131,13 @@ def test_train_without_its_extra_says_what_to_install(
     assert_says(effgate(*args, hidden=hide(tmp_path, missing)), message)
 
 
+def test_train_from_records_without_scipy_says_what_to_install(tmp_path: Path) -> None:
+    # the learner fits with scipy; the records path does not exist: checked before reading
+    args = ["train", "--records", str(tmp_path / "absent"), "--out", str(tmp_path / "a")]
+    done = effgate(*args, hidden=hide(tmp_path, "scipy"))
+    assert_says(done, f"effgate train: training needs scipy: {TRAIN}")
+
+
 def test_eval_plot_without_matplotlib_says_what_to_install(tmp_path: Path) -> None:
     args = ["eval", "--data", str(tmp_path / "absent.jsonl"), "--plot", str(tmp_path / "p.png")]
     done = effgate(*args, hidden=hide(tmp_path, "matplotlib"))

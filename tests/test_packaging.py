@@ -25,7 +25,7 @@ USE = "-c requirements/constraints.txt"
 PYPROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT: dict[str, Any] = PYPROJECT["project"]
 EXTRAS: dict[str, list[str]] = PROJECT["optional-dependencies"]
-OFFLINE_ONLY = {"scikit-learn", "tqdm", "matplotlib"}
+OFFLINE_ONLY = {"scikit-learn", "scipy", "tqdm", "matplotlib"}
 
 
 def requirements(entries: list[str]) -> list[Requirement]:
@@ -107,7 +107,7 @@ def test_extras_by_role() -> None:
     core = names(PROJECT["dependencies"])
     assert not core & OFFLINE_ONLY, "serving must not pull training or report packages"
     assert "litellm" in core  # its wheel carries the price table and the tiktoken files
-    assert names(EXTRAS["train"]) == {"scikit-learn", "tqdm"}
+    assert names(EXTRAS["train"]) == {"scikit-learn", "scipy", "tqdm"}
     assert names(EXTRAS["report"]) == {"matplotlib"}
     assert sorted(EXTRAS["all"]) == sorted(EXTRAS["train"] + EXTRAS["report"])
     assert set(EXTRAS["all"]) <= set(EXTRAS["dev"])  # the tests need every extra
