@@ -118,11 +118,8 @@ class Heads:
                 + z @ self.dense_w
                 + x @ self.sparse_w.take(rows, axis=0)
             )
-            if self.clusters is not None and self.cluster_w is not None:
-                out += self.cluster_w[self.clusters.assign(sig)]
-            if tag and self.tag_w is not None and tag in self._tag_index:
-                out += self.tag_w[self._tag_index[tag]]
-            return out
+            shift = self._workflow_shift(sig, tag)
+            return out if shift is None else out + shift
         cols = np.asarray(models_idx, dtype=np.intp)
         out = (
             self.intercept[cols]
@@ -130,10 +127,18 @@ class Heads:
             + z @ self.dense_w[:, cols]
             + (x @ self.sparse_w.take(rows, axis=0))[cols]
         )
+        shift = self._workflow_shift(sig, tag)
+        return out if shift is None else out + shift[cols]
+
+    def _workflow_shift(self, sig: Signature, tag: str | None) -> F64 | None:
+        """(M,) the calibration stage's shift for the request's cluster plus its tag's; None
+        when the heads have neither (or the tag is one they were not fitted on)."""
+        out = None
         if self.clusters is not None and self.cluster_w is not None:
-            out += self.cluster_w[self.clusters.assign(sig), cols]
-        if tag and self.tag_w is not None and tag in self._tag_index:
-            out += self.tag_w[self._tag_index[tag], cols]
+            out = self.cluster_w[self.clusters.assign(sig)]
+        j = self._tag_index.get(tag) if tag and self.tag_w is not None else None
+        if j is not None and self.tag_w is not None:
+            out = self.tag_w[j] if out is None else out + self.tag_w[j]
         return out
 
     def p(
