@@ -58,7 +58,8 @@ MIN_PER_TAG = 5  # a workflow tag seen less often gets no shift
 
 @dataclass(frozen=True, slots=True)
 class Stage:
-    """Per model: scale a, shift c, and (K, M) cluster shifts e (K = 0: none)."""
+    """Per model: scale a, shift c, and e: one row of shifts per indicator column (the
+    clusters', then the tags'; none: zero rows)."""
 
     a: F64
     c: F64
@@ -66,11 +67,13 @@ class Stage:
 
 
 def digest_folds(examples: Sequence[Example], folds: int, seed: int) -> I64:
-    """A fold per example, identical prompts (same signature digest) in the same fold."""
-    digests = sorted({e.sig.digest for e in examples})
-    order = np.random.default_rng(seed).permutation(len(digests))
-    of = {digests[int(g)]: k % folds for k, g in enumerate(order)}
-    return np.array([of[e.sig.digest] for e in examples], dtype=np.int64)
+    """A fold per example, identical prompts (same signature digest) in the same fold; a
+    signature made without its digest is a group of its own."""
+    keys = [e.sig.digest or f"#{i}" for i, e in enumerate(examples)]
+    groups = sorted(set(keys))
+    order = np.random.default_rng(seed).permutation(len(groups))
+    of = {groups[int(g)]: k % folds for k, g in enumerate(order)}
+    return np.array([of[key] for key in keys], dtype=np.int64)
 
 
 def label_arrays(examples: Sequence[Example], models: Sequence[str]) -> tuple[F64, F64]:

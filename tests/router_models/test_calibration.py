@@ -10,6 +10,7 @@ import pytest
 
 from router_models.calibration import (
     calibrate_heads,
+    digest_folds,
     fit_stage,
     grid,
     indicators,
@@ -256,3 +257,14 @@ def test_one_standard_error_keeps_the_simpler_stage_unless_the_richer_one_earns_
     assert one_standard_error(noise, size) == "none"
     clear = {**noise, "clusters=16": base - 0.05 + rng.normal(0, 0.05, 5000)}
     assert one_standard_error(clear, size) == "clusters=16"
+
+
+def test_digest_folds_keep_identical_prompts_together() -> None:
+    one = signature([{"role": "user", "content": "the same prompt"}])
+    other = signature([{"role": "user", "content": "another prompt"}])
+    bare = signature([{"role": "user", "content": "the same prompt"}], digest=False)
+    examples = [Example(s, {"A": 1.0}) for s in [one] * 5 + [other] * 5 + [bare] * 6]
+    fold = digest_folds(examples, 3, 0)
+    assert len(set(fold[:5].tolist())) == 1 and len(set(fold[5:10].tolist())) == 1
+    # no digest: each its own group, spread over the folds
+    assert len(set(fold[10:].tolist())) == 3
