@@ -30,7 +30,7 @@ from router_models.signature import N_BUCKETS, Signature
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
-CLIP = 5.0
+CLIP = 5.0  # standardised dense features are clipped at +-CLIP (the heads too)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from router_models.clusters import ClusterMap
+from router_models.clusters import CLIP, ClusterMap
 from router_models.features import N_DENSE
 from router_models.signature import N_BUCKETS, WORD_BUCKETS, Signature
 
@@ -29,7 +29,6 @@ I64 = npt.NDArray[np.int64]
 HEADS_VERSION = 2  # 2: optional workflow clusters and tags (version 1, without, still loads)
 HEADS_VERSIONS = (1, 2)
 N_EXTRA = N_DENSE + 1  # dense features and the prior difficulty
-CLIP = 5.0
 
 
 def logistic(z: F64) -> F64:
