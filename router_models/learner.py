@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from router_models.heads import CLIP, Heads, logistic
+from router_models.clusters import CLIP
+from router_models.heads import Heads, logistic
 from router_models.signature import N_BUCKETS, WORD_BUCKETS, Signature, signature
 
 F64 = npt.NDArray[np.float64]
