@@ -219,4 +219,7 @@ def main(args: argparse.Namespace) -> int:
         f"{m} {int(c)}" for m, c in zip(heads.models, heads.label_counts, strict=True)
     )
     print(f"wrote {args.out}: heads for {len(heads.models)} models (labels: {counts})")
+    stage = [f"{heads.clusters.k} workflow clusters"] if heads.clusters is not None else []
+    stage += [f"{len(heads.tags)} workflow tags"] if heads.tags else []
+    print(f"calibration stage: {', '.join(stage) or 'no cluster or tag shifts'}")
     return 0

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from router_models import load_estimator
 from router_models.signature import signature
@@ -38,12 +39,16 @@ def _records(path: Path, n: int) -> Path:
 
 
 def test_a_learned_tag_routes_the_same_prompt_by_its_workflow(
-    make_gateway: GatewayFactory, policy: PolicyFactory, tmp_path: Path
+    make_gateway: GatewayFactory,
+    policy: PolicyFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     base = _artifact(tmp_path / "base", small=0.0, big=2.0)
     out = tmp_path / "adapted"
     recs = _records(tmp_path / "records.jsonl", 400)
     assert train_main(["--records", str(recs), "--base", str(base), "--out", str(out)]) == 0
+    assert "calibration stage: 2 workflow tags" in capsys.readouterr().out
     est = load_estimator(out)
     assert est.heads is not None and est.heads.tags == ("chat", "code")
     routes = [{"name": "routed", "candidates": ["small", "big"], "quality_bar": 0.7}]
