@@ -51,7 +51,7 @@ class Accountant:
         records: RecordLog,
         ttl_s: int,
         evaluator: Evaluator | None = None,
-        signatures: bool = True,
+        signatures: str = "routed",
     ) -> None:
         self.metrics = metrics
         self.health = health
@@ -195,13 +195,23 @@ class Accountant:
             }
         if ex.prompt is not None:
             rec["prompt"] = ex.prompt
-        if self.signatures and ex.endpoint == "chat" and ex.messages is not None:
+        if ex.messages is not None and self._wants_signature(ex):
             # what training needs without the text: hashed, not reversible (docs/contracts.md)
             try:
                 rec["signature"] = signature(ex.messages, ex.tools).to_json()
             except Exception:  # a message shape the hashing does not know: no signature
                 rec["signature"] = None
         return rec
+
+    def _wants_signature(self, ex: Exchange) -> bool:
+        """Whether this request's record carries its signature (``records_signatures``):
+        chat only; "routed": a request the estimator scored or a shadow-evaluated one, the
+        ones a learned router is trained for."""
+        if self.signatures == "off" or ex.endpoint != "chat" or ex.messages is None:
+            return False
+        if self.signatures == "all" or ex.shadow is not None:
+            return True
+        return ex.decision is not None and ex.decision.difficulty is not None
 
     async def feedback(
         self, request_id: str, accepted: bool | None, score: float | None, tenant: str

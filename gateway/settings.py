@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import policies
@@ -66,9 +66,12 @@ class Settings(BaseSettings):
     records_backups: int = 10
     records_buffer: int = 10_000
     records_redis_stream: str | None = None
-    # each chat record carries the request's hashed signature (router_models.signature),
-    # what `effgate train --records` learns from without `log_prompts`
-    records_signatures: bool = True
+    # which chat records carry the request's hashed signature (router_models.signature),
+    # what `effgate train --records` learns from without `log_prompts`: "routed" (requests
+    # the estimator scored, on a route with a quality bar, and every shadow-evaluated one),
+    # "all" (also explicit-model requests: about 0.2 ms more CPU each), "off"; true and
+    # false mean all and off
+    records_signatures: Literal["routed", "all", "off"] = "routed"
 
     # -- connections, input deadlines and shutdown (gateway/transport.py, docs/operations.md)
     # a request's line and headers must arrive within this many seconds of the connection
@@ -105,3 +108,15 @@ class Settings(BaseSettings):
     # records the Redis stream has not taken (Redis down), held and replayed in order; past
     # this the oldest are dropped (effgate_records_dropped_total{sink="redis"})
     records_stream_max_bytes: int = Field(16 * 1024 * 1024, gt=0)
+
+    @field_validator("records_signatures", mode="before")
+    @classmethod
+    def _signatures_mode(cls, value: object) -> object:
+        """true / false (the setting's first form) mean "all" / "off"."""
+        if isinstance(value, bool):
+            return "all" if value else "off"
+        if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
+            return "all"
+        if isinstance(value, str) and value.strip().lower() in ("false", "0", "no"):
+            return "off"
+        return value

@@ -175,7 +175,7 @@ class Signature:
         ids, more = _encode(self.ids, self.counts)
         return {
             "v": SIGNATURE_VERSION,
-            "dense": [float(x) for x in np.round(self.dense, DENSE_DIGITS)],
+            "dense": np.round(self.dense, DENSE_DIGITS).tolist(),
             "ids": ids,
             "more": more,
             "n_chars": int(self.n_chars),
@@ -219,14 +219,29 @@ def _b64(text: str) -> bytes:
         raise ValueError(f"bad base64: {exc}") from None
 
 
-def _varints(values: list[int]) -> bytes:
-    out = bytearray()
-    for v in values:
-        while v >= 0x80:
-            out.append((v & 0x7F) | 0x80)
-            v >>= 7
-        out.append(v)
-    return bytes(out)
+def _varints(values: I64) -> bytes:
+    """LEB128 varints of non-negative integers, vectorised: every value's (at most three,
+    here: ids and counts stay below 2^21) 7-bit groups side by side, the continuation bit
+    on all but a value's last, the groups it has taken in order."""
+    v = np.asarray(values, dtype=np.int64).reshape(-1)
+    if v.size and int(v.max()) >= 1 << 21:
+        out = bytearray()  # wider values (never in a signature): one at a time
+        for x in v.tolist():
+            while x >= 0x80:
+                out.append((x & 0x7F) | 0x80)
+                x >>= 7
+            out.append(x)
+        return bytes(out)
+    two, three = v >= 0x80, v >= 0x4000
+    groups = np.empty((v.size, 3), dtype=np.uint8)
+    groups[:, 0] = (v & 0x7F) | (two << 7)
+    groups[:, 1] = ((v >> 7) & 0x7F) | (three << 7)
+    groups[:, 2] = v >> 14
+    taken = np.empty((v.size, 3), dtype=bool)
+    taken[:, 0] = True
+    taken[:, 1] = two
+    taken[:, 2] = three
+    return groups[taken].tobytes()
 
 
 def _parse_varints(text: str, limit: int) -> I64:
@@ -253,11 +268,12 @@ def _parse_varints(text: str, limit: int) -> I64:
 def _encode(ids: I64, counts: I64) -> tuple[str, str]:
     """(ids, more): varints of gap << 2 | min(count, 4) - 1 (first gap from 0), then the
     varints of count - 4 for the entries whose count is at least 4; both base64."""
-    gaps = np.diff(ids, prepend=0)
+    gaps = ids.copy()
+    gaps[1:] -= ids[:-1]
     packed = (gaps << 2) | (np.minimum(counts, 4) - 1)
     more = counts[counts >= 4] - 4
     enc = base64.b64encode
-    return enc(_varints(packed.tolist())).decode(), enc(_varints(more.tolist())).decode()
+    return enc(_varints(packed)).decode(), enc(_varints(more)).decode()
 
 
 def _decode(ids_text: str, more_text: str) -> tuple[I64, I64]:

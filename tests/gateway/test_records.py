@@ -140,6 +140,37 @@ async def until(check: Callable[[], bool]) -> None:
 # -- through the gateway ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "mode,explicit,routed",
+    [("routed", False, True), ("all", True, True), ("off", False, False),
+     (True, True, True), (False, False, False), ("false", False, False)],
+)  # fmt: skip
+def test_which_records_carry_a_signature(
+    make_gateway: GatewayFactory,
+    small: FakeUpstreamHandle,
+    big: FakeUpstreamHandle,
+    mode: object,
+    explicit: bool,
+    routed: bool,
+) -> None:
+    # "routed" (the default): the requests a learned router scores; an explicit model is not
+    # routed and its record skips the signature's CPU; true / false: the setting's first form
+    gw = make_gateway(records_signatures=mode)
+    with gw.http() as c:
+        for model, rid in (("small", "explicit"), ("routed", "routed"), ("auto", "no-bar")):
+            r = c.post(
+                "/v1/chat/completions", json=chat(model=model), headers={"x-request-id": rid}
+            )
+            assert r.status_code == 200
+    recs = {r["id"]: r for r in gw.records(at_least=3)}
+    assert ("signature" in recs["explicit"]) is explicit
+    assert ("signature" in recs["routed"]) is routed
+    assert ("signature" in recs["no-bar"]) is explicit  # a route without a bar scores nothing
+    for r in recs.values():
+        if "signature" in r:
+            assert Signature.from_json(r["signature"]).digest
+
+
 def test_request_record_matches_the_contract(
     make_gateway: GatewayFactory, small: FakeUpstreamHandle
 ) -> None:

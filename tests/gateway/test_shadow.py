@@ -147,6 +147,26 @@ def test_the_client_response_is_neither_delayed_nor_changed(
     assert [r["score"] for r in served] == [0.0, 0.0]  # the streamed answer was graded too
 
 
+def test_a_shadowed_request_on_a_route_without_a_bar_keeps_its_signature(
+    make_gateway: GatewayFactory,
+    policy: PolicyFactory,
+    judge: FakeUpstreamHandle,
+    small: FakeUpstreamHandle,
+    big: FakeUpstreamHandle,
+) -> None:
+    # "routed" signatures (the default) follow labels: the judge's are labels for training
+    data = _policy(policy, judge.base_url)
+    data["routes"][0]["shadow"] = {"sample": 1.0, "judge": "judge", "daily_usd": 1.0}
+    gw = make_gateway(data)
+    with gw.http() as c:
+        r = c.post("/v1/chat/completions", json=chat(model="auto"))
+    assert r.status_code == 200
+    rid = r.headers["x-effgate-request-id"]
+    assert {rec["request_id"] for rec in _labels(gw, 2)} == {rid}
+    (req,) = [rec for rec in gw.records() if rec["type"] == "request"]
+    assert req["decision"]["difficulty"] is None and req["signature"]["v"] == 1
+
+
 def test_budget_cap_holds(
     make_gateway: GatewayFactory,
     policy: PolicyFactory,
