@@ -158,10 +158,10 @@ def test_which_records_carry_a_signature(
     gw = make_gateway(records_signatures=mode)
     with gw.http() as c:
         for model, rid in (("small", "explicit"), ("routed", "routed"), ("auto", "no-bar")):
-            r = c.post(
+            reply = c.post(
                 "/v1/chat/completions", json=chat(model=model), headers={"x-request-id": rid}
             )
-            assert r.status_code == 200
+            assert reply.status_code == 200
     recs = {r["id"]: r for r in gw.records(at_least=3)}
     assert ("signature" in recs["explicit"]) is explicit
     assert ("signature" in recs["routed"]) is routed
