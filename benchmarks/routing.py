@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
     for i, messages in enumerate(warm + requests):
         c0, t0 = time.thread_time(), time.perf_counter()
         text = prompt_text(messages)
-        difficulty, p = scoring.score(policy, args.route, messages)
+        difficulty, p, _ = scoring.score(policy, args.route, messages)
         c1, t1 = time.thread_time(), time.perf_counter()
         inp = RouteInput(
             model=args.route,

@@ -20,7 +20,7 @@ from gateway.metrics import Metrics
 from gateway.records import RECORD_ESTIMATE, RecordLog, iso
 from gateway.shadow import Evaluator, Job, answer_from_events
 from router_models.irt import irt_p
-from router_models.signature import signature
+from router_models.signature import signature, with_digest
 
 _STATUS_CLASS = {200: "2xx", 400: "4xx", 499: "4xx"}
 
@@ -198,7 +198,13 @@ class Accountant:
         if ex.messages is not None and self._wants_signature(ex):
             # what training needs without the text: hashed, not reversible (docs/contracts.md)
             try:
-                rec["signature"] = signature(ex.messages, ex.tools).to_json()
+                sig = ex.signature  # the scorer's, where learned heads needed one
+                sig = (
+                    signature(ex.messages, ex.tools)
+                    if sig is None
+                    else with_digest(sig, ex.messages, ex.tools)
+                )
+                rec["signature"] = sig.to_json()
             except Exception:  # a message shape the hashing does not know: no signature
                 rec["signature"] = None
         return rec

@@ -55,6 +55,7 @@ class Exchange:
     # sampled this request, what the evaluation needs: the body and the served answer
     messages: list[Any] | None = None
     tools: list[Any] | None = None
+    signature: Any = None  # the scorer's (router_models Signature, no digest), if it made one
     shadow: ShadowEntry | None = None
     body: dict[str, Any] | None = None
     answer: str | None = None

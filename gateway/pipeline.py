@@ -402,7 +402,7 @@ def route_input(
         and policy.routes[target.name].uses_quality_bar
     ):
         t0 = time.perf_counter()
-        difficulty, p = state.estimator.score(
+        difficulty, p, ex.signature = state.estimator.score(
             policy, target.name, messages, body.get("tools"), task
         )
         state.metrics.estimator_duration.observe((), time.perf_counter() - t0)

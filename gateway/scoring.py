@@ -31,7 +31,8 @@ from policies.store import PolicyStore
 
 log = logging.getLogger("effgate")
 
-Scored = tuple[float, Mapping[str, float] | None]
+# (difficulty, P by catalog id or None, the request's signature where the scorer made one)
+Scored = tuple[float, Mapping[str, float] | None, Any]
 OnReload = Callable[[Literal["ok", "error"], Any, str | None], None]
 
 
@@ -55,7 +56,7 @@ def _scorers(est: Any, policy: CompiledPolicy) -> dict[str, ScoreFn]:
     out: dict[str, ScoreFn] = {}
     for name, route in policy.routes.items():
         if make is not None:
-            out[name] = make([(m.id, m.upstream_model) for m in route.scored])
+            out[name] = make([(m.id, m.upstream_model) for m in route.scored]).score
         else:  # an estimator without per-model heads: difficulty only
 
             def plain(
@@ -64,7 +65,7 @@ def _scorers(est: Any, policy: CompiledPolicy) -> dict[str, ScoreFn]:
                 task: str | None,
                 _d: Callable[[Any], float] = est.difficulty,
             ) -> Scored:
-                return _d(messages), None
+                return _d(messages), None, None
 
             out[name] = plain
     return out
@@ -114,7 +115,8 @@ class EstimatorStore:
         tools: Sequence[Any] | None = None,
         task: str | None = None,
     ) -> Scored:
-        """(difficulty, P by catalog id or None) for one request on ``route`` of ``policy``."""
+        """(difficulty, P by catalog id or None, the signature the scorer made or None) for
+        one request on ``route`` of ``policy``."""
         est = self._current
         built = self._built_for
         if built is None or built[0] is not policy or built[1] is not est:

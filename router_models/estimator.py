@@ -25,6 +25,7 @@ from router_models.irt import irt_p
 
 if TYPE_CHECKING:
     from router_models.heads import Heads
+    from router_models.signature import Signature
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -200,15 +201,24 @@ class Scorer:
     def __call__(
         self, messages: Sequence[Any], tools: Sequence[Any] | None = None, task: str | None = None
     ) -> tuple[float, dict[str, float] | None]:
+        d, p, _ = self.score(messages, tools, task)
+        return d, p
+
+    def score(
+        self, messages: Sequence[Any], tools: Sequence[Any] | None = None, task: str | None = None
+    ) -> tuple[float, dict[str, float] | None, Signature | None]:
+        """As calling it, plus the request's signature where the heads needed one (made
+        without its digest; `router_models.signature.with_digest` adds it): the request log
+        keeps it rather than computing it again."""
         est = self._est
         if not self._head_ids:
-            return est._compiled.difficulty(extract(messages).dense), None
+            return est._compiled.difficulty(extract(messages).dense), None, None
         # one feature pass: the signature's dense features (as training saw them) give the
         # prior's difficulty, which is one input of the heads
         sig = self._signature(messages, tools, digest=False)
         d = est._compiled.difficulty(sig.dense)
         p = self._heads.p(sig, d, None, task)
-        return d, dict(zip(self._head_ids, p.tolist(), strict=True))
+        return d, dict(zip(self._head_ids, p.tolist(), strict=True)), sig
 
 
 class Estimator:

@@ -29,7 +29,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -331,10 +331,19 @@ def signature(
     segments = _segments(messages, tools)
     ids, counts = hashed_ngrams(segments)
     dense = np.round(extract(messages).dense, DENSE_DIGITS)
-    key = (
-        hashlib.sha256(_normalised(segments).encode("utf-8", "replace")).hexdigest()[:16]
-        if digest
-        else ""
-    )
+    key = _digest(segments) if digest else ""
     n_chars = sum(len(t) for _, t in segments)
     return Signature(dense=dense, ids=ids, counts=counts, n_chars=n_chars, digest=key)
+
+
+def _digest(segments: list[tuple[int, str]]) -> str:
+    return hashlib.sha256(_normalised(segments).encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def with_digest(sig: Signature, messages: Sequence[Any], tools: Sequence[Any] | None) -> Signature:
+    """``sig`` (made with ``digest=False`` from these messages and tools, as the request path
+    makes it for scoring) with its digest: what ``signature(messages, tools)`` would give,
+    for a fraction of its cost."""
+    if not isinstance(messages, Sequence) or isinstance(messages, str | bytes):
+        messages = []
+    return replace(sig, digest=_digest(_segments(messages, tools)))

@@ -70,3 +70,7 @@ def test_a_learned_tag_routes_the_same_prompt_by_its_workflow(
     assert by_header["code"].json()["model"] == "big"
     assert by_metadata.json()["model"] == "big"
     assert served.status_code == 200 and served.json()["model"] == "big"
+    # the record keeps the signature the learned heads scored, digest added: the same as one
+    # made from scratch
+    (rec,) = [r for r in gw.records(at_least=4) if r.get("endpoint") == "chat"]
+    assert rec["signature"] == signature(body["messages"]).to_json()

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from router_models.signature import MAX_ENTRIES, N_BUCKETS, Signature, signature
+from router_models.signature import MAX_ENTRIES, N_BUCKETS, Signature, signature, with_digest
 
 MSGS = [
     {"role": "system", "content": "You are terse."},
@@ -98,3 +98,8 @@ def test_scoring_without_the_digest_sees_the_same_request() -> None:
     assert bare.digest == "" and len(full.digest) == 16
     assert np.array_equal(full.ids, bare.ids) and np.array_equal(full.counts, bare.counts)
     assert np.array_equal(full.dense, bare.dense) and full.n_chars == bare.n_chars
+    # the request log adds the digest to the scorer's signature: the same as a full one
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    for m, t in ((msgs, None), (msgs, tools), ("not messages", None)):
+        done = with_digest(signature(m, t, digest=False), m, t)
+        assert done.to_json() == signature(m, t).to_json()
