@@ -213,7 +213,7 @@ class Accountant:
         """Whether this request's record carries its signature (``records_signatures``):
         chat only; "routed": a request the estimator scored or a shadow-evaluated one, the
         ones a learned router is trained for."""
-        if self.signatures == "off" or ex.endpoint != "chat" or ex.messages is None:
+        if self.signatures == "off" or ex.endpoint != "chat":
             return False
         if self.signatures == "all" or ex.shadow is not None:
             return True

@@ -45,6 +45,7 @@ from router_models.learner import (
     LearnerParams,
     PriorLogit,
     build_design,
+    example_labels,
     fit_core,
     heads_from_fit,
     prior_subset,
@@ -74,19 +75,6 @@ def digest_folds(examples: Sequence[Example], folds: int, seed: int) -> I64:
     order = np.random.default_rng(seed).permutation(len(groups))
     of = {groups[int(g)]: k % folds for k, g in enumerate(order)}
     return np.array([of[key] for key in keys], dtype=np.int64)
-
-
-def label_arrays(examples: Sequence[Example], models: Sequence[str]) -> tuple[F64, F64]:
-    """(y, w): (n, M) labels and 1/0 weights of the models' labelled pairs."""
-    index = {m: j for j, m in enumerate(models)}
-    y = np.zeros((len(examples), len(models)))
-    w = np.zeros_like(y)
-    for i, e in enumerate(examples):
-        for name, val in e.labels.items():
-            j = index.get(name)
-            if j is not None:
-                y[i, j], w[i, j] = float(val), 1.0
-    return y, w
 
 
 def oof_logits(
@@ -224,7 +212,10 @@ def calibrate_heads(
     no candidate beats them."""
     n = len(examples)
     z = oof_logits(heads, examples, prior_difficulty, prior_logit, params, seed)
-    y, w = label_arrays(examples, heads.models)
+    models, y, mask = example_labels(examples)
+    if models != heads.models:
+        raise ValueError("the heads were not fitted on these examples' models")
+    w = mask.astype(np.float64)
     inner = digest_folds(examples, max(2, int(params.calibrate)), seed + 1)
     labelled = max(float(w.sum()), 1.0)
     tags, tag_of = workflow_tags(examples)

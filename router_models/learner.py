@@ -148,9 +148,11 @@ class Design:
     dense_scale: F64
 
 
-def _label_matrix(
+def example_labels(
     examples: Sequence[Example],
 ) -> tuple[tuple[str, ...], F64, npt.NDArray[np.bool_]]:
+    """(models in sorted order, (n, M) labels, (n, M) which pairs are labelled); ValueError
+    for a label outside [0, 1]."""
     models = tuple(sorted({m for e in examples for m in e.labels}))
     index = {m: j for j, m in enumerate(models)}
     y = np.zeros((len(examples), len(models)))
@@ -202,7 +204,7 @@ def build_design(
     d = np.asarray(prior_difficulty, dtype=np.float64).reshape(-1)
     if d.shape != (n,) or not np.isfinite(d).all():
         raise ValueError("prior_difficulty must be finite, one per example")
-    models, y, mask = _label_matrix(examples)
+    models, y, mask = example_labels(examples)
     if not models:
         raise ValueError("no labels")
     c, g = _offsets(models, y, mask, d, prior_logit)
