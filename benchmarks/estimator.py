@@ -52,7 +52,7 @@ def chat_requests(paths: list[Path], n: int, seed: int) -> list[list[dict[str, A
     return [[SYSTEM, {"role": "user", "content": rng.choice(prompts)}] for _ in range(n)]
 
 
-def _bucket(chars: int) -> str:
+def bucket(chars: int) -> str:
     return "short" if chars < 300 else "typical" if chars <= 2000 else "long"
 
 
@@ -80,8 +80,8 @@ def main(argv: list[str]) -> int:
         c0, t0 = time.thread_time(), time.perf_counter()
         est.difficulty(messages)
         elapsed, used = time.perf_counter() - t0, time.thread_time() - c0
-        bucket = _bucket(len(messages[1]["content"]))
-        for key in ("all", bucket):
+        size = bucket(len(messages[1]["content"]))
+        for key in ("all", size):
             times[key].append(elapsed)
             cpu[key].append(used)
     chars = sorted(len(m[1]["content"]) for m in requests)

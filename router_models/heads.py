@@ -22,13 +22,17 @@ import numpy.typing as npt
 
 from router_models.clusters import CLIP, ClusterMap
 from router_models.features import N_DENSE
-from router_models.signature import N_BUCKETS, WORD_BUCKETS, Signature
+from router_models.signature import MAX_COUNT, N_BUCKETS, WORD_BUCKETS, Signature
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 HEADS_VERSION = 2  # 2: optional workflow clusters and tags (version 1, without, still loads)
 HEADS_VERSIONS = (1, 2)
 N_EXTRA = N_DENSE + 1  # dense features and the prior difficulty
+
+
+# 1 + log(count) for every count a signature can hold
+_LOG_TF = np.concatenate(([0.0], 1.0 + np.log(np.arange(1, MAX_COUNT + 1, dtype=np.float64))))
 
 
 def logistic(z: F64) -> F64:
@@ -60,7 +64,11 @@ class Heads:
     cluster_w: F64 | None = None
     tags: tuple[str, ...] = ()
     tag_w: F64 | None = None
+    # per-request tables: bucket -> row (A for a bucket without weight), idf by row and
+    # the weights by row, each with a last row for those buckets (idf_default; zeros)
     _lookup: npt.NDArray[np.int32] = field(init=False, repr=False, compare=False)
+    _idf_rows: F64 = field(init=False, repr=False, compare=False)
+    _w_rows: F64 = field(init=False, repr=False, compare=False)
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
     _tag_index: dict[str, int] = field(init=False, repr=False, compare=False)
 
@@ -75,26 +83,31 @@ class Heads:
         ):
             raise ValueError("tag_w must have one row per tag and a column per model")
         object.__setattr__(self, "_tag_index", {t: j for j, t in enumerate(self.tags)})
-        lookup = np.full(N_BUCKETS, -1, dtype=np.int32)
-        lookup[self.active_ids] = np.arange(self.active_ids.size, dtype=np.int32)
+        n_active = self.active_ids.size
+        lookup = np.full(N_BUCKETS, n_active, dtype=np.int32)
+        lookup[self.active_ids] = np.arange(n_active, dtype=np.int32)
         object.__setattr__(self, "_lookup", lookup)
+        object.__setattr__(self, "_idf_rows", np.append(self.idf, self.idf_default))
+        w_rows = np.zeros((n_active + 1, len(self.models)))
+        w_rows[:n_active] = self.sparse_w
+        object.__setattr__(self, "_w_rows", w_rows)
         object.__setattr__(self, "_index", {m: j for j, m in enumerate(self.models)})
 
     def index(self, name: str) -> int | None:
         return self._index.get(name)
 
     def _x(self, sig: Signature) -> tuple[npt.NDArray[np.int32], F64]:
+        """(row of each of the signature's buckets, A for one without weight; its value:
+        sublinear tf times idf, the word and the character block each l2-normalised)."""
         rows = self._lookup[sig.ids]
-        hit = rows >= 0
-        w = (1.0 + np.log(sig.counts)) * np.where(hit, self.idf[rows], self.idf_default)
+        w = _LOG_TF[sig.counts] * self._idf_rows[rows]
+        words = int(np.searchsorted(sig.ids, WORD_BUCKETS))  # ids are sorted
         sq = w * w
-        word = sig.ids < WORD_BUCKETS
-        nw = math.sqrt(float(sq[word].sum())) or 1.0
-        nc = math.sqrt(float(sq.sum()) - nw * nw) if word.size else 0.0
-        scale = np.where(
-            word, self.word_weight / nw, self.char_weight / (nc if nc > 1e-12 else 1.0)
-        )
-        return rows[hit], (w * scale)[hit]
+        nw = math.sqrt(float(sq[:words].sum()))
+        nc = math.sqrt(float(sq[words:].sum()))
+        w[:words] *= self.word_weight / (nw or 1.0)
+        w[words:] *= self.char_weight / (nc if nc > 1e-12 else 1.0)
+        return rows, w
 
     def logits(
         self,
@@ -109,25 +122,17 @@ class Heads:
         z = np.empty(N_EXTRA)
         z[:N_DENSE] = sig.dense
         z[N_DENSE] = prior_difficulty
-        z = np.clip((z - self.dense_mean) / self.dense_scale, -CLIP, CLIP)
-        if models_idx is None:
-            out: F64 = (
-                self.intercept
-                + self.d_coef * prior_difficulty
-                + z @ self.dense_w
-                + x @ self.sparse_w.take(rows, axis=0)
-            )
-            shift = self._workflow_shift(sig, tag)
-            return out if shift is None else out + shift
-        cols = np.asarray(models_idx, dtype=np.intp)
-        out = (
-            self.intercept[cols]
-            + self.d_coef[cols] * prior_difficulty
-            + z @ self.dense_w[:, cols]
-            + (x @ self.sparse_w.take(rows, axis=0))[cols]
-        )
+        z -= self.dense_mean
+        z /= self.dense_scale
+        np.clip(z, -CLIP, CLIP, out=z)
+        out: F64 = x @ self._w_rows.take(rows, axis=0)
+        out += z @ self.dense_w
+        out += self.intercept
+        out += self.d_coef * prior_difficulty
         shift = self._workflow_shift(sig, tag)
-        return out if shift is None else out + shift[cols]
+        if shift is not None:
+            out += shift
+        return out if models_idx is None else out[np.asarray(models_idx, dtype=np.intp)]
 
     def _workflow_shift(self, sig: Signature, tag: str | None) -> F64 | None:
         """(M,) the calibration stage's shift for the request's cluster plus its tag's; None

@@ -19,7 +19,12 @@ def test_reports_every_stage_for_each_request(capsys: pytest.CaptureFixture[str]
         assert set(table) == {"estimator", "decide", "total"}
         for stage in table.values():
             assert 0 < stage["p50"] <= stage["p90"] <= stage["p99"] <= stage["max"]
-    assert out["total_p99_within_budget"] == (out["wall_ms"]["total"]["p99"] <= 0.5)
+    buckets = out["total_by_prompt_chars"]
+    assert set(buckets) == {"wall", "cpu"}
+    assert sum(b["n"] for b in buckets["wall"].values()) == 60
+    assert set(buckets["wall"]) <= {"short", "typical", "long"}
+    typical = buckets["wall"].get("typical", out["wall_ms"]["total"])
+    assert out["typical_total_p99_within_budget"] == (typical["p99"] <= 0.5)
     est = load_estimator()
     policy = load_policy(
         "policies/default.yaml", skills=est.skills, discrimination=est.discrimination
