@@ -41,6 +41,15 @@ def sklearn_models() -> tuple[Any, Any]:
     return Ridge, GradientBoostingRegressor
 
 
+def sklearn_randomized_svd() -> Any:
+    """scikit-learn's ``randomized_svd``; MissingExtra without scikit-learn."""
+    try:
+        from sklearn.utils.extmath import randomized_svd
+    except ImportError as exc:
+        raise MissingExtra(f"training needs scikit-learn: {TRAIN_EXTRA}") from exc
+    return randomized_svd
+
+
 def require_scipy() -> None:
     """MissingExtra without scipy (the learner's and the calibration stage's optimiser)."""
     try:

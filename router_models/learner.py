@@ -27,8 +27,12 @@ Training (scipy, at fit time only) works in the span of the training prompts: th
 kernel K = X X^T gives coordinates Q sqrt(L) (its top `rank` eigenpairs), which makes the
 penalised fit the same as the primal one restricted to those directions, at a cost that
 does not grow with the number of n-grams; the weights are mapped back to n-gram buckets
-afterwards. The calibration stage (`router_models.calibration`) runs after the fit; serving
-is `router_models.heads.Heads` (numpy only: a gather and two dot products).
+afterwards. Up to `exact_kernel_max` examples the eigenpairs come from the dense n x n
+kernel; beyond, from a randomized truncated SVD of the sparse X itself (scikit-learn's
+`randomized_svd`, the same top singular pairs to within its power iterations), so memory
+grows as n x rank rather than n^2 (30,000 records would need 7 GB for the kernel alone).
+The calibration stage (`router_models.calibration`) runs after the fit; serving is
+`router_models.heads.Heads` (numpy only: a gather and two dot products).
 """
 
 from __future__ import annotations
@@ -78,6 +82,8 @@ class LearnerParams:
     word_weight: float = 1.0
     char_weight: float = 1.0
     min_df: int = 2  # n-gram buckets seen in fewer training prompts get no weight
+    # more examples than this: kernel eigenpairs by randomized SVD, not the dense n x n kernel
+    exact_kernel_max: int = 5000
     max_iter: int = 400
     select: int = 0  # 1: pick rank x lam_model from SELECT_GRID by inner grouped CV
     select_folds: int = 3
@@ -91,6 +97,9 @@ class LearnerParams:
     lam_cluster: float = 5.0  # pulls each model's cluster shifts to 0
 
 
+# randomized SVD (more than exact_kernel_max examples): oversampling and power iterations
+RSVD_OVERSAMPLES = 30
+RSVD_ITER = 7
 SELECT_MAX_ITER = 200  # L-BFGS iterations of each inner-CV fit
 SELECT_GRID: tuple[tuple[int, float], ...] = tuple(
     (r, lam) for r in (100, 200, 400) for lam in (1.0, 2.0, 4.0)
@@ -231,9 +240,12 @@ def build_design(
     lookup[active_ids] = np.arange(active_ids.size)
     keep = lookup[ids] >= 0
     x_active = sp.csr_matrix((w[keep], (row[keep], lookup[ids[keep]])), shape=(n, active_ids.size))
-    kern = (x_active @ x_active.T).toarray()
     r = int(min(params.rank, n))
-    vals, vecs = scipy.linalg.eigh(kern, subset_by_index=(n - r, n - 1))
+    if n <= params.exact_kernel_max:
+        kern = (x_active @ x_active.T).toarray()
+        vals, vecs = scipy.linalg.eigh(kern, subset_by_index=(n - r, n - 1))
+    else:
+        vals, vecs = _top_eigenpairs(x_active, r)
     good = vals > 1e-8 * max(float(vals.max()), 1e-12)
     vals, vecs = vals[good], vecs[:, good]
     # centred coordinates, so that u (shared) cannot act as a common intercept
@@ -265,6 +277,19 @@ def build_design(
         dense_mean=mean,
         dense_scale=sd,
     )
+
+
+def _top_eigenpairs(x: Any, r: int) -> tuple[F64, F64]:
+    """The top ``r`` eigenpairs of X X^T, ascending as ``eigh`` gives them, without forming
+    it: the squared singular values and left singular vectors of the sparse X (randomized
+    SVD, fixed seed: the same design for the same examples)."""
+    from router_models.fit import sklearn_randomized_svd
+
+    r = max(1, min(r, min(x.shape) - 1))
+    u, sv, _ = sklearn_randomized_svd()(
+        x, n_components=r, n_oversamples=RSVD_OVERSAMPLES, n_iter=RSVD_ITER, random_state=0
+    )
+    return np.ascontiguousarray((sv * sv)[::-1]), np.ascontiguousarray(u[:, ::-1])
 
 
 def truncate(design: Design, rank: int) -> Design:

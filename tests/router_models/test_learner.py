@@ -209,3 +209,43 @@ def test_model_covariance_lends_a_few_label_model_its_correlated_neighbour() -> 
     loss = {c: _logloss(p, truth) for c, p in out.items()}
     assert gain["corr"] > gain["none"] + 0.1
     assert loss["corr"] < loss["none"] - 0.05
+
+
+def test_top_eigenpairs_without_the_kernel_match_the_dense_kernel() -> None:
+    import scipy.linalg
+    import scipy.sparse as sp
+
+    from router_models.learner import _top_eigenpairs
+
+    rng = np.random.default_rng(5)
+    # a few strong directions plus noise, as n-gram matrices have
+    x = sp.random(400, 900, density=0.02, random_state=6, format="csr")
+    x = (x + sp.csr_matrix(rng.normal(size=(400, 3)) @ rng.normal(size=(3, 900)) * 0.3)).tocsr()
+    vals, vecs = _top_eigenpairs(x, 20)
+    full_vals, full_vecs = scipy.linalg.eigh((x @ x.T).toarray(), subset_by_index=(380, 399))
+    assert np.all(np.diff(vals) >= 0)  # ascending, as eigh gives them
+    # the well-separated top ones exactly, the noise floor to within its power iterations
+    assert np.allclose(vals[-4:], full_vals[-4:], rtol=1e-8)
+    assert np.allclose(vals, full_vals, rtol=1e-2)
+    # and the same directions (up to sign) for the well-separated ones
+    cos = np.abs((vecs[:, -4:] * full_vecs[:, -4:]).sum(axis=0))
+    assert cos.min() > 0.999
+
+
+def test_randomized_kernel_path_fits_the_same_heads_as_the_dense_one() -> None:
+    import dataclasses
+
+    texts, kind = _prompts(300, 0)
+    labels = [{"A": float(k == 0), "B": float(k == 1)} for k in kind]
+    exs = _examples(texts, labels)
+    dense = fit_heads(exs, np.zeros(300), _flat_prior(300), LearnerParams())
+    params = dataclasses.replace(LearnerParams(), exact_kernel_max=100)  # 300 > 100
+    randomized = fit_heads(exs, np.zeros(300), _flat_prior(300), params)
+    new, new_kind = _prompts(60, 1)
+    sigs = [signature([{"role": "user", "content": t}]) for t in new]
+    p_dense = np.stack([dense.p(s, 0.0) for s in sigs])
+    p_rand = np.stack([randomized.p(s, 0.0) for s in sigs])
+    assert np.abs(p_dense - p_rand).max() < 0.05
+    ia, ib = randomized.index("A"), randomized.index("B")
+    gain = p_rand[:, ia] - p_rand[:, ib]
+    assert gain[new_kind == 0].min() > gain[new_kind == 1].max()

@@ -1,0 +1,111 @@
+"""What one learner fit costs as labelled requests accumulate: time and peak memory.
+
+    python -m benchmarks.train_scale [--n 2000 5000 10000 20000] [--data FILE ...] [--exact]
+
+`effgate train --records` fits the heads (`router_models.learner.fit_heads`, the calibration
+stage included: 1 + `calibrate` designs) once per gate fold and once on everything, so its
+cost is this figure times (folds + 1). Each size runs in a fresh process (peak RSS is per
+process): n examples made from the shared files' rows (shuffled, both files' prompts, each labelled
+for its own file's models, as a deployment's records are partial), cycled when n exceeds
+them (repeated prompts, as repeated workflows give; folds keep them together), the prior
+difficulty from the shipped artifact. Above `LearnerParams.exact_kernel_max` (5,000) the
+kernel's eigenpairs come from a randomized SVD of the sparse n-gram matrix instead of the
+dense n x n kernel; `--exact` forces the dense kernel at every size, for comparison (it
+needs 8 n^2 bytes for the kernel alone). Reported: seconds, peak RSS, and RSS before the fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.learning_curve import DEFAULT_DATA
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def one(n: int, paths: list[Path], exact: bool) -> dict[str, object]:
+    """Fit heads on n examples in this process; what it took."""
+    import dataclasses
+
+    import numpy as np
+
+    from router_models import load_estimator
+    from router_models.data import load_dataset
+    from router_models.learner import (
+        LearnerParams,
+        examples_from_rows,
+        fit_heads,
+        prior_from_estimator,
+    )
+
+    rows = list(load_dataset(paths).rows)
+    random.Random(0).shuffle(rows)  # both files at every size
+    base = examples_from_rows(rows)
+    examples = [base[i % len(base)] for i in range(n)]
+    est = load_estimator()
+    d = np.array([est.difficulty_of_dense(e.sig.dense) for e in examples])
+    params = LearnerParams()
+    if exact:
+        params = dataclasses.replace(params, exact_kernel_max=n)
+    before = _rss_mb()
+    start = time.perf_counter()
+    heads = fit_heads(examples, d, prior_from_estimator(est.skills, est.discrimination, d), params)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "n": n,
+        "kernel": "dense" if n <= params.exact_kernel_max else "randomized SVD",
+        "models": len(heads.models),
+        "fit_s": round(seconds, 1),
+        "rss_before_fit_mb": round(before),
+        "peak_rss_mb": round(peak),
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", nargs="+", type=int, default=[2000, 5000, 10000, 20000])
+    parser.add_argument("--data", action="append", type=Path)
+    parser.add_argument("--exact", action="store_true", help="the dense n x n kernel always")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    paths = args.data or list(DEFAULT_DATA)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    if args.one is not None:
+        print(json.dumps(one(args.one, paths, args.exact)))
+        return 0
+    results = []
+    for n in args.n:
+        cmd = [sys.executable, "-m", "benchmarks.train_scale", "--one", str(n)]
+        cmd += [a for p in paths for a in ("--data", str(p))]
+        cmd += ["--exact"] if args.exact else []
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            print(f"n={n}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            return 1
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    print(json.dumps({"runs": results, "load_average_1_5_15": list(os.getloadavg())}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
