@@ -222,4 +222,9 @@ def main(args: argparse.Namespace) -> int:
     stage = [f"{heads.clusters.k} workflow clusters"] if heads.clusters is not None else []
     stage += [f"{len(heads.tags)} workflow tags"] if heads.tags else []
     print(f"calibration stage: {', '.join(stage) or 'no cluster or tag shifts'}")
+    nb = heads.neighbours
+    print(
+        "neighbour stage: "
+        + (f"k={nb.k} of {nb.size} references" if nb is not None else "not used (no gain)")
+    )
     return 0

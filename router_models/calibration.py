@@ -84,9 +84,9 @@ def oof_logits(
     prior_logit: PriorLogit,
     params: LearnerParams,
     seed: int,
-) -> F64:
-    """(n, M) logits of the heads' models, each from a fit without the example's fold (the
-    full fit's own where a fold's fit lacks the model)."""
+) -> tuple[F64, I64]:
+    """((n, M) logits of the heads' models, each from a fit without the example's fold (the
+    full fit's own where a fold's fit lacks the model); each example's fold)."""
     d = np.asarray(prior_difficulty, dtype=np.float64).reshape(-1)
     z = np.stack([heads.logits(e.sig, float(d[i])) for i, e in enumerate(examples)])
     folds = max(2, int(params.calibrate))
@@ -107,7 +107,7 @@ def oof_logits(
         src = np.array([c for c in cols if c is not None], dtype=np.intp)
         for i in te:
             z[i, have] = h.logits(examples[int(i)].sig, float(d[i]), src)
-    return z
+    return z, fold
 
 
 def indicators(n: int, blocks: Sequence[tuple[I64, int]]) -> F64:
@@ -205,13 +205,15 @@ def calibrate_heads(
     seed: int = 0,
 ) -> tuple[Heads, dict[str, Any]]:
     """(the heads with the calibration stage folded in, a report: the clusters and tags
-    chosen and every candidate's held-out log loss per labelled pair).
+    chosen, every candidate's held-out log loss per labelled pair, and for the stage after
+    it (`router_models.neighbours`) "oof_p", each example's P from the out-of-fold logits
+    through the chosen stage, and "folds", each example's fold).
 
     Candidates: each cluster count of `grid` (0: scale and shift only), each with and
     without the workflow tags when the examples carry any; the heads as they are win when
     no candidate beats them."""
     n = len(examples)
-    z = oof_logits(heads, examples, prior_difficulty, prior_logit, params, seed)
+    z, fold = oof_logits(heads, examples, prior_difficulty, prior_logit, params, seed)
     models, y, mask = example_labels(examples)
     if models != heads.models:
         raise ValueError("the heads were not fitted on these examples' models")
@@ -256,10 +258,13 @@ def calibrate_heads(
         "chosen": best,
         "log_loss": {c: round(v, 6) for c, v in losses.items()},
     }
+    report["folds"] = fold
     if best == "none":
+        report["oof_p"] = sigmoid(z)
         return heads, report
     cmap, with_tags, onehot = designs[best]
     st = fit_stage(z, y, w, onehot, params.lam_calibrate, params.lam_cluster)
+    report["oof_p"] = sigmoid(stage_logits(st, z, onehot))
     kk = 0 if cmap is None else cmap.k
     out = replace(
         heads,

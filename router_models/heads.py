@@ -22,12 +22,14 @@ import numpy.typing as npt
 
 from router_models.clusters import CLIP, ClusterMap
 from router_models.features import N_DENSE
+from router_models.neighbours import Neighbours
 from router_models.signature import MAX_COUNT, N_BUCKETS, WORD_BUCKETS, Signature
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
-HEADS_VERSION = 2  # 2: optional workflow clusters and tags (version 1, without, still loads)
-HEADS_VERSIONS = (1, 2)
+# 2: optional workflow clusters and tags; 3: optional nearest neighbours (1 and 2 still load)
+HEADS_VERSION = 3
+HEADS_VERSIONS = (1, 2, 3)
 N_EXTRA = N_DENSE + 1  # dense features and the prior difficulty
 
 
@@ -64,6 +66,8 @@ class Heads:
     cluster_w: F64 | None = None
     tags: tuple[str, ...] = ()
     tag_w: F64 | None = None
+    # the nearest-neighbour stage: P blended with the labels of the k nearest references
+    neighbours: Neighbours | None = None
     # per-request tables: bucket -> row (A for a bucket without weight), idf by row and
     # the weights by row, each with a last row for those buckets (idf_default; zeros)
     _lookup: npt.NDArray[np.int32] = field(init=False, repr=False, compare=False)
@@ -82,6 +86,11 @@ class Heads:
             self.tag_w is not None and self.tag_w.shape != (len(self.tags), len(self.models))
         ):
             raise ValueError("tag_w must have one row per tag and a column per model")
+        nb = self.neighbours
+        if nb is not None and (
+            nb.y.shape[1] != len(self.models) or nb.indptr.shape != (self.active_ids.size + 2,)
+        ):
+            raise ValueError("neighbours must cover these heads' models and active buckets")
         object.__setattr__(self, "_tag_index", {t: j for j, t in enumerate(self.tags)})
         n_active = self.active_ids.size
         lookup = np.full(N_BUCKETS, n_active, dtype=np.int32)
@@ -118,7 +127,17 @@ class Heads:
     ) -> F64:
         """One logit per model (all, or those at `models_idx`); ``tag``: the request's
         workflow tag (a tag the heads were not fitted on adds nothing)."""
-        rows, x = self._x(sig)
+        out = self._logits(sig, *self._x(sig), prior_difficulty, tag)
+        return out if models_idx is None else out[np.asarray(models_idx, dtype=np.intp)]
+
+    def _logits(
+        self,
+        sig: Signature,
+        rows: npt.NDArray[np.int32],
+        x: F64,
+        prior_difficulty: float,
+        tag: str | None,
+    ) -> F64:
         z = np.empty(N_EXTRA)
         z[:N_DENSE] = sig.dense
         z[N_DENSE] = prior_difficulty
@@ -132,7 +151,7 @@ class Heads:
         shift = self._workflow_shift(sig, tag)
         if shift is not None:
             out += shift
-        return out if models_idx is None else out[np.asarray(models_idx, dtype=np.intp)]
+        return out
 
     def _workflow_shift(self, sig: Signature, tag: str | None) -> F64 | None:
         """(M,) the calibration stage's shift for the request's cluster plus its tag's; None
@@ -152,7 +171,13 @@ class Heads:
         models_idx: npt.NDArray[np.intp] | None = None,
         tag: str | None = None,
     ) -> F64:
-        return logistic(self.logits(sig, prior_difficulty, models_idx, tag))
+        """P(acceptable) per model (all, or those at `models_idx`): the logistic of the
+        logits, blended with the nearest references' labels where the heads have them."""
+        rows, x = self._x(sig)
+        out = logistic(self._logits(sig, rows, x, prior_difficulty, tag))
+        if self.neighbours is not None:
+            out = self.neighbours.blend(out, rows, x)
+        return out if models_idx is None else out[np.asarray(models_idx, dtype=np.intp)]
 
     def subset(self, models_idx: Sequence[int] | npt.NDArray[np.intp]) -> Heads:
         """The heads of the models at ``models_idx`` only, in that order, their weights in
@@ -169,6 +194,7 @@ class Heads:
             d_coef=self.d_coef[cols].copy(),
             cluster_w=None if self.cluster_w is None else self.cluster_w[:, cols].copy(),
             tag_w=None if self.tag_w is None else self.tag_w[:, cols].copy(),
+            neighbours=None if self.neighbours is None else self.neighbours.subset(cols),
         )
 
     def p_many(
@@ -186,6 +212,8 @@ class Heads:
             extra = {**self.clusters.to_arrays(), "cluster_w": self.cluster_w}
         if self.tag_w is not None:
             extra["tag_w"] = self.tag_w
+        if self.neighbours is not None:
+            extra.update(self.neighbours.to_arrays())
         return {
             **extra,
             "label_counts": self.label_counts,
@@ -209,6 +237,7 @@ class Heads:
             "clusters": 0 if self.clusters is None else self.clusters.k,
             "cluster_dense_weight": 0.0 if self.clusters is None else self.clusters.dense_weight,
             "tags": list(self.tags),
+            "neighbours": None if self.neighbours is None else self.neighbours.meta(),
             "label_counts": {
                 m: int(c) for m, c in zip(self.models, self.label_counts, strict=True)
             },
@@ -268,6 +297,12 @@ class Heads:
             if len(set(tags)) != len(tags):
                 raise ValueError("tags must be distinct")
             tag_w = arr("tag_w", (len(tags), n_models)).astype(np.float64) if tags else None
+            nb_meta = meta.get("neighbours") if version == 3 else None
+            neighbours = (
+                None
+                if nb_meta is None
+                else Neighbours.from_arrays(arrays, nb_meta, n_active, n_models)
+            )
             return cls(
                 models=tuple(models),
                 label_counts=counts,
@@ -286,6 +321,7 @@ class Heads:
                 cluster_w=cluster_w,
                 tags=tuple(tags),
                 tag_w=tag_w,
+                neighbours=neighbours,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"invalid heads: {exc!r}") from None

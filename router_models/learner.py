@@ -95,6 +95,14 @@ class LearnerParams:
     cluster_dense_weight: float = 0.5
     lam_calibrate: float = 20.0  # pulls each model's (scale, shift) to (1, 0)
     lam_cluster: float = 5.0  # pulls each model's cluster shifts to 0
+    # the nearest-neighbour stage (router_models.neighbours; needs calibrate), off by
+    # default (it costs ~0.1 ms per request; docs/learner.md): the neighbour counts it
+    # chooses from (e.g. "10,20"; "0": off), the heads' P's weight in pseudo-labels, the
+    # share of references a bucket may be in and still be indexed, the references kept
+    knn: str = "0"
+    knn_alpha: float = 40.0
+    knn_max_df: float = 0.05
+    knn_max_refs: int = 4000
 
 
 # randomized SVD (more than exact_kernel_max examples): oversampling and power iterations
@@ -552,5 +560,13 @@ def fit_heads(
     if params.calibrate:
         from router_models.calibration import calibrate_heads
 
-        heads, _ = calibrate_heads(heads, examples, prior_difficulty, prior_logit, params, seed)
+        heads, report = calibrate_heads(
+            heads, examples, prior_difficulty, prior_logit, params, seed
+        )
+        if str(params.knn).strip() not in ("", "0"):
+            from router_models.neighbours import fit_neighbours
+
+            nb, _ = fit_neighbours(heads, examples, report["oof_p"], report["folds"], params)
+            if nb is not None:
+                heads = replace(heads, neighbours=nb)
     return heads
