@@ -34,10 +34,12 @@ from router_models.irt import irt_p
 from router_models.learner import (
     Example,
     LearnerParams,
+    check_knn,
     examples_from_rows,
     fit_heads,
     prior_from_estimator,
 )
+from router_models.neighbours import knn_grid
 from router_models.records import load_examples
 from router_models.routing import skill_from_mean
 
@@ -138,7 +140,9 @@ def learner_params(pairs: Sequence[str]) -> LearnerParams:
             values[name] = kind(raw)
         except ValueError:
             raise ValueError(f"--learner {pair!r}: {raw!r} is not a {kind.__name__}") from None
-    return LearnerParams(**values)
+    params = LearnerParams(**values)
+    check_knn(params)  # here, before any data is read
+    return params
 
 
 def main(args: argparse.Namespace) -> int:
@@ -223,8 +227,10 @@ def main(args: argparse.Namespace) -> int:
     stage += [f"{len(heads.tags)} workflow tags"] if heads.tags else []
     print(f"calibration stage: {', '.join(stage) or 'no cluster or tag shifts'}")
     nb = heads.neighbours
-    print(
-        "neighbour stage: "
-        + (f"k={nb.k} of {nb.size} references" if nb is not None else "not used (no gain)")
-    )
+    if nb is not None:
+        print(f"neighbour stage: k={nb.k} of {nb.size} references")
+    elif knn_grid(params):
+        print("neighbour stage: not used (no held-out gain)")
+    else:
+        print("neighbour stage: off (--learner knn=10,20 turns it on)")
     return 0

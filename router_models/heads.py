@@ -229,7 +229,8 @@ class Heads:
 
     def meta(self) -> dict[str, Any]:
         return {
-            "version": HEADS_VERSION,
+            # 3 only where it matters: a gateway that reads 2 still loads the rest
+            "version": HEADS_VERSION if self.neighbours is not None else 2,
             "models": list(self.models),
             "idf_default": self.idf_default,
             "word_weight": self.word_weight,
@@ -323,5 +324,5 @@ class Heads:
                 tag_w=tag_w,
                 neighbours=neighbours,
             )
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, OverflowError) as exc:
             raise ValueError(f"invalid heads: {exc!r}") from None

@@ -293,7 +293,9 @@ def _top_eigenpairs(x: Any, r: int) -> tuple[F64, F64]:
     SVD, fixed seed: the same design for the same examples)."""
     from router_models.fit import sklearn_randomized_svd
 
-    r = max(1, min(r, min(x.shape) - 1))
+    if min(x.shape) == 0:  # no active bucket: nothing to keep (as eigh's zeros give)
+        return np.zeros(1), np.zeros((x.shape[0], 1))
+    r = max(1, min(r, min(x.shape)))
     u, sv, _ = sklearn_randomized_svd()(
         x, n_components=r, n_oversamples=RSVD_OVERSAMPLES, n_iter=RSVD_ITER, random_state=0
     )
@@ -539,6 +541,22 @@ def select_params(
     return replace(params, rank=int(best[0]), lam_model=float(best[1]), select=0), scores
 
 
+def check_knn(params: LearnerParams) -> None:
+    """ValueError for a neighbour stage that could not be used or loaded."""
+    from router_models.neighbours import knn_grid
+
+    if not knn_grid(params):
+        return
+    if not params.calibrate:
+        raise ValueError("knn needs the calibration stage (calibrate > 0)")
+    if params.knn_max_refs < 1:
+        raise ValueError("knn_max_refs must be at least 1")
+    if not (math.isfinite(params.knn_alpha) and params.knn_alpha > 0):
+        raise ValueError("knn_alpha must be finite and positive")
+    if not (math.isfinite(params.knn_max_df) and params.knn_max_df > 0):
+        raise ValueError("knn_max_df must be finite and positive")
+
+
 def fit_heads(
     examples: Sequence[Example],
     prior_difficulty: F64,
@@ -552,6 +570,7 @@ def fit_heads(
     example, or None for a model the prior does not know. With `params.select`, rank and
     lam_model are first chosen by `select_params` (its folds drawn with `seed`); otherwise
     `seed` is unused (the fit is deterministic)."""
+    check_knn(params)
     if params.select:
         params, _ = select_params(examples, prior_difficulty, prior_logit, params, seed)
     design = build_design(examples, prior_difficulty, prior_logit, params)
@@ -566,7 +585,7 @@ def fit_heads(
         if str(params.knn).strip() not in ("", "0"):
             from router_models.neighbours import fit_neighbours
 
-            nb, _ = fit_neighbours(heads, examples, report["oof_p"], report["folds"], params)
+            nb, _ = fit_neighbours(heads, examples, report["oof_p"], report["folds"], params, seed)
             if nb is not None:
                 heads = replace(heads, neighbours=nb)
     return heads

@@ -226,10 +226,16 @@ def fit_neighbours(
     if n < 2:
         return None, report
     x = _matrix(heads, examples)
-    df = np.bincount(x.indices, minlength=x.shape[1])
-    indexed = df <= max(1.0, params.knn_max_df * n)
-    xi = x[:, np.flatnonzero(indexed)].tocsr()
-    xt = xi.T.tocsr()
+    # the references the index will hold (a seeded sample beyond knn_max_refs), and the
+    # buckets it will index: validation searches exactly those
+    keep = np.arange(n)
+    if n > params.knn_max_refs:
+        keep = np.sort(np.random.default_rng(seed).choice(n, params.knn_max_refs, replace=False))
+    df = np.bincount(x[keep].indices, minlength=x.shape[1])
+    indexed = np.flatnonzero(df <= max(1.0, params.knn_max_df * keep.size))
+    xi = x[:, indexed].tocsr()
+    xt = xi[keep].T.tocsr()
+    y_ref, mask_ref, fold_ref = y[keep] * mask[keep], mask[keep], fold[keep]
     ks = knn_grid(params)
     if not ks:
         return None, report
@@ -237,37 +243,38 @@ def fit_neighbours(
     for lo in range(0, n, 1000):
         hi = min(n, lo + 1000)
         sim = (xi[lo:hi] @ xt).toarray()
-        sim[fold[lo:hi, None] == fold[None, :]] = -np.inf  # references of other folds only
+        sim[fold[lo:hi, None] == fold_ref[None, :]] = -np.inf  # other folds' references only
         for k in ks:
-            sums[k][0][lo:hi], sums[k][1][lo:hi] = _near_sums(sim, k, y, mask)
+            sums[k][0][lo:hi], sums[k][1][lo:hi] = _near_sums(sim, k, y_ref, mask_ref)
     a = params.knn_alpha
 
     def loss(p: F64) -> F64:
+        """(n, M) log loss of each labelled pair, 0 elsewhere."""
         q = np.clip(p, EPS, 1 - EPS)
-        out: F64 = (-(y * np.log(q) + (1 - y) * np.log(1 - q)))[mask_b]
+        out: F64 = -(y * np.log(q) + (1 - y) * np.log(1 - q)) * mask
         return out
 
     base = loss(p_oof)
-    report["log_loss"] = {"heads": round(float(base.mean()), 6)}
+    pairs = max(int(mask_b.sum()), 1)
+    report["log_loss"] = {"heads": round(float(base.sum()) / pairs, 6)}
     best_k, best_gain, best_se = 0, 0.0, math.inf
     for k in ks:
         s, c = sums[k]
-        gain = base - loss((s + a * p_oof) / (c + a))
-        report["log_loss"][f"k={k}"] = round(float(base.mean() - gain.mean()), 6)
-        if gain.size > 1 and float(gain.mean()) > best_gain:
-            best_k, best_gain = k, float(gain.mean())
-            best_se = float(gain.std(ddof=1) / math.sqrt(gain.size))
+        gain = base - loss((s + a * p_oof) / (c + a))  # (n, M), 0 where unlabelled
+        report["log_loss"][f"k={k}"] = round(float((base - gain).sum()) / pairs, 6)
+        # an example's pairs share its neighbours: the standard error is over examples
+        per = gain.sum(axis=1)
+        mean = float(per.sum()) / pairs
+        if n > 1 and mean > best_gain:
+            best_k, best_gain = k, mean
+            best_se = float(per.std(ddof=1) * math.sqrt(n)) / pairs
     # the smallest k wins ties; a blend must beat the heads by two standard errors (the
     # best of several candidates beats one standard error by chance too often)
     if not best_k or not best_gain > 2.0 * best_se:
         return None, report
-    keep = np.arange(n)
-    if n > params.knn_max_refs:
-        rng = np.random.default_rng(seed)
-        keep = np.sort(rng.choice(n, params.knn_max_refs, replace=False))
-    ref = x[keep]
-    df_ref = np.bincount(ref.indices, minlength=ref.shape[1])
-    ref = ref.multiply((df_ref <= max(1.0, params.knn_max_df * keep.size))[None, :])
+    ref = x[keep].multiply(
+        (df <= max(1.0, params.knn_max_df * keep.size))[None, :].astype(np.float64)
+    )
     by_row = ref.tocsc()
     by_row.eliminate_zeros()
     by_row.sort_indices()
@@ -279,8 +286,8 @@ def fit_neighbours(
             indptr=indptr,
             refs=by_row.indices.astype(np.int32),
             vals=by_row.data.astype(np.float64),
-            y=y[keep] * mask[keep],
-            mask=mask[keep],
+            y=y_ref,
+            mask=mask_ref,
             k=best_k,
             alpha=float(a),
         ),

@@ -23,7 +23,8 @@ def test_reports_every_stage_for_each_request(capsys: pytest.CaptureFixture[str]
     assert set(buckets) == {"wall", "cpu"}
     assert sum(b["n"] for b in buckets["wall"].values()) == 60
     assert set(buckets["wall"]) <= {"short", "typical", "long"}
-    typical = buckets["wall"].get("typical", out["wall_ms"]["total"])
+    typical = buckets["wall"]["typical"]  # the shared prompts: about half are typical
+    assert 0 < typical["n"] < 60
     assert out["typical_total_p99_within_budget"] == (typical["p99"] <= 0.5)
     est = load_estimator()
     policy = load_policy(

@@ -147,7 +147,7 @@ def test_cluster_shifts_add_to_the_logits_and_follow_a_subset() -> None:
         assert np.allclose(heads.logits(e.sig, 0.2, np.array([1])), want[[1]])
         only = heads.subset([1, 0])
         assert np.allclose(only.logits(e.sig, 0.2), want[[1, 0]])
-    assert heads.meta()["version"] == 3 and heads.meta()["clusters"] == 3
+    assert heads.meta()["version"] == 2 and heads.meta()["clusters"] == 3
 
 
 def test_heads_without_clusters_still_load_as_version_1() -> None:

@@ -249,3 +249,18 @@ def test_randomized_kernel_path_fits_the_same_heads_as_the_dense_one() -> None:
     ia, ib = randomized.index("A"), randomized.index("B")
     gain = p_rand[:, ia] - p_rand[:, ib]
     assert gain[new_kind == 0].min() > gain[new_kind == 1].max()
+
+
+def test_top_eigenpairs_with_fewer_buckets_than_the_rank() -> None:
+    import scipy.linalg
+    import scipy.sparse as sp
+
+    from router_models.learner import _top_eigenpairs
+
+    x = sp.csr_matrix(np.random.default_rng(7).normal(size=(40, 5)))
+    vals, vecs = _top_eigenpairs(x, 200)
+    full = scipy.linalg.eigh((x @ x.T).toarray(), eigvals_only=True)
+    assert vals.shape == (5,) and vecs.shape == (40, 5)
+    assert np.allclose(vals, full[-5:], rtol=1e-8)  # every direction there is, none lost
+    empty_vals, empty_vecs = _top_eigenpairs(sp.csr_matrix((40, 0)), 200)
+    assert np.all(empty_vals == 0) and empty_vecs.shape[0] == 40

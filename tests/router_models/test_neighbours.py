@@ -16,7 +16,8 @@ from router_models.signature import signature
 from tests.router_models.test_calibration import WORDS
 
 # a first stage that can learn nothing per prompt: every prompt gets the same P
-STIFF = LearnerParams(lam_model=1e4, lam_shared=1e4, calibrate=0, knn="10,20")
+STIFF = LearnerParams(lam_model=1e4, lam_shared=1e4, calibrate=0)
+NB = replace(STIFF, knn="10,20")  # the stage's parameters (fit_neighbours reads only those)
 TOPICS = 40
 # P(acceptable) of models A and B on each of 40 small workflows, each marked by its own
 # words (in ~2.5% of prompts: below knn_max_df) among filler words every workflow shares
@@ -41,7 +42,7 @@ def _p_oof(heads: Heads, examples: list[Example]) -> np.ndarray:
 
 
 def _fitted(
-    params: LearnerParams = STIFF, noise: bool = False
+    params: LearnerParams = NB, noise: bool = False
 ) -> tuple[Heads, Heads | None, dict[str, object], list[Example]]:
     examples, _ = _topics(800, 0, noise)
     heads = fit_heads(examples, np.zeros(800), lambda _m: np.zeros(800), STIFF)
@@ -50,7 +51,7 @@ def _fitted(
     return heads, None if nb is None else replace(heads, neighbours=nb), report, examples
 
 
-def _with_neighbours(params: LearnerParams = STIFF) -> tuple[Heads, Heads, list[Example]]:
+def _with_neighbours(params: LearnerParams = NB) -> tuple[Heads, Heads, list[Example]]:
     stiff, heads, _, examples = _fitted(params)
     assert heads is not None
     return stiff, heads, examples
@@ -70,7 +71,7 @@ def test_neighbours_recover_the_workflows_a_stiff_fit_misses() -> None:
         err[name] = float(((p - truth) ** 2).mean())
     assert err["neighbours"] < err["stiff"] * 0.7
     # with less shrinkage to the heads, closer still
-    _, sharp, _ = _with_neighbours(replace(STIFF, knn_alpha=5.0))
+    _, sharp, _ = _with_neighbours(replace(NB, knn_alpha=5.0))
     p = np.stack([sharp.p(e.sig, 0.0) for e in test])
     assert float(((p - truth) ** 2).mean()) < err["stiff"] / 3
     # the logits are the heads' own: the blend is applied to P only
@@ -107,7 +108,7 @@ def test_blend_formula_subset_and_a_request_sharing_nothing() -> None:
 
 
 def test_references_are_capped() -> None:
-    _, heads, report, _ = _fitted(replace(STIFF, knn_max_refs=50))
+    _, heads, report, _ = _fitted(replace(NB, knn_max_refs=50))
     assert heads is not None and heads.neighbours is not None and heads.neighbours.size == 50
     assert report["references"] == 50
 
@@ -140,7 +141,9 @@ def _round_trip(heads: Heads) -> Heads:
 
 
 def test_neighbours_survive_the_artifact_arrays() -> None:
-    _, heads, examples = _with_neighbours()
+    stiff, heads, examples = _with_neighbours()
+    assert heads.meta()["version"] == 3
+    assert stiff.meta()["version"] == 2  # without neighbours, what older gateways read
     back = _round_trip(heads)
     assert back.neighbours is not None
     for e in examples[:30]:
@@ -165,7 +168,22 @@ def test_corrupt_neighbour_arrays_are_refused() -> None:
     for change in bad_arrays:
         with pytest.raises(ValueError):
             Heads.from_arrays({**arrays, **change}, meta)
-    for nb_meta in ({"k": 0, "alpha": 40.0}, {"k": 10, "alpha": -1.0}, {"k": 10}, "x"):
+    # the padding row (buckets without weight) must stay empty
+    ptr = arrays["nb_indptr"].copy()
+    j = int(np.flatnonzero(ptr < ptr[-1]).max())
+    ptr[j + 1 : -1] = ptr[j]
+    assert ptr[-1] - ptr[-2] > 0
+    with pytest.raises(ValueError, match="padding"):
+        Heads.from_arrays({**arrays, "nb_indptr": ptr}, meta)
+    huge = 10**400  # JSON allows it; float() of it overflows
+    for nb_meta in (
+        {"k": 0, "alpha": 40.0},
+        {"k": 10, "alpha": -1.0},
+        {"k": 10},
+        "x",
+        {"k": 10, "alpha": huge},
+        {"k": True, "alpha": 40.0},
+    ):
         with pytest.raises(ValueError):
             Heads.from_arrays(arrays, {**meta, "neighbours": nb_meta})
     missing = {k: v for k, v in arrays.items() if k != "nb_refs"}
@@ -174,12 +192,42 @@ def test_corrupt_neighbour_arrays_are_refused() -> None:
 
 
 def test_version_2_heads_still_load_without_neighbours() -> None:
-    stiff, _, examples = _with_neighbours()
-    meta = {**json.loads(json.dumps(stiff.meta())), "version": 2}
-    meta.pop("neighbours")
+    stiff, heads, examples = _with_neighbours()
+    meta = json.loads(json.dumps(stiff.meta()))
+    assert meta["version"] == 2 and meta["neighbours"] is None
     back = Heads.from_arrays({k: np.asarray(v) for k, v in stiff.to_arrays().items()}, meta)
     assert back.neighbours is None
     assert np.allclose(back.p(examples[0].sig, 0.0), stiff.p(examples[0].sig, 0.0))
+    # a version 2 file knows no neighbours: arrays and meta of them are ignored, not read
+    meta3 = {**json.loads(json.dumps(heads.meta())), "version": 2}
+    arrays3 = {k: np.asarray(v) for k, v in heads.to_arrays().items()}
+    older = Heads.from_arrays(arrays3, meta3)
+    assert older.neighbours is None
+    assert np.allclose(older.p(examples[0].sig, 0.0), stiff.p(examples[0].sig, 0.0))
+
+
+def test_a_stage_that_could_not_be_used_is_refused_before_fitting() -> None:
+    from router_models.adapt import learner_params
+    from router_models.learner import check_knn
+
+    for bad in (
+        ["knn=10", "calibrate=0"],
+        ["knn=10", "knn_max_refs=0"],
+        ["knn=10", "knn_alpha=0"],
+        ["knn=10", "knn_alpha=nan"],
+        ["knn=10", "knn_max_df=0"],
+    ):
+        with pytest.raises(ValueError):
+            learner_params(bad)
+    check_knn(replace(LearnerParams(), calibrate=0))  # the stage off: nothing to check
+    examples, _ = _topics(50, 6)
+    with pytest.raises(ValueError, match="calibrate"):
+        fit_heads(
+            examples,
+            np.zeros(50),
+            lambda _m: np.zeros(50),
+            replace(LearnerParams(), knn="10", calibrate=0),
+        )
 
 
 def test_neighbours_do_not_fit_other_heads() -> None:
