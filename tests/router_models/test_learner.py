@@ -264,3 +264,23 @@ def test_top_eigenpairs_with_fewer_buckets_than_the_rank() -> None:
     assert np.allclose(vals, full[-5:], rtol=1e-8)  # every direction there is, none lost
     empty_vals, empty_vecs = _top_eigenpairs(sp.csr_matrix((40, 0)), 200)
     assert np.all(empty_vals == 0) and empty_vecs.shape[0] == 40
+
+
+def test_a_request_without_words_is_normalised_as_training_normalised_it() -> None:
+    """Both blocks l2-normalised on their own (as build_design does), also when one is empty:
+    a prompt of punctuation has character n-grams only."""
+    from router_models.signature import WORD_BUCKETS
+
+    texts, kind = _prompts(200, 0)
+    labels = [{"A": float(k == 0), "B": float(k == 1)} for k in kind]
+    heads = fit_heads(_examples(texts, labels), np.zeros(200), _flat_prior(200))
+    sig = signature([{"role": "user", "content": "!!! ??? ... ;;; ((( )))"}])
+    assert sig.ids.size and not np.any(sig.ids < WORD_BUCKETS)
+    _, x = heads._x(sig)
+    assert abs(float(np.linalg.norm(x)) - heads.char_weight) < 1e-9
+    both = signature([{"role": "user", "content": texts[0]}])
+    rows, xb = heads._x(both)
+    words = both.ids < WORD_BUCKETS
+    assert abs(float(np.linalg.norm(xb[words])) - heads.word_weight) < 1e-9
+    assert abs(float(np.linalg.norm(xb[~words])) - heads.char_weight) < 1e-9
+    assert rows.shape == xb.shape == both.ids.shape
