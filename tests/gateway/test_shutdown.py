@@ -82,9 +82,11 @@ def _start_in_flight(gw: ServeProcess, small: FakeUpstreamHandle, hold_ms: int) 
 
 
 def _refused(port: int) -> bool:
+    """New requests are no longer served: the connection is refused, or (a connection the
+    kernel accepted into the backlog as the listener closed) dropped without a response."""
     try:
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.RemoteProtocolError):
         return True
     return False
 
