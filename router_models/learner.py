@@ -578,13 +578,12 @@ def fit_heads(
     heads = heads_from_fit(design, fit, params)
     if params.calibrate:
         from router_models.calibration import calibrate_heads
+        from router_models.neighbours import fit_neighbours, knn_grid
 
         heads, report = calibrate_heads(
             heads, examples, prior_difficulty, prior_logit, params, seed
         )
-        if str(params.knn).strip() not in ("", "0"):
-            from router_models.neighbours import fit_neighbours
-
+        if knn_grid(params):
             nb, _ = fit_neighbours(heads, examples, report["oof_p"], report["folds"], params, seed)
             if nb is not None:
                 heads = replace(heads, neighbours=nb)

@@ -223,7 +223,8 @@ def fit_neighbours(
         raise ValueError("the heads were not fitted on these examples' models")
     mask = mask_b.astype(np.float64)
     report: dict[str, Any] = {"chosen": False}
-    if n < 2:
+    ks = knn_grid(params)
+    if n < 2 or not ks:
         return None, report
     x = _matrix(heads, examples)
     # the references the index will hold (a seeded sample beyond knn_max_refs), and the
@@ -232,13 +233,10 @@ def fit_neighbours(
     if n > params.knn_max_refs:
         keep = np.sort(np.random.default_rng(seed).choice(n, params.knn_max_refs, replace=False))
     df = np.bincount(x[keep].indices, minlength=x.shape[1])
-    indexed = np.flatnonzero(df <= max(1.0, params.knn_max_df * keep.size))
-    xi = x[:, indexed].tocsr()
+    indexed = df <= max(1.0, params.knn_max_df * keep.size)
+    xi = x[:, np.flatnonzero(indexed)].tocsr()
     xt = xi[keep].T.tocsr()
-    y_ref, mask_ref, fold_ref = y[keep] * mask[keep], mask[keep], fold[keep]
-    ks = knn_grid(params)
-    if not ks:
-        return None, report
+    y_ref, mask_ref, fold_ref = y[keep], mask[keep], fold[keep]  # y: 0 where unlabelled
     sums = {k: (np.zeros_like(p_oof), np.zeros_like(p_oof)) for k in ks}
     for lo in range(0, n, 1000):
         hi = min(n, lo + 1000)
@@ -272,9 +270,7 @@ def fit_neighbours(
     # best of several candidates beats one standard error by chance too often)
     if not best_k or not best_gain > 2.0 * best_se:
         return None, report
-    ref = x[keep].multiply(
-        (df <= max(1.0, params.knn_max_df * keep.size))[None, :].astype(np.float64)
-    )
+    ref = x[keep].multiply(indexed[None, :].astype(np.float64))
     by_row = ref.tocsc()
     by_row.eliminate_zeros()
     by_row.sort_indices()
