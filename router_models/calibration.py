@@ -38,14 +38,13 @@ import numpy as np
 import numpy.typing as npt
 
 from router_models.clusters import ClusterMap, fit_clusters
+from router_models.design import build_design, example_labels
 from router_models.heads import Heads
 from router_models.irt import sigmoid
 from router_models.learner import (
     Example,
     LearnerParams,
     PriorLogit,
-    build_design,
-    example_labels,
     fit_core,
     heads_from_fit,
     prior_subset,

@@ -215,7 +215,7 @@ def fit_neighbours(
     ``heads.models`` order; ``params``: knn (the k to choose from), knn_alpha, knn_max_df,
     knn_max_refs. The k whose blend has the least held-out log loss is used when it beats
     the heads by more than two standard errors (paired, per labelled pair)."""
-    from router_models.learner import example_labels
+    from router_models.design import example_labels
 
     n = len(examples)
     models, y, mask_b = example_labels(examples)
