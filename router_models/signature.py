@@ -134,6 +134,18 @@ def _bucket_ids(b: U64, isw: npt.NDArray[np.bool_]) -> U64:
     return np.concatenate((words, ((ch * _MIX2) >> _CHAR_SHIFT) + _WORD_BUCKETS_U))
 
 
+def _distinct(ids: U64) -> tuple[I64, I64]:
+    """``np.unique(ids, return_counts=True)`` for bucket ids (< 2^17), a few times faster on
+    a request's couple of thousand: an int32 sort, and each run's start from one comparison
+    of neighbours."""
+    s = np.sort(ids.astype(np.int32))
+    edge = np.empty(s.size + 1, dtype=np.bool_)
+    edge[0] = edge[-1] = True
+    np.not_equal(s[1:], s[:-1], out=edge[1:-1])
+    at = np.flatnonzero(edge)
+    return s[at[:-1]].astype(np.int64), np.diff(at).astype(np.int64)
+
+
 def _capped(segments: list[tuple[int, str]]) -> list[tuple[int, bytes]]:
     """The segments' bytes, cut to the first HEAD_CAP and last TAIL_CAP bytes overall."""
     raw = [(c, t.encode("utf-8", "replace")) for c, t in segments]
@@ -311,8 +323,7 @@ def hashed_ngrams(segments: list[tuple[int, str]]) -> tuple[I64, I64]:
         lengths = [len(r) + 1 for _, r in capped]
         lengths[0] += 1
         b += np.repeat(_ROLE_OFFSET[[c for c, _ in capped]], lengths)
-    ids = _bucket_ids(b, _IS_WORD[low])
-    uniq, counts = np.unique(ids.astype(np.int64), return_counts=True)
+    uniq, counts = _distinct(_bucket_ids(b, _IS_WORD[low]))
     if uniq.size > MAX_ENTRIES:
         keep = np.sort(np.argpartition(_PRIORITY[uniq], MAX_ENTRIES)[:MAX_ENTRIES])
         uniq, counts = uniq[keep], counts[keep]

@@ -103,3 +103,16 @@ def test_scoring_without_the_digest_sees_the_same_request() -> None:
     for m, t in ((msgs, None), (msgs, tools), ("not messages", None)):
         done = with_digest(signature(m, t, digest=False), m, t)
         assert done.to_json() == signature(m, t).to_json()
+
+
+def test_distinct_buckets_are_numpy_unique() -> None:
+    from router_models.signature import _distinct
+
+    rng = np.random.default_rng(3)
+    cases = [np.zeros(0, np.uint64), np.array([7], np.uint64), np.full(5, N_BUCKETS - 1, np.uint64)]
+    cases += [rng.integers(0, n, size=n * 3).astype(np.uint64) for n in (2, 50, 3000, N_BUCKETS)]
+    for ids in cases:
+        uniq, counts = _distinct(ids)
+        want_u, want_c = np.unique(ids.astype(np.int64), return_counts=True)
+        assert uniq.dtype == np.int64 and counts.dtype == np.int64
+        assert np.array_equal(uniq, want_u) and np.array_equal(counts, want_c)
