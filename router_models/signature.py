@@ -78,6 +78,7 @@ with np.errstate(over="ignore"):
 _IS_WORD = np.array(
     [(97 <= b <= 122 or 48 <= b <= 57 or b == 95 or b >= 128) for b in range(256)], dtype=np.bool_
 )
+_IS_WORD_BYTES = _IS_WORD.astype(np.uint8).tobytes()  # bytes.translate table: 1 for a word byte
 _WS = re.compile(r"\s+")
 
 
@@ -115,23 +116,33 @@ def _segments(messages: Sequence[Any], tools: Sequence[Any] | None) -> list[tupl
 
 
 def _bucket_ids(b: U64, isw: npt.NDArray[np.bool_]) -> U64:
-    """Bucket ids (with repeats) of the word 1-2-grams and kept character 3-5-grams of `b`:
-    lowered bytes plus 256 * role code, so the role is part of every n-gram's hash; `isw`
-    marks word bytes. Polynomial hashes, then multiply-shift (the top 16 bits of h * odd)."""
+    """Bucket ids (with repeats, unordered) of the word 1-2-grams and kept character
+    3-5-grams of `b`: lowered bytes plus 256 * role code, so the role is part of every
+    n-gram's hash; `isw` marks word bytes. Polynomial hashes, then multiply-shift (the top
+    16 bits of h * odd).
+
+    A word's hash is that of b[i:j] for consecutive edges i < j of the word mask: the byte
+    before the word through its second-to-last byte (so "cat" and "cap" share a word
+    bucket; their character n-grams tell them apart). That is what version 1 defines, and
+    records and heads depend on it: a fix waits for a new SIGNATURE_VERSION (measured at
+    K = 2,000: no change in the learner's figures, docs/learner.md)."""
     n = b.shape[0]
     # prefix sums g[k] = sum_{t<k} b[t] P^-t; the hash of b[i:j] is P^(j-1) (g[j] - g[i])
     g = np.zeros(n + 1, dtype=np.uint64)
     np.cumsum(b * _IPOW[:n], out=g[1:])
-    edge = np.flatnonzero(np.diff(isw.view(np.int8)))
+    edge = np.flatnonzero(isw[1:] != isw[:-1])
     starts, ends = edge[0::2], edge[1::2]
     wh = _POW[ends - 1] * (g[ends] - g[starts])
-    words = (np.concatenate((wh, wh[:-1] * _PAIR + wh[1:])) * _MIX1) >> _WORD_SHIFT
-    chars = [_POW[k - 1 : n] * (g[k:] - g[: n - k + 1]) for k in (3, 4, 5) if n >= k]
-    if not chars:
-        return words
-    ch = np.concatenate(chars)
-    ch = ch[(ch * _KEEP) < _KEEP_BELOW]
-    return np.concatenate((words, ((ch * _MIX2) >> _CHAR_SHIFT) + _WORD_BUCKETS_U))
+    parts = [(np.concatenate((wh, wh[:-1] * _PAIR + wh[1:])) * _MIX1) >> _WORD_SHIFT]
+    for k in (3, 4, 5):
+        if n >= k:
+            h = _POW[k - 1 : n] * (g[k:] - g[: n - k + 1])
+            h = h[(h * _KEEP) < _KEEP_BELOW]
+            h *= _MIX2
+            h >>= _CHAR_SHIFT
+            h += _WORD_BUCKETS_U
+            parts.append(h)
+    return np.concatenate(parts)
 
 
 def _distinct(ids: U64) -> tuple[I64, I64]:
@@ -323,7 +334,8 @@ def hashed_ngrams(segments: list[tuple[int, str]]) -> tuple[I64, I64]:
         lengths = [len(r) + 1 for _, r in capped]
         lengths[0] += 1
         b += np.repeat(_ROLE_OFFSET[[c for c, _ in capped]], lengths)
-    uniq, counts = _distinct(_bucket_ids(b, _IS_WORD[low]))
+    isw = np.frombuffer(raw.translate(_IS_WORD_BYTES), dtype=np.bool_)
+    uniq, counts = _distinct(_bucket_ids(b, isw))
     if uniq.size > MAX_ENTRIES:
         keep = np.sort(np.argpartition(_PRIORITY[uniq], MAX_ENTRIES)[:MAX_ENTRIES])
         uniq, counts = uniq[keep], counts[keep]

@@ -116,3 +116,50 @@ def test_distinct_buckets_are_numpy_unique() -> None:
         want_u, want_c = np.unique(ids.astype(np.int64), return_counts=True)
         assert uniq.dtype == np.int64 and counts.dtype == np.int64
         assert np.array_equal(uniq, want_u) and np.array_equal(counts, want_c)
+
+
+PINNED = [  # version 1's mapping, as records and trained heads hold it
+    (
+        [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Explain photosynthesis briefly. (a) one\n(b) two?"},
+        ],
+        None,
+        "f1a750b6bf7537480d842597",
+    ),
+    (
+        [{"role": "user", "content": "def f(x):\n    return x == 3.14  # héllo wörld " * 200}],
+        None,
+        "bd323acbbc7e6d4e49298030",
+    ),
+    (
+        [
+            {"role": "user", "content": "call it"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "content": "42"},
+        ],
+        [{"type": "function", "function": {"name": "lookup"}}],
+        "9aa957740c11311f21fb78fa",
+    ),
+]
+
+
+def test_version_1_mapping_is_pinned() -> None:
+    """A request maps to the same signature as version 1 always did: records and trained
+    heads depend on it. A change that fails this needs a new SIGNATURE_VERSION."""
+    import hashlib
+
+    from router_models.signature import SIGNATURE_VERSION
+
+    got = []
+    for messages, tools, _ in PINNED:
+        blob = json.dumps(signature(messages, tools).to_json(), sort_keys=True).encode()
+        got.append(hashlib.sha256(blob).hexdigest()[:24])
+    assert SIGNATURE_VERSION == 1
+    assert got == [want for _, _, want in PINNED]
