@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,7 +119,8 @@ def test_distinct_buckets_are_numpy_unique() -> None:
         assert np.array_equal(uniq, want_u) and np.array_equal(counts, want_c)
 
 
-PINNED = [  # version 1's mapping, as records and trained heads hold it
+PINNED: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None, str]] = [
+    # version 1's mapping, as records and trained heads hold it
     (
         [
             {"role": "system", "content": "You are terse."},
