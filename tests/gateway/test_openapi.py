@@ -1,5 +1,6 @@
 """``GET /openapi.json``: a valid OpenAPI 3.1 document of every /v1 route, built from the
-wire models, served as prebuilt bytes (tests/gateway/test_fuzz.py runs schemathesis on it)."""
+wire models, served as prebuilt bytes (tests/gateway/test_fuzz_bodies.py runs schemathesis
+on it)."""
 
 from __future__ import annotations
 

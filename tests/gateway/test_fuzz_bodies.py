@@ -1,22 +1,14 @@
-"""Fuzzing a live ``effgate serve`` process on loopback (the session's fake upstreams behind it).
+"""Fuzzing a live ``effgate serve`` process on loopback with requests (the session's fake
+upstreams behind it; the process and the checks are in ``tests/gateway/fuzzing.py``).
 
     schemathesis   the gateway's own /openapi.json: generated valid and invalid requests for
                    every operation; no 5xx, and responses as documented
-    hypothesis     hostile raw bodies and headers over real HTTP: deep nesting, huge strings,
-                   wrong types in every field, invalid UTF-8, NaN and Infinity, odd content
-                   parts, long / non-latin-1 / CRLF / non-numeric header values
-
-Every answer must be below 500, a 4xx must be the OpenAI error body, and neither the client
-key (EFFGATE_API_KEYS) nor the provider key (the models' api_key_env) may appear in any
-response; the process log must hold no traceback when the module is done. Examples are
-bounded (``FUZZ_EXAMPLES``) so the module takes well under a minute on two cores.
+    hypothesis     hostile raw bodies over real HTTP: deep nesting, huge strings, wrong types
+                   in every field, invalid UTF-8, NaN and Infinity, odd content parts
 """
 
 from __future__ import annotations
 
-import json
-import socket
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -32,86 +24,28 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.fakes.servers import FakeUpstreamHandle
-from tests.gateway.conftest import SKILLS, policy_dict
-from tests.gateway.serving import SLOW_OK, ServeProcess, serve_process
+from tests.gateway import fuzzing
+from tests.gateway.fuzzing import (
+    AUTH,
+    CHAT,
+    CLIENT_KEY,
+    EMB,
+    EXPLAIN,
+    FEEDBACK,
+    FUZZ,
+    PROVIDER_KEY,
+    SCHEMA_EXAMPLES,
+    chat_body,
+    check,
+    post,
+)
+from tests.gateway.serving import ServeProcess
 
 pytestmark = pytest.mark.integration
 
-CLIENT_KEY = "sk-effgate-fuzz-client-7d41c2a9"
-PROVIDER_KEY = "sk-provider-fuzz-secret-3b9e0f55"
-PROVIDER_ENV = "EFFGATE_FUZZ_PROVIDER_KEY"
-AUTH = {"authorization": f"Bearer {CLIENT_KEY}"}
-SECRETS = (CLIENT_KEY, PROVIDER_KEY, PROVIDER_KEY.encode(), CLIENT_KEY.encode())
-FUZZ_EXAMPLES = 40  # per hypothesis test
-SCHEMA_EXAMPLES = 10  # per operation, in schemathesis's fuzzing phase (after its coverage phase)
-CHAT, EMB, EXPLAIN, FEEDBACK = (
-    "/v1/chat/completions",
-    "/v1/embeddings",
-    "/v1/route/explain",
-    "/v1/feedback",
-)
-ERROR_KEYS = {"message", "type", "param", "code"}
-
-
-@pytest.fixture(scope="module")
-def live(
-    tmp_path_factory: pytest.TempPathFactory,
-    small_fake: FakeUpstreamHandle,
-    big_fake: FakeUpstreamHandle,
-) -> Iterator[ServeProcess]:
-    """One gateway process for the module: client keys, a provider key, input limits on."""
-    tmp = tmp_path_factory.mktemp("fuzz")
-    model = {"timeouts": SLOW_OK, "api_key_env": PROVIDER_ENV}
-    policy = policy_dict(  # route auto (no bar), route routed (bar 0.8: the real estimator)
-        small_fake.base_url,
-        big_fake.base_url,
-        small={**model, "skill": SKILLS["small"]},
-        big={**model, "skill": SKILLS["big"]},
-        limits={"max_messages": 64, "max_chars": 200_000, "max_tokens": 4096},
-    )
-    env = {"EFFGATE_API_KEYS": json.dumps({CLIENT_KEY: "fuzz"}), PROVIDER_ENV: PROVIDER_KEY}
-    with serve_process(tmp, small_fake, big_fake, policy=policy, **env) as gw:
-        yield gw
-        log = gw.log_text()
-        assert "Traceback" not in log, log[-4000:]
-        assert PROVIDER_KEY not in log and CLIENT_KEY not in log
-
-
-@pytest.fixture(scope="module")
-def client(live: ServeProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live.origin, timeout=30) as c:
-        yield c
-
-
-def check(r: httpx.Response) -> None:
-    """Below 500, no traceback or key anywhere in it, and OpenAI-shaped when an error."""
-    raw = r.content
-    assert r.status_code < 500, (r.status_code, raw[:500])
-    assert b"Traceback" not in raw, raw[:500]
-    head = b"\n".join(k + b": " + v for k, v in r.headers.raw)
-    for secret in (CLIENT_KEY.encode(), PROVIDER_KEY.encode()):
-        assert secret not in raw and secret not in head, raw[:500]
-    if r.status_code >= 400:
-        body = orjson.loads(raw)
-        assert set(body) == {"error"}, body
-        err = body["error"]
-        assert set(err) == ERROR_KEYS, err
-        assert isinstance(err["message"], str) and isinstance(err["type"], str)
-        assert err["param"] is None or isinstance(err["param"], str)
-        assert err["code"] is None or isinstance(err["code"], str)
-
-
-def post(client: httpx.Client, path: str, body: bytes, **headers: Any) -> httpx.Response:
-    r = client.post(
-        path, content=body, headers={**AUTH, "content-type": "application/json", **headers}
-    )
-    check(r)
-    return r
-
-
-def chat_body(**extra: Any) -> dict[str, Any]:
-    return {"model": "auto", "messages": [{"role": "user", "content": "hi"}], **extra}
+# The module-scoped fixtures: one gateway process (and one client) for this module.
+live = fuzzing.live
+client = fuzzing.client
 
 
 # -- schemathesis: the documented API -----------------------------------------------------
@@ -209,9 +143,6 @@ def hostile_chat(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         body["messages"] = draw(st.lists(odd_message, max_size=4))
     return body
-
-
-FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @FUZZ
@@ -379,156 +310,3 @@ def test_odd_content_parts(client: httpx.Client) -> None:
                 post(client, CHAT, orjson.dumps(body))
                 post(client, EXPLAIN, orjson.dumps(body))
                 post(client, CHAT, orjson.dumps({**body, "stream": True}))
-
-
-# -- hostile headers ---------------------------------------------------------------------
-
-HEADER_VALUES: list[bytes] = [
-    b"",
-    b" ",
-    b"nan",
-    b"NaN",
-    b"inf",
-    b"-inf",
-    b"Infinity",
-    b"1e999",
-    b"-1",
-    b"-0",
-    b"0x10",
-    b"1_000",
-    b"\xc3\xa9\xe2\x82\xac",  # UTF-8, not latin-1 text
-    b"\xff\xfe\x80",
-    b"\x7f",
-    b"9" * 400,
-    b"a" * 8000,
-    b"auto",
-    b"small",
-    b"../../etc/passwd",
-    b"%00",
-]
-HEADER_NAMES = [
-    "x-effgate-quality-bar",
-    "x-effgate-max-cost-usd",
-    "x-effgate-route",
-    "x-effgate-task",
-    "x-request-id",
-    "content-type",
-]
-
-
-def raw_http(port: int, request: bytes) -> bytes:
-    """Send ``request`` as is on a fresh connection; return the server's whole answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(request)
-        chunks = []
-        while data := s.recv(65536):
-            chunks.append(data)
-        return b"".join(chunks)
-
-
-def raw_post(port: int, path: str, headers: list[bytes], body: bytes) -> tuple[int, bytes]:
-    """POST with header lines sent byte for byte (no client library vetting them); the
-    answer is checked like ``check`` does; returns its status and body."""
-    request = b"".join(
-        [
-            b"POST " + path.encode() + b" HTTP/1.1\r\nhost: 127.0.0.1\r\n",
-            b"content-type: application/json\r\n",
-            b"content-length: " + str(len(body)).encode() + b"\r\n",
-            *(h + b"\r\n" for h in headers),
-            b"connection: close\r\n\r\n",
-            body,
-        ]
-    )
-    answer = raw_http(port, request)
-    assert answer.startswith(b"HTTP/1.1 "), answer[:200]
-    status = int(answer[9:12])
-    head, _, out = answer.partition(b"\r\n\r\n")
-    assert status < 500, answer[:500]
-    assert b"Traceback" not in answer
-    assert PROVIDER_KEY.encode() not in answer
-    assert CLIENT_KEY.encode() not in answer
-    if status >= 400:
-        err = orjson.loads(out)["error"]
-        assert set(err) == ERROR_KEYS, err
-    return status, out
-
-
-AUTH_LINE = b"authorization: Bearer " + CLIENT_KEY.encode()
-
-
-def test_hostile_header_values(live: ServeProcess) -> None:
-    for value in HEADER_VALUES:
-        hostile_header(live, value)
-
-
-def hostile_header(live: ServeProcess, value: bytes) -> None:
-    body = orjson.dumps(chat_body(model="routed"))
-    for name in HEADER_NAMES:
-        line = name.encode() + b": " + value
-        for path in (CHAT, EXPLAIN):
-            raw_post(live.port, path, [AUTH_LINE, line], body)
-    for auth in (b"Bearer " + value, value, b"bearer  " + value + b" x"):
-        status, _ = raw_post(live.port, CHAT, [b"authorization: " + auth], body)
-        assert status in (400, 401)  # 400: the HTTP parser refuses the header (a control byte)
-    raw_post(live.port, FEEDBACK, [AUTH_LINE, b"x-request-id: " + value], b"{}")
-
-
-@FUZZ
-@given(
-    headers=st.lists(
-        st.tuples(st.sampled_from(HEADER_NAMES), st.binary(max_size=100)).map(
-            lambda t: t[0].encode() + b": " + t[1].replace(b"\r", b"").replace(b"\n", b"")
-        ),
-        max_size=4,
-    )
-)
-def test_random_header_values(live: ServeProcess, headers: list[bytes]) -> None:
-    raw_post(live.port, EXPLAIN, [AUTH_LINE, *headers], orjson.dumps(chat_body()))
-
-
-CRLF_HEADERS = [
-    b"x-effgate-route: auto\r\nx-injected: 1",  # a CRLF in a value is just another header
-    b"x-effgate-task: a\rb",
-    b"x-effgate-task: a\nb",
-    b"x-effgate-quality-bar: 0.5\r\n\r\nGET /metrics HTTP/1.1",
-    b"x-effgate-route: \x00",
-    b"bad header name: 1",
-    b"x-effgate-route:" + b"r" * 70_000,
-    b"content-length: 5",  # a second, conflicting content-length
-    b"transfer-encoding: chunked",
-]
-
-
-def test_crlf_and_malformed_headers(live: ServeProcess) -> None:
-    for header in CRLF_HEADERS:
-        raw_post(live.port, EXPLAIN, [AUTH_LINE, header], orjson.dumps(chat_body()))
-
-
-def test_a_request_the_http_parser_refuses_is_an_openai_shaped_400(live: ServeProcess) -> None:
-    """uvicorn answers these itself, in text/plain; effgate's protocol answers in JSON."""
-    for header in (b"x-effgate-task: a\rb", b"x-effgate-route: \x7f", b"bad header name: 1"):
-        status, out = raw_post(live.port, EXPLAIN, [AUTH_LINE, header], b"{}")
-        assert status == 400
-        assert orjson.loads(out)["error"]["type"] == "invalid_request_error"
-
-
-def test_numeric_strings_and_non_finite_headers_are_400s(client: httpx.Client) -> None:
-    """Found by this module: these were 500s (a str compared to the max_tokens cap, and an
-    infinite quality bar handed to the engine)."""
-    for name in ("max_tokens", "max_completion_tokens"):
-        r = post(client, EXPLAIN, orjson.dumps(chat_body(**{name: "5000"})))
-        assert r.status_code == 400 and r.json()["error"]["code"] == "integer_above_max_value"
-    for value in (b"inf", b"-inf", b"1e999", b"nan"):
-        r = post(
-            client,
-            CHAT,
-            orjson.dumps(chat_body(model="routed")),
-            **{"x-effgate-quality-bar": value},
-        )
-        assert r.status_code == 400, r.text
-
-
-def test_the_log_is_clean_so_far(live: ServeProcess) -> None:
-    log = live.log_text()
-    assert "Traceback" not in log, log[-4000:]
-    assert PROVIDER_KEY not in log and CLIENT_KEY not in log
