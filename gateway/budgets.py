@@ -26,129 +26,32 @@ If Redis fails (a timeout, a refused connection), ``limits_fail_mode`` decides:
 reserved since, and pushes what it spent to Redis when it is back (the reconcile);
 ``closed`` refuses metered requests with 503 ``limits_unavailable`` until Redis answers.
 While down, Redis is retried after a backoff (0.5 s doubling to 5 s), never per request.
+
+Meters, their windows and keys: ``gateway.meters``; the two Lua scripts:
+``gateway.meter_scripts``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import calendar
 import contextlib
-import hashlib
 import logging
-import math
-import re
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
-from gateway.errors import BudgetExceeded, LimitsUnavailable, RateLimited
+from gateway.errors import LimitsUnavailable, RateLimited
+from gateway.meter_scripts import APPLY, RESERVE
+from gateway.meters import DEPLOYMENT, NANO, Hold, Meter, MeterKind, holds_keys, meters, reject
 from gateway.tenants import Tenant
 
 log = logging.getLogger("effgate.budgets")
 
-MeterKind = Literal["usd_day", "usd_month", "rpm", "tpm"]
-NANO = 1_000_000_000  # units per USD
 FailMode = Literal["open", "closed"]
 MAX_PENDING_RELEASES = 10_000  # holds to release on Redis when it is back; past this they expire
 _BACKOFF = (0.5, 1.0, 2.0, 5.0)
-DEPLOYMENT = "_deployment"  # the meter of the policy's budget.daily_usd, across tenants
-RPM_ONLY: frozenset[MeterKind] = frozenset({"rpm"})
-
-_RESERVE = """
-local n = #KEYS - 2
-local holds, deadlines = KEYS[n + 1], KEYS[n + 2]
-local stale = redis.call('ZRANGEBYSCORE', deadlines, '-inf', ARGV[2], 'LIMIT', 0, 64)
-for _, id in ipairs(stale) do
-  local entry = redis.call('HGET', holds, id)
-  if entry then
-    for key, amount in pairs(cjson.decode(entry)) do
-      if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, 'held', -amount) end
-    end
-  end
-  redis.call('HDEL', holds, id)
-  redis.call('ZREM', deadlines, id)
-end
-local out = {1, 0}
-for i = 1, n do
-  local amount, limit = tonumber(ARGV[1 + 3 * i]), tonumber(ARGV[2 + 3 * i])
-  local v = redis.call('HMGET', KEYS[i], 'spent', 'held')
-  local spent, held = tonumber(v[1]) or 0, tonumber(v[2]) or 0
-  if limit >= 0 and spent + held + amount > limit then
-    return {0, i, spent, held}
-  end
-  out[1 + 2 * i], out[2 + 2 * i] = spent, held + amount
-end
-local entry = {}
-for i = 1, n do
-  local amount = tonumber(ARGV[1 + 3 * i])
-  redis.call('HINCRBY', KEYS[i], 'held', amount)
-  redis.call('EXPIRE', KEYS[i], ARGV[3 + 3 * i])
-  entry[KEYS[i]] = amount
-end
-redis.call('HSET', holds, ARGV[1], cjson.encode(entry))
-redis.call('ZADD', deadlines, ARGV[3], ARGV[1])
-redis.call('EXPIRE', holds, 172800)
-redis.call('EXPIRE', deadlines, 172800)
-return out
-"""
-
-_APPLY = """
-local entry = false
-if ARGV[1] ~= '' then entry = redis.call('HGET', KEYS[1], ARGV[1]) end
-local held = {}
-if entry then
-  held = cjson.decode(entry)
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-end
-for i = 3, #KEYS do
-  local key = KEYS[i]
-  local amount = held[key]
-  if amount and redis.call('EXISTS', key) == 1 then
-    redis.call('HINCRBY', key, 'held', -amount)
-  end
-  local add = tonumber(ARGV[2 * i - 4])
-  if add ~= 0 then
-    redis.call('HINCRBY', key, 'spent', add)
-    if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ARGV[2 * i - 3]) end
-  end
-end
-return 1
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class Meter:
-    """One of a tenant's meters in its current window."""
-
-    kind: MeterKind
-    key: str
-    limit: int  # units; -1: tracked, no limit
-    reset_s: float  # seconds until the window rolls over
-    ttl_s: int  # how long the key outlives the window
-
-    def amount(self, usd: float, tokens: int, *, reserve: bool) -> int:
-        if self.kind == "rpm":
-            return 1
-        if self.kind == "tpm":
-            return max(0, int(tokens))
-        units = usd * NANO
-        return max(0, math.ceil(units) if reserve else round(units))
-
-
-@dataclass(slots=True)
-class Hold:
-    """What a request reserved, to settle once it is done."""
-
-    id: str
-    tenant: Tenant
-    meters: tuple[Meter, ...]
-    amounts: tuple[int, ...]
-    shared: bool  # reserved in Redis (else in this replica's memory)
-    settled: bool = False
 
 
 @dataclass(slots=True)
@@ -166,69 +69,6 @@ class LimitsCounters:
     store_errors: dict[str, int] = field(default_factory=dict)  # op
     reconciled_usd: float = 0.0
     released_expired: int = 0  # holds dropped from the release queue (they expire in Redis)
-
-
-def tag(name: str) -> str:
-    """The tenant's part of a key: its name when plain, else a digest (no braces in a tag)."""
-    if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
-        return name
-    return "h" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:24]
-
-
-def meters(tenant: Tenant, now: float, *, prefix: str = "effgate:") -> tuple[Meter, ...]:
-    """The tenant's meters in the windows that hold ``now`` (only those it has)."""
-    t = datetime.fromtimestamp(now, UTC)
-    base = f"{prefix}{{t:{tag(tenant.name)}}}:"
-    out: list[Meter] = []
-    if tenant.tracked or tenant.usd_per_day is not None:
-        end = calendar.timegm((t.year, t.month, t.day, 0, 0, 0)) + 86400
-        limit = -1 if tenant.usd_per_day is None else math.floor(tenant.usd_per_day * NANO)
-        out.append(Meter("usd_day", f"{base}usd_day:{t:%Y%m%d}", limit, end - now, 2 * 86400))
-    if tenant.tracked or tenant.usd_per_month is not None:
-        ny, nm = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
-        end = calendar.timegm((ny, nm, 1, 0, 0, 0))
-        limit = -1 if tenant.usd_per_month is None else math.floor(tenant.usd_per_month * NANO)
-        out.append(Meter("usd_month", f"{base}usd_month:{t:%Y%m}", limit, end - now, 32 * 86400))
-    minute = int(now // 60)
-    reset = (minute + 1) * 60 - now
-    if tenant.rpm is not None:
-        out.append(Meter("rpm", f"{base}rpm:{minute}", tenant.rpm, reset, 120))
-    if tenant.tpm is not None:
-        out.append(Meter("tpm", f"{base}tpm:{minute}", tenant.tpm, reset, 120))
-    return tuple(out)
-
-
-def _holds_keys(tenant: Tenant, prefix: str) -> tuple[str, str]:
-    base = f"{prefix}{{t:{tag(tenant.name)}}}:"
-    return base + "holds", base + "deadlines"
-
-
-def _reject(tenant: Tenant, meter: Meter) -> RateLimited:
-    retry = max(1, math.ceil(meter.reset_s))
-    if meter.kind == "rpm":
-        return RateLimited(
-            f"Rate limit of {tenant.rpm} requests per minute reached for tenant {tenant.name!r}.",
-            retry_after_s=retry,
-        )
-    if meter.kind == "tpm":
-        return RateLimited(
-            f"Rate limit of {tenant.tpm} tokens per minute reached for tenant {tenant.name!r}"
-            " (this request's prompt and its max_tokens count).",
-            retry_after_s=retry,
-        )
-    if tenant.name == DEPLOYMENT:
-        return BudgetExceeded(
-            f"The deployment's daily budget of {tenant.usd_per_day} USD (the policy's"
-            " budget.daily_usd) does not cover this request's worst-case cost.",
-            retry_after_s=retry,
-        )
-    window = "daily" if meter.kind == "usd_day" else "monthly"
-    usd = tenant.usd_per_day if meter.kind == "usd_day" else tenant.usd_per_month
-    return BudgetExceeded(
-        f"The {window} budget of {usd} USD for tenant {tenant.name!r} does not cover this"
-        " request's worst-case cost.",
-        retry_after_s=retry,
-    )
 
 
 class Ledger:
@@ -262,8 +102,8 @@ class Ledger:
         self._deployment: Tenant | None = None
         self._reserve = self._apply = None
         if redis is not None:
-            self._reserve = redis.register_script(_RESERVE)
-            self._apply = redis.register_script(_APPLY)
+            self._reserve = redis.register_script(RESERVE)
+            self._apply = redis.register_script(APPLY)
 
     # ------------------------------------------------------------------ state
 
@@ -334,7 +174,7 @@ class Ledger:
 
     async def _reserve_shared(self, hold: Hold, now: float) -> Hold:
         assert self._reserve is not None
-        holds, deadlines = _holds_keys(hold.tenant, self._prefix)
+        holds, deadlines = holds_keys(hold.tenant, self._prefix)
         keys = [m.key for m in hold.meters] + [holds, deadlines]
         args: list[Any] = [hold.id, int(now * 1000), int((now + self._hold_ttl_s) * 1000)]
         for m, amount in zip(hold.meters, hold.amounts, strict=True):
@@ -345,7 +185,7 @@ class Ledger:
             self._note_rejected(hold.tenant, meter)
             self._seen[meter.key] = out[2] + out[3]
             self._note_ratio(hold.tenant, {meter.key: out[2] + out[3]}, hold.meters)
-            raise _reject(hold.tenant, meter)
+            raise reject(hold.tenant, meter)
         used = {}
         for i, m in enumerate(hold.meters):
             used[m.key] = out[2 + 2 * i] + out[3 + 2 * i]
@@ -363,7 +203,7 @@ class Ledger:
             if m.limit >= 0 and total + amount > m.limit:
                 self._note_rejected(hold.tenant, m)
                 self._note_ratio(hold.tenant, {m.key: total}, hold.meters)
-                raise _reject(hold.tenant, m)
+                raise reject(hold.tenant, m)
             used[m.key] = total + amount
         for m, amount in zip(hold.meters, hold.amounts, strict=True):
             loc = self._local.get(m.key)
@@ -432,7 +272,7 @@ class Ledger:
 
     async def _push(self, hold: Hold, hold_id: str, actual: tuple[int, ...]) -> None:
         assert self._apply is not None
-        holds, deadlines = _holds_keys(hold.tenant, self._prefix)
+        holds, deadlines = holds_keys(hold.tenant, self._prefix)
         args: list[Any] = [hold_id]
         for m, real in zip(hold.meters, actual, strict=True):
             args += [real, int(m.reset_s) + m.ttl_s]
@@ -448,7 +288,7 @@ class Ledger:
     def _defer(self, hold: Hold, actual: tuple[int, ...]) -> None:
         """Redis is down: release the hold there later; meanwhile count the spend here."""
         if len(self._releases) < MAX_PENDING_RELEASES:
-            holds, deadlines = _holds_keys(hold.tenant, self._prefix)
+            holds, deadlines = holds_keys(hold.tenant, self._prefix)
             self._releases[hold.id] = (holds, deadlines, tuple(m.key for m in hold.meters))
         else:
             self.counters.released_expired += 1  # its hold expires in Redis by its deadline

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from gateway.accounting import Usage, cost_usd
 from gateway.errors import Outcome
 from gateway.tenants import DEFAULT_TENANT, Tenant
-from policies.compile import CompiledPolicy, ModelEntry, ShadowEntry
+from policies.compiled import CompiledPolicy, ModelEntry, ShadowEntry
 from policies.engine import Decision
 
 # the /v1 endpoints, as the ``endpoint`` label and record field name them
@@ -30,7 +30,7 @@ class Exchange:
     policy: CompiledPolicy
     tenant: str = "default"
     principal: Tenant = DEFAULT_TENANT  # the caller's tenant, its bounds and limits
-    holds: tuple[Any, ...] = ()  # budgets.Hold: what the request reserved, settled by finish
+    holds: tuple[Any, ...] = ()  # meters.Hold: what the request reserved, settled by finish
     # response headers the pipeline adds (budget pressure), merged into the reply's
     notes: dict[str, str] | None = None
     stream: bool = False

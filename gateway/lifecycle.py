@@ -29,7 +29,6 @@ from typing import Any, Literal, TypeVar
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from gateway.budgets import RPM_ONLY
 from gateway.errors import (
     Forbidden,
     GatewayError,
@@ -42,6 +41,7 @@ from gateway.errors import (
     internal_error_body,
 )
 from gateway.exchange import Endpoint, Exchange
+from gateway.meters import RPM_ONLY
 from gateway.relay import RelayResponse
 from gateway.state import AppState
 from gateway.tenants import ADMIN, Tenant, digest

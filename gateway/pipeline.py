@@ -49,7 +49,7 @@ from gateway.relay import RelayResponse
 from gateway.state import AppState
 from gateway.tenants import Tenant
 from gateway.upstreams.base import Reply
-from policies.compile import CompiledPolicy, Limits, limits_for, resolve
+from policies.compiled import CompiledPolicy, Limits, limits_for, resolve
 from policies.engine import Decision, NoEligibleModel, RouteInput, UnknownModel, decide
 from router_models.features import prompt_text
 

@@ -40,7 +40,7 @@ from gateway.metrics import Metrics
 from gateway.records import RecordLog, iso
 from gateway.tokens import TokenCounter
 from gateway.upstreams.base import Upstream
-from policies.compile import ModelEntry, ShadowEntry
+from policies.compiled import ModelEntry, ShadowEntry
 
 log = logging.getLogger("effgate.shadow")
 

@@ -38,7 +38,7 @@ from pydantic import (
     model_validator,
 )
 
-from policies.compile import Limits as InputLimits
+from policies.compiled import Limits as InputLimits
 from policies.errors import PolicyLoadError, format_loc
 from policies.loader import line_of, parse_yaml, read_bytes, validation_error
 from policies.store import WatchedFile

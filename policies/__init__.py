@@ -2,7 +2,8 @@
 
 - ``policies.schema``   the policy YAML contract (pydantic, version 1)
 - ``policies.loader``   YAML with line numbers -> PolicyFile -> CompiledPolicy, readable errors
-- ``policies.compile``  cross-checks and the immutable CompiledPolicy; ``needs_difficulty``
+- ``policies.compile``  cross-checks: PolicyFile -> CompiledPolicy (``compile_policy``)
+- ``policies.compiled`` the immutable CompiledPolicy and its lookups; ``needs_difficulty``
 - ``policies.engine``   ``decide(policy, RouteInput, LiveStats) -> Decision``; pure and fast
 - ``policies.store``    PolicyStore: atomic swap on reload, file watcher
 - ``policies.check``    ``effgate policy check FILE...``

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from policies.compile import CompiledPolicy, CompiledRule, ModelEntry
+from policies.compiled import CompiledPolicy, CompiledRule, ModelEntry
 from router_models.irt import irt_p
 
 Reason = Literal[

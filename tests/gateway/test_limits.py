@@ -9,7 +9,7 @@ import pytest
 
 from gateway.errors import ArrayTooLong, ContextLengthExceeded, IntegerTooLarge, TooDeep
 from gateway.pipeline import check_limits
-from policies.compile import NO_LIMITS, Limits
+from policies.compiled import NO_LIMITS, Limits
 from tests.fakes.servers import FakeUpstreamHandle
 from tests.gateway.conftest import GatewayFactory, PolicyFactory, chat
 

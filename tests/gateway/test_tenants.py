@@ -15,9 +15,10 @@ import openai
 import pytest
 import yaml
 
-from gateway.budgets import Ledger, meters
+from gateway.budgets import Ledger
 from gateway.cli import main as effgate
 from gateway.errors import BudgetExceeded
+from gateway.meters import meters
 from gateway.tenants import Tenant, build_tenants, check, digest, new_key
 from policies.errors import PolicyLoadError
 from tests.fakes.servers import FakeUpstreamHandle

@@ -7,7 +7,8 @@ from types import MappingProxyType
 
 import pytest
 
-from policies.compile import Target, compile_policy, needs_difficulty, resolve
+from policies.compile import compile_policy
+from policies.compiled import Target, needs_difficulty, resolve
 from policies.errors import PolicyCompileError, PolicyLoadError
 from policies.schema import ALL_CAPABILITIES, PolicyFile
 from tests.policies.conftest import MINIMAL, THREE

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from policies.compile import NO_LIMITS, Limits, limits_for, resolve
+from policies.compiled import NO_LIMITS, Limits, limits_for, resolve
 from policies.errors import PolicyLoadError
 from policies.loader import build_policy
 from tests.policies.conftest import MINIMAL
