@@ -45,6 +45,7 @@ from router_models.routing import skill_from_mean
 
 F64 = npt.NDArray[np.float64]
 MIN_EXAMPLES = 50
+GROUP_BY = ("prompt", "task")  # what the comparison's folds keep together
 
 
 def _difficulty(est: Estimator, examples: Sequence[Example]) -> F64:
@@ -111,6 +112,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--folds", type=int, default=5, help="grouped folds of the comparison")
     p.add_argument(
+        "--group-by",
+        choices=GROUP_BY,
+        default="prompt",
+        help="what the comparison's folds keep together: 'prompt' (identical prompts; "
+        "default: will it route this traffic better, whose workflows repeat) or 'task' (a "
+        "--data row's task, a record's workflow tag: will it hold on workflows these labels "
+        "do not have)",
+    )
+    p.add_argument(
         "--task-tags",
         action="store_true",
         help="with --data: each row's task is its workflow tag, as if its client had sent "
@@ -123,6 +133,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="override one router_models.learner.LearnerParams field (repeatable)",
     )
+
+
+def regroup(examples: Sequence[Example], by: str) -> list[Example]:
+    """The examples with the comparison's group: ``prompt``, the signature's digest
+    (identical prompts share a fold); ``task``, a --data row's task or a record's workflow
+    tag (a record without one keeps its digest). ValueError for anything else."""
+    if by not in GROUP_BY:
+        raise ValueError(f"group by {by!r}: expected one of {', '.join(GROUP_BY)}")
+    if by == "prompt":
+        return [dataclasses.replace(e, group=e.sig.digest) for e in examples]
+    return [dataclasses.replace(e, group=e.tag or e.group) for e in examples]
 
 
 def learner_params(pairs: Sequence[str]) -> LearnerParams:
@@ -175,14 +196,16 @@ def main(args: argparse.Namespace) -> int:
         )
     params = learner_params(args.learner)
     base_heads = base.heads
+    grouped = regroup(examples, args.group_by)
     report = compare(
-        examples,
+        grouped,
         fit_for(base, params, args.seed),
         scorer(base, base_heads),
         folds=args.folds,
         seed=args.seed,
         prices=prices or None,
     )
+    report["group_by"] = args.group_by
     print(format_comparison(report))
     if not report["better"] and not args.force:
         print(
@@ -191,9 +214,9 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 3
-    d = _difficulty(base, examples)
+    d = _difficulty(base, grouped)
     heads = fit_heads(
-        examples, d, prior_from_estimator(base.skills, base.discrimination, d), params, args.seed
+        grouped, d, prior_from_estimator(base.skills, base.discrimination, d), params, args.seed
     )
     meta = {
         key: value

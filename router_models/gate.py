@@ -190,7 +190,13 @@ def format_comparison(report: Mapping[str, Any]) -> str:
     """A readable table of a `compare` report."""
     lines = [
         f"held-out comparison: {report['examples']} examples, {report['folds']} folds"
-        f" ({'grouped' if report['grouped'] else 'per example'})",
+        + (
+            " (per example)"
+            if not report["grouped"]
+            else f" (grouped by {report['group_by']})"
+            if "group_by" in report
+            else " (grouped)"
+        ),
         f"{'strong':28} {'weak':28} {'n':>6} {'new':>7} {'base':>7} {'length':>7} {'random':>7}",
     ]
     for p in report["pairs"]:

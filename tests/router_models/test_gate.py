@@ -52,7 +52,9 @@ def test_worse_scorer_is_not_better() -> None:
     assert rep["grouped"] and rep["pairs"] and rep["pairs"][0]["strong"] == "S"
     assert rep["mean_pair_apgr"]["new"] < rep["mean_pair_apgr"]["base"]
     json.dumps(rep)
-    assert "NOT better" in format_comparison(rep)
+    assert "NOT better" in format_comparison(rep) and "(grouped)" in format_comparison(rep)
+    assert "(grouped by task)" in format_comparison({**rep, "group_by": "task"})
+    assert "(per example)" in format_comparison({**rep, "grouped": False})
 
 
 def test_same_or_better_scorer_is_better() -> None:

@@ -286,3 +286,70 @@ def test_select_compares_recipes_leave_task_out(tmp_path, capsys):
     assert cli(["select", "--data", str(tmp_path / "s.jsonl"), "--folds", "2"]) == 0
     out = capsys.readouterr().out
     assert "2 task folds" in out and "ridge+trees+len0.5" in out and "oracle IRT" in out
+
+
+def _workflow_file(path: Path, per_task: int = 40) -> Path:
+    """A shared-format file of six workflows, each its own template; in even ones "small"
+    succeeds and "big" fails, in odd ones the other way round: which model wins is a
+    property of the workflow, which no other workflow tells."""
+    rng = np.random.default_rng(4)
+    topics = ["invoice", "weather", "poem", "contract", "recipe", "bugfix"]
+    with path.open("w", encoding="utf-8") as fh:
+        for t, topic in enumerate(topics):
+            for i in range(per_task):
+                prompt = f"Workflow {topic}: handle {topic} item {i} for customer {i % 7}."
+                models = {}
+                for m in ("small", "big"):
+                    good = (m == "small") == (t % 2 == 0)
+                    models[m] = {
+                        "score": float(rng.random() < (0.9 if good else 0.1)),
+                        "cost_usd": None,
+                        "input_tokens": None,
+                        "output_tokens": None,
+                        "output_chars": 80,
+                    }
+                row = {"id": f"wf:{t}:{i}", "source": "wf", "task": topic, "prompt": prompt}
+                fh.write(json.dumps({**row, "models": models}) + "\n")
+    prices = {
+        m: {"input_usd_per_mtok": a, "output_usd_per_mtok": b, "source": "test"}
+        for m, (a, b) in {"small": (0.1, 0.2), "big": (5.0, 15.0)}.items()
+    }
+    path.with_name(path.stem + ".models.json").write_text(json.dumps(prices), encoding="utf-8")
+    return path
+
+
+def test_the_gate_groups_by_prompt_by_default_and_by_task_on_request(
+    tmp_path, synth_artifact, capsys
+):
+    """The default asks whether the new router serves this traffic better (its workflows
+    repeat; identical prompts share a fold); --group-by task asks whether it holds on
+    workflows the labels do not have, which here it cannot."""
+    data = _workflow_file(tmp_path / "wf.jsonl")
+    base = ["--data", str(data), "--base", str(synth_artifact)]
+    assert train_main([*base, "--out", str(tmp_path / "by_prompt")]) == 0
+    out = capsys.readouterr().out
+    assert "grouped by prompt" in out and "verdict: better" in out
+    by_prompt = load_estimator(tmp_path / "by_prompt").metadata["adapted"]["comparison"]
+    assert by_prompt["group_by"] == "prompt"
+    rc = train_main([*base, "--out", str(tmp_path / "by_task"), "--group-by", "task", "--force"])
+    assert rc == 0 and "grouped by task" in capsys.readouterr().out
+    by_task = load_estimator(tmp_path / "by_task").metadata["adapted"]["comparison"]
+    assert by_task["group_by"] == "task" and by_task["grouped"] is True
+    # held-out workflows: the new router has nothing to go on; held-out prompts: it learnt
+    assert by_prompt["mean_brier"]["new"] < 0.15 < 0.25 < by_task["mean_brier"]["new"]
+    with pytest.raises(SystemExit) as exc:
+        train_main([*base, "--out", str(tmp_path / "x"), "--group-by", "tenant"])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_regroup() -> None:
+    from router_models.adapt import regroup
+    from router_models.learner import Example
+
+    sig = signature([{"role": "user", "content": "hi"}])
+    exs = [Example(sig=sig, labels={"a": 1.0}, group="t1", tag=""),
+           Example(sig=sig, labels={"a": 0.0}, group=sig.digest, tag="summarise")]  # fmt: skip
+    assert [e.group for e in regroup(exs, "prompt")] == [sig.digest, sig.digest]
+    assert [e.group for e in regroup(exs, "task")] == ["t1", "summarise"]
+    with pytest.raises(ValueError, match="group by"):
+        regroup(exs, "tenant")
