@@ -33,7 +33,6 @@ CLIENT_KEY = "sk-effgate-fuzz-client-7d41c2a9"
 PROVIDER_KEY = "sk-provider-fuzz-secret-3b9e0f55"
 PROVIDER_ENV = "EFFGATE_FUZZ_PROVIDER_KEY"
 AUTH = {"authorization": f"Bearer {CLIENT_KEY}"}
-SECRETS = (CLIENT_KEY, PROVIDER_KEY, PROVIDER_KEY.encode(), CLIENT_KEY.encode())
 FUZZ_EXAMPLES = 40  # per hypothesis test
 SCHEMA_EXAMPLES = 10  # per operation, in schemathesis's fuzzing phase (after its coverage phase)
 CHAT, EMB, EXPLAIN, FEEDBACK = (
@@ -52,6 +51,10 @@ def live(
     big_fake: FakeUpstreamHandle,
 ) -> Iterator[ServeProcess]:
     """One gateway process for the module: client keys, a provider key, input limits on."""
+    # the fakes are shared by the worker's session: clear faults an earlier module scripted
+    # (tests reset them as they start, not as they end; an inherited fault opens a circuit)
+    small_fake.reset()
+    big_fake.reset()
     tmp = tmp_path_factory.mktemp("fuzz")
     model = {"timeouts": SLOW_OK, "api_key_env": PROVIDER_ENV}
     policy = policy_dict(  # route auto (no bar), route routed (bar 0.8: the real estimator)

@@ -310,3 +310,9 @@ def test_odd_content_parts(client: httpx.Client) -> None:
                 post(client, CHAT, orjson.dumps(body))
                 post(client, EXPLAIN, orjson.dumps(body))
                 post(client, CHAT, orjson.dumps({**body, "stream": True}))
+
+
+def test_the_log_is_clean_so_far(live: ServeProcess) -> None:
+    log = live.log_text()
+    assert "Traceback" not in log, log[-4000:]
+    assert PROVIDER_KEY not in log and CLIENT_KEY not in log
