@@ -71,7 +71,7 @@ def _client(kind: str, upstream: str) -> Any:
         return aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
     if kind == "httptools":
         from gateway.upstreams.httptools_client import HttptoolsUpstream
-        from policies.compile import ModelEntry, Timeouts
+        from policies.compiled import ModelEntry, Timeouts
 
         entry = ModelEntry(
             id="small", provider="openai", base_url=upstream, upstream_model="mock-small",

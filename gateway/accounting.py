@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from policies.compile import ModelEntry
+from policies.compiled import ModelEntry
 
 
 @dataclass(frozen=True, slots=True)

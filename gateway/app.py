@@ -35,7 +35,7 @@ from gateway.state import AppState
 from gateway.tenants import Tenant, Tenants, TenantStore, plain_keys
 from gateway.tokens import TokenCounter
 from gateway.upstreams.pool import Factory, UpstreamPool, default_factory
-from policies.compile import CompiledPolicy
+from policies.compiled import CompiledPolicy
 from policies.store import PolicyStore
 
 log = logging.getLogger("effgate")

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from policies.compile import CompiledPolicy
+from policies.compiled import CompiledPolicy
 from policies.engine import Decision, RouteInput
 
 

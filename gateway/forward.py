@@ -34,7 +34,7 @@ from gateway.relay import RelayResponse, close_chunks, model_rewriter
 from gateway.shadow import answer_from_json
 from gateway.state import AppState
 from gateway.upstreams.base import Reply, Stream, Upstream
-from policies.compile import ModelEntry
+from policies.compiled import ModelEntry
 
 
 def _backoff(state: AppState, attempt: int, exc: BaseException) -> float:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from policies.compile import CompiledPolicy
+from policies.compiled import CompiledPolicy
 from policies.errors import PolicyLoadError
 from policies.store import PolicyStore
 

@@ -17,12 +17,17 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from policies.compiled import NO_LIMITS, CompiledRule, Limits, RouteEntry, ShadowEntry, Target
-
-# the compiled policy's types that most importers take from here, re-exported
-from policies.compiled import CompiledPolicy as CompiledPolicy
-from policies.compiled import ModelEntry as ModelEntry
-from policies.compiled import Timeouts as Timeouts
+from policies.compiled import (
+    NO_LIMITS,
+    CompiledPolicy,
+    CompiledRule,
+    Limits,
+    ModelEntry,
+    RouteEntry,
+    ShadowEntry,
+    Target,
+    Timeouts,
+)
 from policies.errors import Issue, Loc, PolicyCompileError
 from policies.prices import lookup
 from policies.schema import (

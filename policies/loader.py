@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from policies.compile import CompiledPolicy, compile_policy
+from policies.compile import compile_policy
+from policies.compiled import CompiledPolicy
 from policies.errors import Issue, Loc, PolicyCompileError, PolicyLoadError, format_loc
 from policies.schema import PolicyFile
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from policies.compile import CompiledPolicy, ModelEntry
+from policies.compiled import CompiledPolicy, ModelEntry
 from policies.engine import NoEligibleModel, RouteInput, decide, p_acceptable
 from policies.errors import PolicyLoadError
 from policies.loader import load_policy

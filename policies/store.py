@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Generic, Literal, TypeVar
 
-from policies.compile import CompiledPolicy
+from policies.compiled import CompiledPolicy
 from policies.errors import PolicyLoadError
 from policies.loader import build_policy, read_bytes
 

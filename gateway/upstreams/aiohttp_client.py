@@ -28,7 +28,7 @@ from gateway.errors import (
     upstream_status,
 )
 from gateway.upstreams.base import MAX_ERROR_BODY, Reply, Stream, encode_body, picked_headers
-from policies.compile import ModelEntry
+from policies.compiled import ModelEntry
 
 
 @contextmanager

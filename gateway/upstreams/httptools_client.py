@@ -38,7 +38,7 @@ import httptools
 
 from gateway.errors import ConnectFailed, ProtocolFailed, TimedOut, UpstreamError, upstream_status
 from gateway.upstreams.base import MAX_ERROR_BODY, PASS_HEADERS, Reply, Stream, encode_body
-from policies.compile import ModelEntry
+from policies.compiled import ModelEntry
 
 MAX_BODY = 64 * 1024 * 1024  # a JSON answer larger than this is not an LLM's
 HIGH_WATER = 1024 * 1024  # buffered stream bytes before the socket is paused

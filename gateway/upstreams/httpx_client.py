@@ -16,7 +16,7 @@ import httpx
 
 from gateway.errors import ConnectFailed, ProtocolFailed, TimedOut, upstream_status
 from gateway.upstreams.base import MAX_ERROR_BODY, Reply, Stream, encode_body, picked_headers
-from policies.compile import ModelEntry
+from policies.compiled import ModelEntry
 
 
 @contextmanager

@@ -20,7 +20,7 @@ import orjson
 from gateway.errors import ConnectFailed, ProtocolFailed, TimedOut, error_body, upstream_status
 from gateway.sse import DONE_EVENT, encode_event
 from gateway.upstreams.base import Reply, Stream
-from policies.compile import ModelEntry
+from policies.compiled import ModelEntry
 
 _CONTROL = ("model", "messages", "stream", "stream_options", "input")
 _lock = asyncio.Lock()

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 
 from gateway.upstreams.base import Upstream
-from policies.compile import CompiledPolicy, ModelEntry
+from policies.compiled import CompiledPolicy, ModelEntry
 
 log = logging.getLogger("effgate.upstreams")
 

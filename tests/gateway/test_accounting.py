@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from gateway.accounting import Usage, cost_usd, usage_from
 from gateway.records import iso
-from policies.compile import CompiledPolicy
+from policies.compiled import CompiledPolicy
 from policies.loader import build_policy
 from tests.fakes.servers import FakeUpstreamHandle
 from tests.gateway.conftest import GatewayFactory, PolicyFactory, chat, serve_scripted, sse_data

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from policies.compile import CompiledPolicy
+from policies.compiled import CompiledPolicy
 from policies.loader import build_policy
 
 MINIMAL = """\

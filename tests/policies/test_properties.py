@@ -7,7 +7,8 @@ from dataclasses import dataclass, replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.compile import CompiledPolicy, ModelEntry, compile_policy
+from policies.compile import compile_policy
+from policies.compiled import CompiledPolicy, ModelEntry
 from policies.engine import Decision, NoEligibleModel, RouteInput, decide
 from policies.schema import PolicyFile
 from tests.policies.fake_stats import FakeStats

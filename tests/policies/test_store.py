@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from policies.compile import CompiledPolicy
+from policies.compiled import CompiledPolicy
 from policies.store import PolicyLoadError, PolicyStore
 from tests.policies.conftest import MINIMAL, THREE
 

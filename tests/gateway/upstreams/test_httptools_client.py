@@ -20,7 +20,7 @@ import pytest
 
 from gateway.errors import ConnectFailed, ProtocolFailed, TimedOut, UpstreamStatusError
 from gateway.upstreams.httptools_client import HttptoolsUpstream
-from policies.compile import ModelEntry, Timeouts
+from policies.compiled import ModelEntry, Timeouts
 from tests.gateway.conftest import closed_port
 
 pytestmark = pytest.mark.anyio
