@@ -21,11 +21,14 @@ collector is set as `effgate serve` sets it (`gateway.cli.serve.tune_gc`).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.estimator import DEFAULT_DATA, bucket, chat_requests
@@ -53,7 +56,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--k", type=int, default=2000, help="rows of --adapt to fit on")
     args = parser.parse_args(argv)
 
-    from gateway.cli.serve import GC_THRESHOLDS, tune_gc
     from gateway.health import Health
     from gateway.scoring import EstimatorStore
     from gateway.tokens import TokenCounter
@@ -83,10 +85,6 @@ def main(argv: list[str]) -> int:
     tokens = TokenCounter.load()
     smallest = min(m.context_window for m in policy.models.values())
     requests = chat_requests(args.data or list(DEFAULT_DATA), args.n, args.seed)
-    # the collector as `effgate serve` sets it at start-up: what start-up built frozen, the
-    # young generation collected less often (Python's defaults add full-collection stalls
-    # that the gateway does not have)
-    tune_gc()
 
     wall: dict[str, list[float]] = {"estimator": [], "decide": [], "total": []}
     cpu: dict[str, list[float]] = {k: [] for k in wall}
@@ -95,33 +93,34 @@ def main(argv: list[str]) -> int:
     by_bucket: dict[str, dict[str, list[float]]] = {"wall": {}, "cpu": {}}
     chosen: dict[str, int] = {}
     warm = requests[:200]
-    for i, messages in enumerate(warm + requests):
-        c0, t0 = time.thread_time(), time.perf_counter()
-        text = prompt_text(messages)
-        difficulty, p, _ = scoring.score(policy, args.route, messages)
-        c1, t1 = time.thread_time(), time.perf_counter()
-        inp = RouteInput(
-            model=args.route,
-            difficulty=difficulty,
-            p=p,
-            prompt_text=text,
-            prompt_tokens=tokens.estimate_prompt(text, messages, smallest),
-        )
-        decision = decide(policy, inp, health)
-        c2, t2 = time.thread_time(), time.perf_counter()
-        if i < len(warm):
-            continue
-        for key, w, c in (
-            ("estimator", t1 - t0, c1 - c0),
-            ("decide", t2 - t1, c2 - c1),
-            ("total", t2 - t0, c2 - c0),
-        ):
-            wall[key].append(w)
-            cpu[key].append(c)
-        size = bucket(len(messages[1]["content"]))  # the user prompt, as estimator.py
-        by_bucket["wall"].setdefault(size, []).append(t2 - t0)
-        by_bucket["cpu"].setdefault(size, []).append(c2 - c0)
-        chosen[decision.model] = chosen.get(decision.model, 0) + 1
+    with _as_served() as thresholds:
+        for i, messages in enumerate(warm + requests):
+            c0, t0 = time.thread_time(), time.perf_counter()
+            text = prompt_text(messages)
+            difficulty, p, _ = scoring.score(policy, args.route, messages)
+            c1, t1 = time.thread_time(), time.perf_counter()
+            inp = RouteInput(
+                model=args.route,
+                difficulty=difficulty,
+                p=p,
+                prompt_text=text,
+                prompt_tokens=tokens.estimate_prompt(text, messages, smallest),
+            )
+            decision = decide(policy, inp, health)
+            c2, t2 = time.thread_time(), time.perf_counter()
+            if i < len(warm):
+                continue
+            for key, w, c in (
+                ("estimator", t1 - t0, c1 - c0),
+                ("decide", t2 - t1, c2 - c1),
+                ("total", t2 - t0, c2 - c0),
+            ):
+                wall[key].append(w)
+                cpu[key].append(c)
+            size = bucket(len(messages[1]["content"]))  # the user prompt, as estimator.py
+            by_bucket["wall"].setdefault(size, []).append(t2 - t0)
+            by_bucket["cpu"].setdefault(size, []).append(c2 - c0)
+            chosen[decision.model] = chosen.get(decision.model, 0) + 1
 
     typical = by_bucket["wall"].get("typical") or wall["total"]
     total_p99 = _pcts(typical)["p99"]
@@ -140,12 +139,29 @@ def main(argv: list[str]) -> int:
         "budget_p99_ms": BUDGET_MS,
         "typical_total_p99_within_budget": total_p99 <= BUDGET_MS,
         "chosen": dict(sorted(chosen.items(), key=lambda kv: -kv[1])),
-        "gc_thresholds": list(GC_THRESHOLDS),
+        "gc_thresholds": list(thresholds),
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
     }
     print(json.dumps(result, indent=1))
     return 0
+
+
+@contextlib.contextmanager
+def _as_served() -> Iterator[tuple[int, int, int]]:
+    """The garbage collector as `effgate serve` sets it at start-up (what start-up built
+    frozen, the young generation collected less often: Python's defaults add full-collection
+    stalls the gateway does not have), for the timed loop only: the setting is process-wide,
+    so the caller's is restored after (and everything frozen unfrozen)."""
+    from gateway.cli.serve import tune_gc
+
+    before = gc.get_threshold()
+    tune_gc()
+    try:
+        yield gc.get_threshold()
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
 
 
 def _adapted(data: Path, k: int, seed: int, tmp: Path) -> tuple[Path, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -12,8 +13,14 @@ from router_models import load_estimator
 
 
 def test_reports_every_stage_for_each_request(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli.serve import GC_THRESHOLDS
+
+    before = gc.get_threshold()
     assert routing.main(["--n", "60", "--route", "auto"]) == 0
     out = json.loads(capsys.readouterr().out)
+    # timed with the collector as effgate serve sets it, and this process's setting back
+    assert out["gc_thresholds"] == list(GC_THRESHOLDS)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
     assert out["requests"] == 60
     for table in (out["wall_ms"], out["cpu_ms"]):
         assert set(table) == {"estimator", "decide", "total"}
