@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -45,7 +45,8 @@ from router_models.routing import skill_from_mean
 
 F64 = npt.NDArray[np.float64]
 MIN_EXAMPLES = 50
-GROUP_BY = ("prompt", "task")  # what the comparison's folds keep together
+GroupBy = Literal["prompt", "task"]  # what grouped validation keeps together
+GROUP_BY: tuple[GroupBy, ...] = get_args(GroupBy)
 
 
 def _difficulty(est: Estimator, examples: Sequence[Example]) -> F64:
@@ -115,10 +116,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--group-by",
         choices=GROUP_BY,
         default="prompt",
-        help="what the comparison's folds keep together: 'prompt' (identical prompts; "
-        "default: will it route this traffic better, whose workflows repeat) or 'task' (a "
-        "--data row's task, a record's workflow tag: will it hold on workflows these labels "
-        "do not have)",
+        help="what the comparison's folds (and select=1's inner folds) keep together: "
+        "'prompt' (identical prompts; default: will it route this traffic better, whose "
+        "workflows repeat) or 'task' (a --data row's task, a record's workflow tag: will it "
+        "hold on workflows these labels do not have)",
     )
     p.add_argument(
         "--task-tags",
@@ -135,14 +136,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def regroup(examples: Sequence[Example], by: str) -> list[Example]:
-    """The examples with the comparison's group: ``prompt``, the signature's digest
-    (identical prompts share a fold); ``task``, a --data row's task or a record's workflow
-    tag (a record without one keeps its digest). ValueError for anything else."""
+def regroup(examples: Sequence[Example], by: GroupBy) -> list[Example]:
+    """The examples with the group of every grouped validation (the comparison's folds, and
+    select=1's inner ones): ``prompt``, the signature's digest (identical prompts share a
+    fold; a signature made without one keeps its group); ``task``, a --data row's task or a
+    record's workflow tag (a record without one keeps its digest). ValueError otherwise."""
     if by not in GROUP_BY:
         raise ValueError(f"group by {by!r}: expected one of {', '.join(GROUP_BY)}")
     if by == "prompt":
-        return [dataclasses.replace(e, group=e.sig.digest) for e in examples]
+        return [dataclasses.replace(e, group=e.sig.digest or e.group) for e in examples]
     return [dataclasses.replace(e, group=e.tag or e.group) for e in examples]
 
 

@@ -188,15 +188,11 @@ def _many(
 
 def format_comparison(report: Mapping[str, Any]) -> str:
     """A readable table of a `compare` report."""
+    how = "grouped" if report["grouped"] else "per example"
+    if report["grouped"] and "group_by" in report:
+        how = f"grouped by {report['group_by']}"
     lines = [
-        f"held-out comparison: {report['examples']} examples, {report['folds']} folds"
-        + (
-            " (per example)"
-            if not report["grouped"]
-            else f" (grouped by {report['group_by']})"
-            if "group_by" in report
-            else " (grouped)"
-        ),
+        f"held-out comparison: {report['examples']} examples, {report['folds']} folds ({how})",
         f"{'strong':28} {'weak':28} {'n':>6} {'new':>7} {'base':>7} {'length':>7} {'random':>7}",
     ]
     for p in report["pairs"]:
