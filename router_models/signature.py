@@ -122,10 +122,11 @@ def _bucket_ids(b: U64, isw: npt.NDArray[np.bool_]) -> U64:
     16 bits of h * odd).
 
     A word's hash is that of b[i:j] for consecutive edges i < j of the word mask: the byte
-    before the word through its second-to-last byte (so "cat" and "cap" share a word
-    bucket; their character n-grams tell them apart). That is what version 1 defines, and
-    records and heads depend on it: a fix waits for a new SIGNATURE_VERSION (measured at
-    K = 2,000: no change in the learner's figures, docs/learner.md)."""
+    before the word through its second-to-last byte (so "cat" and "cap" share a word bucket,
+    as does every one-letter word after a space; character n-grams tell them apart). That is
+    what version 1 defines, and records and heads depend on it: a fix waits for a new
+    SIGNATURE_VERSION (measured at K = 2,000: no change in the learner's figures,
+    docs/learner.md)."""
     n = b.shape[0]
     # prefix sums g[k] = sum_{t<k} b[t] P^-t; the hash of b[i:j] is P^(j-1) (g[j] - g[i])
     g = np.zeros(n + 1, dtype=np.uint64)

@@ -149,6 +149,14 @@ PINNED: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None, str]] = [
         [{"type": "function", "function": {"name": "lookup"}}],
         "9aa957740c11311f21fb78fa",
     ),
+    # more than MAX_ENTRIES distinct buckets: the consistent sample decides which stay
+    (
+        [{"role": "user", "content": " ".join(f"w{i * 7919 % 10007}" for i in range(700))}],
+        None,
+        "b26acba4c92da2ec39a07e00",
+    ),
+    # one segment, counts past MAX_COUNT (clipped)
+    ([{"role": "user", "content": "ab " * 1300}], None, "6c8b6b63b727929e8d195817"),
 ]
 
 
@@ -159,9 +167,11 @@ def test_version_1_mapping_is_pinned() -> None:
 
     from router_models.signature import SIGNATURE_VERSION
 
-    got = []
-    for messages, tools, _ in PINNED:
-        blob = json.dumps(signature(messages, tools).to_json(), sort_keys=True).encode()
-        got.append(hashlib.sha256(blob).hexdigest()[:24])
     assert SIGNATURE_VERSION == 1
-    assert got == [want for _, _, want in PINNED]
+    for k, (messages, tools, want) in enumerate(PINNED):
+        sig = signature(messages, tools)
+        blob = json.dumps(sig.to_json(), sort_keys=True).encode()
+        assert hashlib.sha256(blob).hexdigest()[:24] == want, (k, sig.ids.size, sig.digest)
+    big = signature(PINNED[3][0])
+    assert big.ids.size == MAX_ENTRIES  # the cases reach what they are there for
+    assert signature(PINNED[4][0]).counts.max() == 255
