@@ -32,7 +32,7 @@ import httpx
 import orjson
 
 from benchmarks.loadgen import build_request, run
-from benchmarks.procs import Proc, free_port, spawn
+from benchmarks.procs import Proc, free_port, spawn, status_kb
 from benchmarks.scenarios import MESSAGES, policy_yaml
 from benchmarks.standin import default_estimator_error, write_standin
 
@@ -47,16 +47,7 @@ def rss_reader(pid: int) -> Callable[[], int]:
     except ImportError:
         pass
 
-    def from_proc() -> int:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
-
-    return from_proc
+    return lambda: status_kb(pid, "VmRSS") * 1024
 
 
 def slope_mb_per_min(points: list[tuple[float, int]]) -> float:

@@ -94,6 +94,16 @@ def free_port() -> int:
     raise RuntimeError("no free port in 20000-32000")
 
 
+def status_kb(pid: int, field: str) -> int:
+    """A ``kB`` field of ``/proc/<pid>/status`` (VmRSS, VmHWM); 0 when it cannot be read."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    m = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(m.group(1)) if m else 0
+
+
 @dataclass(frozen=True, slots=True)
 class Proc:
     name: str
@@ -106,13 +116,7 @@ class Proc:
         return self.popen.pid
 
     def status_kb(self, field: str) -> int:
-        """A ``kB`` field of ``/proc/<pid>/status`` (VmRSS, VmHWM); 0 when it cannot be read."""
-        try:
-            text = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return 0
-        m = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-        return int(m.group(1)) if m else 0
+        return status_kb(self.pid, field)
 
     def tail(self, lines: int = 20) -> str:
         try:

@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 import yaml
 
-from benchmarks.procs import Proc, free_port, spawn
+from benchmarks.procs import Proc, free_port, spawn, status_kb
 from gateway.tenants import digest, new_key
 
 FAULTS = (
@@ -115,16 +115,6 @@ def tenants(n: int, budget_small: float) -> tuple[dict[str, Any], dict[str, str]
             }
         )
     return {"version": 1, "tenants": spec, "admin_keys_sha256": [digest(admin)]}, keys, admin
-
-
-def rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 class Redis:
@@ -304,13 +294,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError("gateway did not become ready")
             time.sleep(0.1)
         t_start = time.monotonic()
-        soak.rss.append((0.0, rss_kb(gateway.pid)))
+        soak.rss.append((0.0, status_kb(gateway.pid, "VmRSS")))
         stop_sampling = False
 
         async def sample() -> None:
             while not stop_sampling:
                 await asyncio.sleep(1.0)
-                soak.rss.append((time.monotonic() - t_start, rss_kb(gateway.pid)))
+                soak.rss.append((time.monotonic() - t_start, status_kb(gateway.pid, "VmRSS")))
 
         def restart_redis(now: float) -> None:
             if args.redis_restart_at >= 1:

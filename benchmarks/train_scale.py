@@ -27,14 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.learning_curve import DEFAULT_DATA
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from benchmarks.procs import status_kb
 
 
 def one(n: int, paths: list[Path], exact: bool) -> dict[str, object]:
@@ -61,7 +54,7 @@ def one(n: int, paths: list[Path], exact: bool) -> dict[str, object]:
     params = LearnerParams()
     if exact:
         params = dataclasses.replace(params, exact_kernel_max=n)
-    before = _rss_mb()
+    before = status_kb(os.getpid(), "VmRSS") / 1024
     start = time.perf_counter()
     heads = fit_heads(examples, d, prior_from_estimator(est.skills, est.discrimination, d), params)
     seconds = time.perf_counter() - start
