@@ -214,7 +214,8 @@ def fit_neighbours(
     ``p_oof``: (n, M) each example's P from heads that did not see its fold (``fold``), in
     ``heads.models`` order; ``params``: knn (the k to choose from), knn_alpha, knn_max_df,
     knn_max_refs. The k whose blend has the least held-out log loss is used when it beats
-    the heads by more than two standard errors (paired, per labelled pair)."""
+    the heads by more than two standard errors of that gain (taken over examples: an
+    example's pairs share its neighbours)."""
     from router_models.design import example_labels
 
     n = len(examples)
@@ -263,7 +264,7 @@ def fit_neighbours(
         # an example's pairs share its neighbours: the standard error is over examples
         per = gain.sum(axis=1)
         mean = float(per.sum()) / pairs
-        if n > 1 and mean > best_gain:
+        if mean > best_gain:  # n >= 2 here
             best_k, best_gain = k, mean
             best_se = float(per.std(ddof=1) * math.sqrt(n)) / pairs
     # the smallest k wins ties; a blend must beat the heads by two standard errors (the

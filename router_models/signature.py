@@ -155,7 +155,7 @@ def _distinct(ids: U64) -> tuple[I64, I64]:
     edge[0] = edge[-1] = True
     np.not_equal(s[1:], s[:-1], out=edge[1:-1])
     at = np.flatnonzero(edge)
-    return s[at[:-1]].astype(np.int64), np.diff(at).astype(np.int64)
+    return s[at[:-1]].astype(np.int64), np.diff(at).astype(np.int64, copy=False)
 
 
 def _capped(segments: list[tuple[int, str]]) -> list[tuple[int, bytes]]:
@@ -340,7 +340,7 @@ def hashed_ngrams(segments: list[tuple[int, str]]) -> tuple[I64, I64]:
     if uniq.size > MAX_ENTRIES:
         keep = np.sort(np.argpartition(_PRIORITY[uniq], MAX_ENTRIES)[:MAX_ENTRIES])
         uniq, counts = uniq[keep], counts[keep]
-    return uniq, np.minimum(counts, MAX_COUNT).astype(np.int64)
+    return uniq, np.minimum(counts, MAX_COUNT, out=counts)
 
 
 def signature(
