@@ -2,7 +2,7 @@
 
     python -m benchmarks.learning_curve [--data FILE ...] [--k 100 300 1000 3000 2000]
         [--regime full bandit] [--seeds N] [--json OUT] [--no-tfidf] [--latency-only]
-        [--learner NAME=VALUE ...] [--task-tags]
+        [--learner NAME=VALUE ...] [--task-tags | --tag-field FIELD]
 
 Protocol, per file, K and seed: draw K labelled prompts at random (seeded), train on them,
 evaluate on the rest. Regimes: `full` (every model's label of the K prompts) and `bandit`
@@ -28,6 +28,9 @@ grouped CV on that fit's training draw; the choice is reported as `params`).
 `--task-tags`: the learner also sees each row's `task` as the request's workflow tag, as a
 deployment whose clients send `x-effgate-task` would (training and evaluation alike); the
 other routers never see it. Without it (the default) every router sees the prompt only.
+`--tag-field FIELD` takes the tag from another field of the file's rows: `task` (the same as
+`--task-tags`) or `meta.KEY` (e.g. `meta.src`, mmlu_pro's source dataset: how much knowing
+the exact workflow would be worth).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def _quiet_threads() -> None:
 class FileData:
     """One labelled file, prepared once: rows, labels, signatures, prior difficulty."""
 
-    def __init__(self, path: Path, tags: bool = False) -> None:
+    def __init__(self, path: Path, tag_field: str = "") -> None:
         from router_models import load_estimator, routing
         from router_models.data import label_matrix, load_dataset
         from router_models.features import prompt_text
@@ -74,7 +77,12 @@ class FileData:
         self.labels = label_matrix(self.rows)
         self.est = load_estimator()
         self.d = self.est.difficulties([list(r.messages) for r in self.rows])
-        self.examples = examples_from_rows(self.rows, tags=tags)
+        self.examples = examples_from_rows(self.rows)
+        if tag_field:
+            tags = row_tags(path, self.rows, tag_field)
+            self.examples = [
+                dataclasses.replace(e, tag=t) for e, t in zip(self.examples, tags, strict=True)
+            ]
         self.texts = [prompt_text(list(r.messages)) for r in self.rows]
         self.length = np.log1p(np.array([r.prompt_chars for r in self.rows], dtype=np.float64))
         self.strong, self.weak = routing.default_pair(self.labels, self.prices)
@@ -84,6 +92,24 @@ class FileData:
     def prior_logit(self, model: str, idx: npt.NDArray[np.intp]) -> F64 | None:
         s = self.est.skills.get(model)
         return None if s is None else self.est.discrimination * (s - self.d[idx])
+
+
+def row_tags(path: Path, rows: Sequence[Any], field: str) -> list[str]:
+    """Each row's workflow tag from ``field``: ``task``, or ``meta.KEY`` read from the file
+    (rows without it get "", no tag)."""
+    if field == "task":
+        return [str(r.task) for r in rows]
+    if not field.startswith("meta.") or len(field) == len("meta."):
+        raise ValueError(f"tag field must be 'task' or 'meta.KEY', not {field!r}")
+    key = field[len("meta.") :]
+    meta: dict[str, str] = {}
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                obj = json.loads(line)
+                value = (obj.get("meta") or {}).get(key)
+                meta[str(obj.get("id"))] = "" if value is None else str(value)
+    return [meta.get(r.id, "") for r in rows]
 
 
 def bandit_labels(
@@ -445,6 +471,12 @@ def main(argv: list[str]) -> int:
         help="the learner sees each row's task as the workflow tag (x-effgate-task)",
     )
     parser.add_argument(
+        "--tag-field",
+        default="",
+        metavar="FIELD",
+        help="the workflow tag from this field instead: task or meta.KEY (e.g. meta.src)",
+    )
+    parser.add_argument(
         "--learner",
         action="append",
         default=[],
@@ -459,7 +491,12 @@ def main(argv: list[str]) -> int:
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     start = time.perf_counter()
-    files = [FileData(p, tags=args.task_tags) for p in (args.data or list(DEFAULT_DATA))]
+    tag_field = args.tag_field or ("task" if args.task_tags else "")
+    if tag_field not in ("", "task") and not (
+        tag_field.startswith("meta.") and len(tag_field) > len("meta.")
+    ):
+        parser.error(f"--tag-field must be task or meta.KEY, not {tag_field!r}")
+    files = [FileData(p, tag_field) for p in (args.data or list(DEFAULT_DATA))]
     print(f"prepared {len(files)} files in {time.perf_counter() - start:.1f}s", flush=True)
     results: list[dict[str, Any]] = []
     if not args.latency_only:
@@ -483,6 +520,7 @@ def main(argv: list[str]) -> int:
         out = {"runs": results, "mean": agg, "latency": lat, "total_s": total}
         out["learner"] = args.learner
         out["task_tags"] = args.task_tags
+        out["tag_field"] = tag_field
         args.json.write_text(
             json.dumps(out, indent=1),
             encoding="utf-8",
