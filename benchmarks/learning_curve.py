@@ -2,7 +2,7 @@
 
     python -m benchmarks.learning_curve [--data FILE ...] [--k 100 300 1000 3000 2000]
         [--regime full bandit] [--seeds N] [--json OUT] [--no-tfidf] [--latency-only]
-        [--learner NAME=VALUE ...] [--task-tags | --tag-field FIELD]
+        [--learner NAME=VALUE ...] [--task-tags | --tag-field FIELD] [--system-prompts FILE]
 
 Protocol, per file, K and seed: draw K labelled prompts at random (seeded), train on them,
 evaluate on the rest. Regimes: `full` (every model's label of the K prompts) and `bandit`
@@ -31,6 +31,12 @@ other routers never see it. Without it (the default) every router sees the promp
 `--tag-field FIELD` takes the tag from another field of the file's rows: `task` (the same as
 `--task-tags`) or `meta.KEY` (e.g. `meta.src`, mmlu_pro's source dataset: how much knowing
 the exact workflow would be worth).
+
+`--system-prompts FILE.json`: every row is sent with its task's system prompt (a JSON object
+of task -> text; `"*"` for every other task, with `{task}` filled in), as a deployment whose
+workflows each have their own system prompt would send it; every router sees it (the length
+router and the cost estimate still read the user prompt's length). `benchmarks/system_prompts/`
+holds one file per shared data file.
 """
 
 from __future__ import annotations
@@ -64,7 +70,9 @@ def _quiet_threads() -> None:
 class FileData:
     """One labelled file, prepared once: rows, labels, signatures, prior difficulty."""
 
-    def __init__(self, path: Path, tag_field: str = "") -> None:
+    def __init__(
+        self, path: Path, tag_field: str = "", system_prompts: Mapping[str, str] | None = None
+    ) -> None:
         from router_models import load_estimator, routing
         from router_models.data import label_matrix, load_dataset
         from router_models.features import prompt_text
@@ -73,6 +81,8 @@ class FileData:
         ds = load_dataset([path])
         self.name = path.stem
         self.rows = ds.rows
+        if system_prompts:
+            self.rows = with_system_prompts(self.rows, system_prompts)
         self.prices = ds.prices
         self.labels = label_matrix(self.rows)
         self.est = load_estimator()
@@ -92,6 +102,32 @@ class FileData:
     def prior_logit(self, model: str, idx: npt.NDArray[np.intp]) -> F64 | None:
         s = self.est.skills.get(model)
         return None if s is None else self.est.discrimination * (s - self.d[idx])
+
+
+def with_system_prompts(rows: Sequence[Any], prompts: Mapping[str, str]) -> tuple[Any, ...]:
+    """The rows, each sent with its task's system prompt: ``prompts[task]``, else
+    ``prompts["*"]`` with ``{task}`` replaced by the task; rows with neither are unchanged.
+    Their prompt_chars (the length router's input, and the cost estimate's where the file has
+    no token counts) stay the user prompt's."""
+    out = []
+    for r in rows:
+        text = prompts.get(str(r.task))
+        if text is None and "*" in prompts:
+            text = prompts["*"].replace("{task}", str(r.task))
+        if text:
+            r = dataclasses.replace(r, messages=({"role": "system", "content": text}, *r.messages))
+        out.append(r)
+    return tuple(out)
+
+
+def load_system_prompts(path: Path) -> dict[str, str]:
+    """A JSON object of task -> system prompt ("*": every other task, "{task}" filled in)."""
+    obj = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(obj, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in obj.items()
+    ):
+        raise ValueError(f"{path}: expected a JSON object of task -> system prompt text")
+    return obj
 
 
 def row_tags(path: Path, rows: Sequence[Any], field: str) -> list[str]:
@@ -477,6 +513,12 @@ def main(argv: list[str]) -> int:
         help="the workflow tag from this field instead: task or meta.KEY (e.g. meta.src)",
     )
     parser.add_argument(
+        "--system-prompts",
+        type=Path,
+        metavar="FILE.json",
+        help="send each row with its task's system prompt (task -> text; '*' for the rest)",
+    )
+    parser.add_argument(
         "--learner",
         action="append",
         default=[],
@@ -496,7 +538,11 @@ def main(argv: list[str]) -> int:
         tag_field.startswith("meta.") and len(tag_field) > len("meta.")
     ):
         parser.error(f"--tag-field must be task or meta.KEY, not {tag_field!r}")
-    files = [FileData(p, tag_field) for p in (args.data or list(DEFAULT_DATA))]
+    try:
+        system = load_system_prompts(args.system_prompts) if args.system_prompts else None
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
+    files = [FileData(p, tag_field, system) for p in (args.data or list(DEFAULT_DATA))]
     print(f"prepared {len(files)} files in {time.perf_counter() - start:.1f}s", flush=True)
     results: list[dict[str, Any]] = []
     if not args.latency_only:
@@ -521,6 +567,7 @@ def main(argv: list[str]) -> int:
         out["learner"] = args.learner
         out["task_tags"] = args.task_tags
         out["tag_field"] = tag_field
+        out["system_prompts"] = str(args.system_prompts or "")
         args.json.write_text(
             json.dumps(out, indent=1),
             encoding="utf-8",

@@ -50,3 +50,43 @@ def test_cli_refuses_an_unknown_tag_field(
         learning_curve.main(["--data", str(tmp_path / "none.jsonl"), "--tag-field", field])
     assert exc.value.code == 2
     assert "--tag-field must be task or meta.KEY" in capsys.readouterr().err
+
+
+def test_system_prompts_by_task_with_a_default(tmp_path: Path) -> None:
+    from router_models.data import Row
+
+    rows = [
+        Row("s:1", "s", "math", ({"role": "user", "content": "1+1?"},), {}, 4),
+        Row("s:2", "s", "law", ({"role": "user", "content": "Is it legal?"},), {}, 12),
+    ]
+    out = learning_curve.with_system_prompts(rows, {"math": "You do sums.", "*": "About {task}."})
+    assert [m["content"] for m in out[0].messages] == ["You do sums.", "1+1?"]
+    assert out[1].messages[0] == {"role": "system", "content": "About law."}
+    assert [r.prompt_chars for r in out] == [4, 12]  # the user prompt's length, as before
+    # no entry and no "*": unchanged
+    assert learning_curve.with_system_prompts(rows, {"bio": "x"}) == tuple(rows)
+
+
+def test_shipped_system_prompt_files_load(tmp_path: Path) -> None:
+    shipped = Path(learning_curve.__file__).parent / "system_prompts"
+    files = sorted(shipped.glob("*.json"))
+    assert [f.stem for f in files] == ["llmrouter_train", "mmlu_pro"]
+    for f in files:
+        prompts = learning_curve.load_system_prompts(f)
+        assert prompts and all(v.strip() for v in prompts.values())
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"math": 3}', encoding="utf-8")
+    with pytest.raises(ValueError, match="task -> system prompt"):
+        learning_curve.load_system_prompts(bad)
+
+
+def test_cli_refuses_a_bad_system_prompt_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]", encoding="utf-8")
+    for arg in (bad, tmp_path / "missing.json"):
+        with pytest.raises(SystemExit) as exc:
+            learning_curve.main(["--data", str(tmp_path / "d.jsonl"), "--system-prompts", str(arg)])
+        assert exc.value.code == 2
+    assert "expected a JSON object" in capsys.readouterr().err
