@@ -70,7 +70,7 @@ def test_system_prompts_by_task_with_a_default(tmp_path: Path) -> None:
 def test_shipped_system_prompt_files_load(tmp_path: Path) -> None:
     shipped = Path(learning_curve.__file__).parent / "system_prompts"
     files = sorted(shipped.glob("*.json"))
-    assert [f.stem for f in files] == ["llmrouter_train", "mmlu_pro"]
+    assert [f.stem for f in files] == ["llmrouter_train", "llmrouter_train_boilerplate", "mmlu_pro"]
     for f in files:
         prompts = learning_curve.load_system_prompts(f)
         assert prompts and all(v.strip() for v in prompts.values())
