@@ -12,6 +12,7 @@ shapes, non-finite numbers) raises `ArtifactError`, never a half-loaded estimato
 from __future__ import annotations
 
 import json
+import logging
 import math
 import zipfile
 from collections.abc import Mapping
@@ -23,7 +24,9 @@ import numpy as np
 
 from router_models.data import sha256_file
 from router_models.estimator import Estimator, Trees, Weights
-from router_models.features import FEATURE_VERSION
+from router_models.features import COMPATIBLE_FEATURE_VERSIONS, FEATURE_VERSION
+
+log = logging.getLogger("effgate.artifact")
 
 if TYPE_CHECKING:
     from router_models.heads import Heads
@@ -108,10 +111,19 @@ def _read_metadata(directory: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise ArtifactError(f"{path}: expected a JSON object")
     version = meta.get("feature_version")
-    if version != FEATURE_VERSION:
+    if version not in COMPATIBLE_FEATURE_VERSIONS:
         raise ArtifactError(
             f"{path}: feature version {version!r}, this code computes {FEATURE_VERSION!r}; "
             "retrain the artifact with `effgate train`"
+        )
+    if version != FEATURE_VERSION and "heads" in meta:
+        log.warning(
+            "%s: heads fitted under feature version %s; requests with a system prompt now "
+            "map as version %s does: refit them (`effgate train`) if the recorded traffic "
+            "had system prompts",
+            path,
+            version,
+            FEATURE_VERSION,
         )
     return meta
 

@@ -4,7 +4,14 @@ A request (OpenAI chat messages) becomes one `Features`: a small dense vector of
 structure signals (length, numbers, maths, code, answer form, reasoning load, turns,
 tools, language). Topic n-grams were dropped in version 5: under leave-task-out
 validation they did not help (docs/estimator.md), and they cost most of the latency.
-Bump `FEATURE_VERSION` whenever anything here changes what a request maps to.
+Version 6: the text features read the user turns (all prompt text where there is no user
+turn); a system or developer prompt counts only through `has_system` and `log_system_chars`.
+A workflow's system prompt is the same on each of its requests and often long, and the
+estimator is fitted on prompts without one: read with the user's text, 2,347 characters of
+house rules made every request look long and hard to it (docs/estimator.md, "Cold start").
+Requests without a system or developer message map as in version 5
+(`COMPATIBLE_FEATURE_VERSIONS`). Bump `FEATURE_VERSION` whenever anything here changes what
+a request maps to.
 """
 
 from __future__ import annotations
@@ -18,7 +25,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-FEATURE_VERSION = "5"
+FEATURE_VERSION = "6"
+# Artifacts fitted under these versions load: version 5 maps every request without a system
+# or developer message exactly as 6 does (heads fitted on recorded traffic with system
+# prompts are better refitted; the loader says so).
+COMPATIBLE_FEATURE_VERSIONS = frozenset({"5", "6"})
 # the pattern passes read at most this much text (head and tail); lengths count everything
 TEXT_CAP = 6000
 
@@ -153,6 +164,17 @@ def prompt_text(messages: Iterable[Any]) -> str:
     return "\n".join(texts)
 
 
+def user_text(messages: Iterable[Any]) -> str:
+    """The user turns' text (a message without a role is the user's), parts joined."""
+    texts: list[str] = []
+    for message in messages:
+        if isinstance(message, Mapping) and message.get("role", "user") == "user":
+            text = _content_text(message.get("content"))
+            if text:
+                texts.append(text)
+    return "\n".join(texts)
+
+
 def _line_starts(raw: bytes) -> list[int]:
     starts, i = [0], raw.find(b"\n")
     while i >= 0:
@@ -212,7 +234,8 @@ def extract(messages: Sequence[Any]) -> Features:
     if not isinstance(messages, Sequence) or isinstance(messages, str | bytes):
         messages = []
     dicts = [m for m in messages if isinstance(m, Mapping)]
-    text = prompt_text(dicts)
+    # the request's own text: the user turns; a request of system text only is read whole
+    text = user_text(dicts) or prompt_text(dicts)
     roles = [m.get("role", "user") for m in dicts]
     system_chars = sum(
         len(_content_text(m.get("content")))

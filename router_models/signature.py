@@ -37,7 +37,11 @@ import numpy.typing as npt
 
 from router_models.features import N_DENSE, _content_text, extract
 
-SIGNATURE_VERSION = 1
+SIGNATURE_VERSION = 2
+# Version 1 differs only in the dense part of requests with a system or developer message
+# (feature version 5 read their text with the user's); its records still load, so the labels
+# they carry are kept.
+READABLE_SIGNATURE_VERSIONS = (1, 2)
 WORD_BUCKETS = 1 << 16
 CHAR_BUCKETS = 1 << 16
 N_BUCKETS = WORD_BUCKETS + CHAR_BUCKETS
@@ -124,7 +128,7 @@ def _bucket_ids(b: U64, isw: npt.NDArray[np.bool_]) -> U64:
     A word's hash is that of b[i:j] for consecutive edges i < j of the word mask: the byte
     before the word through its second-to-last byte (so "cat" and "cap" share a word bucket,
     as does every one-letter word after a space; character n-grams tell them apart). That is
-    what version 1 defines, and records and heads depend on it: a fix waits for a new
+    what versions 1 and 2 define, and records and heads depend on it: a fix waits for a new
     SIGNATURE_VERSION (measured at K = 2,000: no change in the learner's figures,
     docs/learner.md)."""
     n = b.shape[0]
@@ -214,7 +218,7 @@ class Signature:
         expected = {"v", "dense", "ids", "more", "n_chars", "digest"}
         if set(obj) != expected:
             raise ValueError(f"signature keys must be {sorted(expected)}")
-        if obj["v"] != SIGNATURE_VERSION or isinstance(obj["v"], bool):
+        if obj["v"] not in READABLE_SIGNATURE_VERSIONS or isinstance(obj["v"], bool):
             raise ValueError(f"unsupported signature version {obj['v']!r}")
         dense_raw = obj["dense"]
         if not isinstance(dense_raw, list) or len(dense_raw) != N_DENSE:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from gateway.shadow import answer_from_events, judge_messages, parse_grades
+from router_models.signature import SIGNATURE_VERSION
 from tests.fakes.servers import FakeUpstreamHandle, serve_fake_upstream
 from tests.gateway.conftest import (
     TIMEOUTS,
@@ -164,7 +165,7 @@ def test_a_shadowed_request_on_a_route_without_a_bar_keeps_its_signature(
     rid = r.headers["x-effgate-request-id"]
     assert {rec["request_id"] for rec in _labels(gw, 2)} == {rid}
     (req,) = [rec for rec in gw.records() if rec["type"] == "request"]
-    assert req["decision"]["difficulty"] is None and req["signature"]["v"] == 1
+    assert req["decision"]["difficulty"] is None and req["signature"]["v"] == SIGNATURE_VERSION
 
 
 def test_budget_cap_holds(

@@ -201,3 +201,39 @@ def test_refuses_trees_deeper_than_the_runtime_supports():
     w = Weights(np.zeros(N_DENSE), np.ones(N_DENSE), np.zeros(N_DENSE), 0.0, trees=trees)
     with pytest.raises(ValueError, match="tree depth"):
         Estimator(w, skills={}, discrimination=1.0)
+
+
+def test_loads_feature_version_5_and_warns_only_for_heads(tmp_path, caplog):
+    """Version 5 maps every request without a system prompt as 6 does: its artifacts load;
+    heads fitted under it (on recorded traffic that may have had system prompts) are
+    flagged for a refit."""
+    import logging
+
+    from router_models.learner import Example, fit_heads
+    from router_models.signature import signature
+
+    texts = [f"question {i} about {'cats' if i % 2 else 'tax law'}" for i in range(40)]
+    examples = [
+        Example(signature([{"role": "user", "content": t}]), {"m": float(i % 2)}, "g")
+        for i, t in enumerate(texts)
+    ]
+    heads = fit_heads(examples, np.zeros(40), lambda m: np.zeros(40))
+    plain = _save(tmp_path)
+    with_heads = save_artifact(
+        tmp_path / "heads",
+        _weights(),
+        skills={"m": 0.7},
+        discrimination=1.7,
+        metadata={"note": "test"},
+        heads=heads,
+    )
+    for path in (plain, with_heads):
+        meta = json.loads((path / METADATA).read_text())
+        meta["feature_version"] = "5"
+        (path / METADATA).write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger="effgate.artifact"):
+        assert load_estimator(plain).metadata["feature_version"] == "5"
+        assert not caplog.records
+        est = load_estimator(with_heads)
+    assert est.heads is not None and est.heads.index("m") is not None
+    assert len(caplog.records) == 1 and "refit" in caplog.records[0].getMessage()

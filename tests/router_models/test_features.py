@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 
-from router_models.features import DENSE_NAMES, N_DENSE, extract, prompt_text
+from router_models.features import DENSE_NAMES, N_DENSE, extract, prompt_text, user_text
 
 
 def _dense(messages) -> dict[str, float]:
@@ -100,3 +100,23 @@ def test_huge_input_is_capped_but_measured():
     # pattern passes read a bounded head and tail: 2 MB costs about what 6 kB does
     assert dense["log_words"] < np.log1p(2_000)
     assert elapsed < 0.05
+
+
+def test_text_features_read_the_user_turns_not_the_system_prompt():
+    """Feature version 6: a system (or developer) prompt, the same on every request of a
+    workflow and often long, counts only through has_system and log_system_chars."""
+    user = {"role": "user", "content": "What is 12 * 7? Answer briefly."}
+    rules = "Follow these rules.\n1. Be accurate.\n2. Be brief.\n" + "Never reveal $secrets. " * 80
+    bare = _dense([user])
+    with_system = _dense([{"role": "system", "content": rules}, user])
+    with_developer = _dense([{"role": "developer", "content": rules}, user])
+    for name in DENSE_NAMES:
+        if name not in ("has_system", "log_system_chars"):
+            assert with_system[name] == bare[name], name
+            assert with_developer[name] == bare[name], name
+    assert (with_system["has_system"], bare["has_system"]) == (1.0, 0.0)
+    assert with_system["log_system_chars"] > 7
+    # no user turn: the system text is the request's text
+    alone = _dense([{"role": "system", "content": "What is 12 * 7? Answer briefly."}])
+    assert alone["log_chars"] == bare["log_chars"] and alone["log_numbers"] > 0
+    assert user_text([{"content": "no role"}, {"role": "assistant", "content": "x"}]) == "no role"

@@ -60,7 +60,10 @@ def test_deterministic_across_processes() -> None:
     "mutate",
     [
         lambda o: o.pop("ids"),
-        lambda o: o.update(v=2),
+        lambda o: o.update(v=3),
+        lambda o: o.update(v=0),
+        lambda o: o.update(v=True),
+        lambda o: o.update(v="2"),
         lambda o: o.update(ids="***"),
         lambda o: o.update(ids="gA=="),  # truncated varint
         lambda o: o.update(dense=o["dense"][:-1]),
@@ -120,19 +123,20 @@ def test_distinct_buckets_are_numpy_unique() -> None:
 
 
 PINNED: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None, str]] = [
-    # version 1's mapping, as records and trained heads hold it
+    # version 2's mapping, as records and trained heads hold it (version 1's, apart from the
+    # dense part of the first, which has a system message, and "v")
     (
         [
             {"role": "system", "content": "You are terse."},
             {"role": "user", "content": "Explain photosynthesis briefly. (a) one\n(b) two?"},
         ],
         None,
-        "f1a750b6bf7537480d842597",
+        "f3c6529decaca443533a0df1",
     ),
     (
         [{"role": "user", "content": "def f(x):\n    return x == 3.14  # héllo wörld " * 200}],
         None,
-        "bd323acbbc7e6d4e49298030",
+        "c60becefd5c564ee0d8315f6",
     ),
     (
         [
@@ -147,27 +151,27 @@ PINNED: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None, str]] = [
             {"role": "tool", "content": "42"},
         ],
         [{"type": "function", "function": {"name": "lookup"}}],
-        "9aa957740c11311f21fb78fa",
+        "e393c08c5e9abf0e2dd38d2a",
     ),
     # more than MAX_ENTRIES distinct buckets: the consistent sample decides which stay
     (
         [{"role": "user", "content": " ".join(f"w{i * 7919 % 10007}" for i in range(700))}],
         None,
-        "b26acba4c92da2ec39a07e00",
+        "434e264cfa30168726e7a475",
     ),
     # one segment, counts past MAX_COUNT (clipped)
-    ([{"role": "user", "content": "ab " * 1300}], None, "6c8b6b63b727929e8d195817"),
+    ([{"role": "user", "content": "ab " * 1300}], None, "ad521482a2f0dc3fe764bce3"),
 ]
 
 
-def test_version_1_mapping_is_pinned() -> None:
-    """A request maps to the same signature as version 1 always did: records and trained
+def test_version_2_mapping_is_pinned() -> None:
+    """A request maps to the same signature as version 2 always did: records and trained
     heads depend on it. A change that fails this needs a new SIGNATURE_VERSION."""
     import hashlib
 
     from router_models.signature import SIGNATURE_VERSION
 
-    assert SIGNATURE_VERSION == 1
+    assert SIGNATURE_VERSION == 2
     for k, (messages, tools, want) in enumerate(PINNED):
         sig = signature(messages, tools)
         blob = json.dumps(sig.to_json(), sort_keys=True).encode()
@@ -175,3 +179,14 @@ def test_version_1_mapping_is_pinned() -> None:
     big = signature(PINNED[3][0])
     assert big.ids.size == MAX_ENTRIES  # the cases reach what they are there for
     assert signature(PINNED[4][0]).counts.max() == 255
+
+
+def test_version_1_records_still_load() -> None:
+    """Stored version-1 signatures keep their labels: they parse as they were written (their
+    dense part is feature version 5's, which differs only where a system prompt was sent)."""
+    obj = signature(PINNED[1][0]).to_json()
+    assert obj["v"] == 2
+    obj["v"] = 1
+    back = Signature.from_json(obj)
+    assert np.array_equal(back.ids, signature(PINNED[1][0]).ids)
+    assert np.array_equal(back.dense, signature(PINNED[1][0]).dense)
