@@ -378,6 +378,15 @@ def evaluate(
     }
 
 
+def typical_prompts(rows: Sequence[Any]) -> list[str]:
+    """The user prompts of 1,000 to 2,000 characters (all of them where none is), whatever
+    system prompt `--system-prompts` gave the rows."""
+    from router_models.features import user_text
+
+    texts = [user_text(list(r.messages)) for r in rows]
+    return [t for t in texts if 1000 <= len(t) <= 2000] or [t for t in texts if t] or ["?"]
+
+
 def latency(fd_list: Sequence[FileData], n: int = 2000, params: Any = None) -> dict[str, Any]:
     """signature + heads (8 models) on typical (1-2k character) requests, ms."""
     from router_models.learner import LearnerParams
@@ -390,7 +399,7 @@ def latency(fd_list: Sequence[FileData], n: int = 2000, params: Any = None) -> d
     heads, _ = fit_learner(fd, train, "full", 0, dataclasses.replace(base, select=0))
     # what a route's scorer holds: its 8 candidates' heads (router_models.estimator.Scorer)
     route = heads.subset(np.arange(min(8, len(heads.models)), dtype=np.intp))
-    prompts = [t for f in fd_list for t in f.texts if 1000 <= len(t) <= 2000]
+    prompts = typical_prompts([r for f in fd_list for r in f.rows])
     rng = np.random.default_rng(0)
     system = {"role": "system", "content": "You are a helpful assistant."}
     reqs = [

@@ -90,3 +90,17 @@ def test_cli_refuses_a_bad_system_prompt_file(
             learning_curve.main(["--data", str(tmp_path / "d.jsonl"), "--system-prompts", str(arg)])
         assert exc.value.code == 2
     assert "expected a JSON object" in capsys.readouterr().err
+
+
+def test_typical_prompts_are_the_user_text_whatever_the_system_prompt() -> None:
+    from router_models.data import Row
+
+    def row(text: str) -> Row:
+        return Row("s:1", "s", "t", ({"role": "user", "content": text},), {}, len(text))
+
+    rows = [row("a" * 1500), row("b" * 50), row("c" * 2500)]
+    boiler = learning_curve.with_system_prompts(rows, {"*": "rules " * 500})
+    assert learning_curve.typical_prompts(boiler) == ["a" * 1500]
+    # none in range: every prompt rather than nothing to time
+    short = learning_curve.with_system_prompts([row("b" * 50)], {"*": "rules " * 500})
+    assert learning_curve.typical_prompts(short) == ["b" * 50]
