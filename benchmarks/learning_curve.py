@@ -140,11 +140,19 @@ def row_tags(path: Path, rows: Sequence[Any], field: str) -> list[str]:
     key = field[len("meta.") :]
     meta: dict[str, str] = {}
     with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                obj = json.loads(line)
-                value = (obj.get("meta") or {}).get(key)
-                meta[str(obj.get("id"))] = "" if value is None else str(value)
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                continue
+            # the row id as router_models.data.parse_row gives it (its place when it has none)
+            row_id = obj.get("id", f"{path}:{lineno}")
+            found = obj.get("meta")
+            value = found.get(key) if isinstance(found, dict) else None
+            meta[row_id if isinstance(row_id, str) else str(row_id)] = (
+                "" if value is None else str(value)
+            )
     return [meta.get(r.id, "") for r in rows]
 
 
@@ -542,6 +550,8 @@ def main(argv: list[str]) -> int:
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     start = time.perf_counter()
+    if args.task_tags and args.tag_field:
+        parser.error("--task-tags is --tag-field task: give one of them")
     tag_field = args.tag_field or ("task" if args.task_tags else "")
     if tag_field not in ("", "task") and not (
         tag_field.startswith("meta.") and len(tag_field) > len("meta.")

@@ -192,6 +192,13 @@ def main(args: argparse.Namespace) -> int:
             f"{summary.skipped_no_label} without labels, {summary.bad_lines} unreadable lines",
             file=sys.stderr,
         )
+        if summary.older_system_dense:
+            print(
+                f"records: {summary.older_system_dense} labelled requests with a system prompt "
+                "were recorded before feature version 6 (their structure features read the "
+                "system prompt too); used as they are",
+                file=sys.stderr,
+            )
     if len(examples) < MIN_EXAMPLES:
         raise DataError(
             f"only {len(examples)} labelled requests; adapting needs at least {MIN_EXAMPLES}"

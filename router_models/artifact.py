@@ -117,13 +117,14 @@ def _read_metadata(directory: Path) -> dict[str, Any]:
             "retrain the artifact with `effgate train`"
         )
     if version != FEATURE_VERSION and "heads" in meta:
+        # labelled files cannot hold a system prompt, so only heads fitted on records can
+        # have learnt version 5's reading of one
         log.warning(
-            "%s: heads fitted under feature version %s; requests with a system prompt now "
-            "map as version %s does: refit them (`effgate train`) if the recorded traffic "
-            "had system prompts",
+            "%s: heads fitted under feature version %s, which read a system prompt's text "
+            "with the user's; if the recorded traffic had system prompts, refit them "
+            "(`effgate train --records`) once records written by this version have labels",
             path,
             version,
-            FEATURE_VERSION,
         )
     return meta
 

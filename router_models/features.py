@@ -5,7 +5,7 @@ structure signals (length, numbers, maths, code, answer form, reasoning load, tu
 tools, language). Topic n-grams were dropped in version 5: under leave-task-out
 validation they did not help (docs/estimator.md), and they cost most of the latency.
 Version 6: the text features read the user turns (all prompt text where there is no user
-turn); a system or developer prompt counts only through `has_system` and `log_system_chars`.
+turn at all); a system or developer prompt counts only through `has_system` and `log_system_chars`.
 A workflow's system prompt is the same on each of its requests and often long, and the
 estimator is fitted on prompts without one: read with the user's text, 2,347 characters of
 house rules made every request look long and hard to it (docs/estimator.md, "Cold start").
@@ -154,7 +154,8 @@ _PROMPT_ROLES = frozenset(("user", "system", "developer"))
 
 
 def prompt_text(messages: Iterable[Any]) -> str:
-    """The text rules and the estimator read: user/system/developer text, parts joined."""
+    """The text policy rules match on: user/system/developer text, parts joined (the
+    estimator's text features read `user_text` since feature version 6)."""
     texts: list[str] = []
     for message in messages:
         if isinstance(message, Mapping) and message.get("role", "user") in _PROMPT_ROLES:
@@ -234,8 +235,9 @@ def extract(messages: Sequence[Any]) -> Features:
     if not isinstance(messages, Sequence) or isinstance(messages, str | bytes):
         messages = []
     dicts = [m for m in messages if isinstance(m, Mapping)]
-    # the request's own text: the user turns; a request of system text only is read whole
-    text = user_text(dicts) or prompt_text(dicts)
+    # the request's own text: the user turns; a request without one is read whole
+    has_user = any(m.get("role", "user") == "user" for m in dicts)
+    text = user_text(dicts) if has_user else prompt_text(dicts)
     roles = [m.get("role", "user") for m in dicts]
     system_chars = sum(
         len(_content_text(m.get("content")))

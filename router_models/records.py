@@ -33,8 +33,11 @@ from typing import Any, Literal
 import orjson
 
 from router_models.data import DataError
+from router_models.features import DENSE_NAMES
 from router_models.learner import Example
 from router_models.signature import Signature, signature
+
+_HAS_SYSTEM = DENSE_NAMES.index("has_system")
 
 ROTATED_NAME = re.compile(r"^(?P<base>.+\.jsonl)(?:\.(?P<n>\d+))?$")
 IGNORED_ENDPOINTS = frozenset({"explain"})
@@ -182,6 +185,9 @@ class RecordsSummary:
     bad_lines: int
     skipped_not_chat: int = 0
     ignored_explain: int = 0
+    # labelled requests with a system prompt whose version-1 signature holds feature version
+    # 5's dense part (its text features read the system prompt too): used, and counted
+    older_system_dense: int = 0
 
 
 def _label(feedback: dict[str, Any]) -> float | None:
@@ -228,7 +234,7 @@ def load_examples(path: Path) -> tuple[list[Example], RecordsSummary]:
     stream = RecordStream(files)
     seen: dict[str, int] = {}
     examples: list[Example] = []
-    not_chat = no_sig = no_label = n_fb = n_judge = requests = 0
+    not_chat = no_sig = no_label = n_fb = n_judge = requests = older = 0
     for kind, rec in stream:
         if kind != "request":
             continue
@@ -255,6 +261,9 @@ def load_examples(path: Path) -> tuple[list[Example], RecordsSummary]:
         if sig is None:
             no_sig += 1
             continue
+        raw = rec.get("signature")
+        if isinstance(raw, dict) and raw.get("v") == 1 and sig.dense[_HAS_SYSTEM] > 0:
+            older += 1
         n_fb += int(rid in feedback and isinstance(model, str))
         n_judge += len(judged.get(rid, {}))
         seen[rid] = len(examples)
@@ -271,5 +280,6 @@ def load_examples(path: Path) -> tuple[list[Example], RecordsSummary]:
         bad_lines=stream.malformed_lines,
         skipped_not_chat=not_chat,
         ignored_explain=stream.explain,
+        older_system_dense=older,
     )
     return examples, summary

@@ -218,7 +218,7 @@ class Signature:
         expected = {"v", "dense", "ids", "more", "n_chars", "digest"}
         if set(obj) != expected:
             raise ValueError(f"signature keys must be {sorted(expected)}")
-        if obj["v"] not in READABLE_SIGNATURE_VERSIONS or isinstance(obj["v"], bool):
+        if type(obj["v"]) is not int or obj["v"] not in READABLE_SIGNATURE_VERSIONS:
             raise ValueError(f"unsupported signature version {obj['v']!r}")
         dense_raw = obj["dense"]
         if not isinstance(dense_raw, list) or len(dense_raw) != N_DENSE:

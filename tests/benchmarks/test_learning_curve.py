@@ -104,3 +104,30 @@ def test_typical_prompts_are_the_user_text_whatever_the_system_prompt() -> None:
     # none in range: every prompt rather than nothing to time
     short = learning_curve.with_system_prompts([row("b" * 50)], {"*": "rules " * 500})
     assert learning_curve.typical_prompts(short) == ["b" * 50]
+
+
+def test_row_tags_survive_odd_meta_and_rows_without_an_id(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    _write(
+        data,
+        [
+            {"id": "s:1", "task": "math", "meta": "not an object"},
+            {"task": "law", "meta": {"src": "stemez-Law"}},  # no id: parse_row names it by place
+            {"id": 7, "task": "bio", "meta": {"src": "x"}},
+        ],
+    )
+    rows = [
+        SimpleNamespace(id="s:1", task="math"),
+        SimpleNamespace(id=f"{data}:2", task="law"),
+        SimpleNamespace(id="7", task="bio"),
+    ]
+    assert learning_curve.row_tags(data, rows, "meta.src") == ["", "stemez-Law", "x"]
+
+
+def test_cli_refuses_both_tag_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        learning_curve.main(
+            ["--data", str(tmp_path / "d.jsonl"), "--task-tags", "--tag-field", "task"]
+        )
+    assert exc.value.code == 2
+    assert "give one of them" in capsys.readouterr().err

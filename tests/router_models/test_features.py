@@ -120,3 +120,16 @@ def test_text_features_read_the_user_turns_not_the_system_prompt():
     alone = _dense([{"role": "system", "content": "What is 12 * 7? Answer briefly."}])
     assert alone["log_chars"] == bare["log_chars"] and alone["log_numbers"] > 0
     assert user_text([{"content": "no role"}, {"role": "assistant", "content": "x"}]) == "no role"
+
+
+def test_a_user_turn_without_text_does_not_make_the_system_prompt_the_request():
+    """Only a request with no user turn at all is read whole: an image-only user turn has no
+    text of its own, and the system prompt still counts only as has_system and its length."""
+    rules = {"role": "system", "content": "Describe what you see. 1. Be exact. 2. Be brief. " * 20}
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    only_image = _dense([rules, {"role": "user", "content": [image]}])
+    bare_image = _dense([{"role": "user", "content": [image]}])
+    for name in DENSE_NAMES:
+        if name not in ("has_system", "log_system_chars"):
+            assert only_image[name] == bare_image[name], name
+    assert only_image["log_chars"] == 0.0 and only_image["n_images"] == 1.0

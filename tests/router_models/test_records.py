@@ -123,3 +123,18 @@ def test_signatures_and_judge_labels_make_examples_without_prompts(tmp_path: Pat
     assert (summary.labels_feedback, summary.labels_judge) == (1, 2)
     assert summary.skipped_no_signature == 1
     assert summary.bad_lines == 2  # the bad signature and the malformed label
+
+
+def test_version_1_signatures_with_a_system_prompt_are_used_and_counted(tmp_path: Path) -> None:
+    """Records written before feature version 6 keep their labels; those whose request had a
+    system prompt (their dense part read it as text) are counted for `effgate train` to say."""
+    system = [{"role": "system", "content": "House rules. " * 40}]
+    with_system = signature([*system, {"role": "user", "content": "Q a?"}]).to_json()
+    bare = signature([{"role": "user", "content": "Q b?"}]).to_json()
+    records = []
+    for rid, sig, v in (("a", with_system, 1), ("b", bare, 1), ("c", dict(with_system), 2)):
+        records += [request(rid, prompt=None, signature={**sig, "v": v}), feedback(rid, True)]
+    examples, summary = load_examples(write(tmp_path / "records.jsonl", *records))
+    assert len(examples) == 3 and summary.labelled == 3
+    assert summary.older_system_dense == 1  # a: version 1 and a system prompt
+    assert summary.bad_lines == 0
