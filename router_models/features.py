@@ -151,29 +151,30 @@ def _count_images(content: Any) -> int:
 
 
 _PROMPT_ROLES = frozenset(("user", "system", "developer"))
+_USER_ROLES = frozenset(("user",))
+
+
+def _roles_text(messages: Iterable[Any], roles: frozenset[str]) -> str:
+    """The text of the messages whose role is in ``roles`` (no role: the user's), parts
+    joined, one message per line."""
+    texts: list[str] = []
+    for message in messages:
+        if isinstance(message, Mapping) and message.get("role", "user") in roles:
+            text = _content_text(message.get("content"))
+            if text:
+                texts.append(text)
+    return "\n".join(texts)
 
 
 def prompt_text(messages: Iterable[Any]) -> str:
     """The text policy rules match on: user/system/developer text, parts joined (the
     estimator's text features read `user_text` since feature version 6)."""
-    texts: list[str] = []
-    for message in messages:
-        if isinstance(message, Mapping) and message.get("role", "user") in _PROMPT_ROLES:
-            text = _content_text(message.get("content"))
-            if text:
-                texts.append(text)
-    return "\n".join(texts)
+    return _roles_text(messages, _PROMPT_ROLES)
 
 
 def user_text(messages: Iterable[Any]) -> str:
     """The user turns' text (a message without a role is the user's), parts joined."""
-    texts: list[str] = []
-    for message in messages:
-        if isinstance(message, Mapping) and message.get("role", "user") == "user":
-            text = _content_text(message.get("content"))
-            if text:
-                texts.append(text)
-    return "\n".join(texts)
+    return _roles_text(messages, _USER_ROLES)
 
 
 def _line_starts(raw: bytes) -> list[int]:
