@@ -1,4 +1,5 @@
-"""The learning-curve benchmark's workflow tags (`--task-tags`, `--tag-field`)."""
+"""The learning-curve benchmark's traffic scenarios: workflow tags (`--task-tags`,
+`--tag-field`), system prompts (`--system-prompts`), the typical prompts it times."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks import learning_curve
+from benchmarks import labelled_files, learning_curve
 
 
 def _write(path: Path, rows: list[dict[str, object]]) -> None:
@@ -27,11 +28,11 @@ def test_row_tags_read_task_or_a_meta_key(tmp_path: Path) -> None:
         ],
     )
     rows = [SimpleNamespace(id=f"s:{i}", task=t) for i, t in ((3, "law"), (1, "math"), (4, "bio"))]
-    assert learning_curve.row_tags(data, rows, "task") == ["law", "math", "bio"]
+    assert labelled_files.row_tags(data, rows, "task") == ["law", "math", "bio"]
     # by id, not by position; a row without the key has no tag
-    assert learning_curve.row_tags(data, rows, "meta.src") == ["", "theoremQA-Math", "7"]
+    assert labelled_files.row_tags(data, rows, "meta.src") == ["", "theoremQA-Math", "7"]
     rows.append(SimpleNamespace(id="s:2", task="law"))
-    assert learning_curve.row_tags(data, rows, "meta.other")[-1] == "1"
+    assert labelled_files.row_tags(data, rows, "meta.other")[-1] == "1"
 
 
 @pytest.mark.parametrize("field", ["meta.", "src", "metasrc"])
@@ -39,7 +40,7 @@ def test_row_tags_refuse_other_fields(tmp_path: Path, field: str) -> None:
     data = tmp_path / "d.jsonl"
     _write(data, [{"id": "s:1", "task": "math"}])
     with pytest.raises(ValueError, match="tag field"):
-        learning_curve.row_tags(data, [SimpleNamespace(id="s:1", task="math")], field)
+        labelled_files.row_tags(data, [SimpleNamespace(id="s:1", task="math")], field)
 
 
 @pytest.mark.parametrize("field", ["meta.", "source", "prompt"])
@@ -59,12 +60,12 @@ def test_system_prompts_by_task_with_a_default(tmp_path: Path) -> None:
         Row("s:1", "s", "math", ({"role": "user", "content": "1+1?"},), {}, 4),
         Row("s:2", "s", "law", ({"role": "user", "content": "Is it legal?"},), {}, 12),
     ]
-    out = learning_curve.with_system_prompts(rows, {"math": "You do sums.", "*": "About {task}."})
+    out = labelled_files.with_system_prompts(rows, {"math": "You do sums.", "*": "About {task}."})
     assert [m["content"] for m in out[0].messages] == ["You do sums.", "1+1?"]
     assert out[1].messages[0] == {"role": "system", "content": "About law."}
     assert [r.prompt_chars for r in out] == [4, 12]  # the user prompt's length, as before
     # no entry and no "*": unchanged
-    assert learning_curve.with_system_prompts(rows, {"bio": "x"}) == tuple(rows)
+    assert labelled_files.with_system_prompts(rows, {"bio": "x"}) == tuple(rows)
 
 
 def test_shipped_system_prompt_files_load(tmp_path: Path) -> None:
@@ -72,12 +73,12 @@ def test_shipped_system_prompt_files_load(tmp_path: Path) -> None:
     files = sorted(shipped.glob("*.json"))
     assert [f.stem for f in files] == ["llmrouter_train", "llmrouter_train_boilerplate", "mmlu_pro"]
     for f in files:
-        prompts = learning_curve.load_system_prompts(f)
+        prompts = labelled_files.load_system_prompts(f)
         assert prompts and all(v.strip() for v in prompts.values())
     bad = tmp_path / "bad.json"
     bad.write_text('{"math": 3}', encoding="utf-8")
     with pytest.raises(ValueError, match="task -> system prompt"):
-        learning_curve.load_system_prompts(bad)
+        labelled_files.load_system_prompts(bad)
 
 
 def test_cli_refuses_a_bad_system_prompt_file(
@@ -99,11 +100,11 @@ def test_typical_prompts_are_the_user_text_whatever_the_system_prompt() -> None:
         return Row("s:1", "s", "t", ({"role": "user", "content": text},), {}, len(text))
 
     rows = [row("a" * 1500), row("b" * 50), row("c" * 2500)]
-    boiler = learning_curve.with_system_prompts(rows, {"*": "rules " * 500})
-    assert learning_curve.typical_prompts(boiler) == ["a" * 1500]
+    boiler = labelled_files.with_system_prompts(rows, {"*": "rules " * 500})
+    assert labelled_files.typical_prompts(boiler) == ["a" * 1500]
     # none in range: every prompt rather than nothing to time
-    short = learning_curve.with_system_prompts([row("b" * 50)], {"*": "rules " * 500})
-    assert learning_curve.typical_prompts(short) == ["b" * 50]
+    short = labelled_files.with_system_prompts([row("b" * 50)], {"*": "rules " * 500})
+    assert labelled_files.typical_prompts(short) == ["b" * 50]
 
 
 def test_row_tags_survive_odd_meta_and_rows_without_an_id(tmp_path: Path) -> None:
@@ -121,7 +122,7 @@ def test_row_tags_survive_odd_meta_and_rows_without_an_id(tmp_path: Path) -> Non
         SimpleNamespace(id=f"{data}:2", task="law"),
         SimpleNamespace(id="7", task="bio"),
     ]
-    assert learning_curve.row_tags(data, rows, "meta.src") == ["", "stemez-Law", "x"]
+    assert labelled_files.row_tags(data, rows, "meta.src") == ["", "stemez-Law", "x"]
 
 
 def test_cli_refuses_both_tag_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
