@@ -5,11 +5,11 @@ structure signals (length, numbers, maths, code, answer form, reasoning load, tu
 tools, language). Topic n-grams were dropped in version 5: under leave-task-out
 validation they did not help (docs/estimator.md), and they cost most of the latency.
 Version 6: the text features read the user turns (all prompt text where there is no user
-turn at all); a system or developer prompt counts only through `has_system` and `log_system_chars`.
-A workflow's system prompt is the same on each of its requests and often long, and the
-estimator is fitted on prompts without one: read with the user's text, 2,347 characters of
-house rules made every request look long and hard to it (docs/estimator.md, "Cold start").
-Requests without a system or developer message map as in version 5
+turn at all); a system or developer prompt counts only through `has_system` and
+`log_system_chars`. A workflow's system prompt is the same on each of its requests and often
+long, and the estimator is fitted on prompts without one: read with the user's text, 2,347
+characters of house rules made every request look long and hard to it (docs/estimator.md,
+"Cold start"). Requests without a system or developer message map as in version 5
 (`COMPATIBLE_FEATURE_VERSIONS`). Bump `FEATURE_VERSION` whenever anything here changes what
 a request maps to.
 """
