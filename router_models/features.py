@@ -199,9 +199,16 @@ def _line_matches(pattern: re.Pattern[bytes], raw: bytes, starts: list[int]) -> 
 
 
 def _capitalised(raw: bytes) -> int:
-    """len(re.findall(rb"[a-z,;] [A-Z][a-z]", raw)), by a fast search for " Aa" in the
-    class-mapped text and the same leftmost, non-overlapping acceptance as the regex."""
+    """len(re.findall(rb"[a-z,;] [A-Z][a-z]", raw)), counted on the class-mapped text.
+
+    In the mapped text a match is "a Aa" or ", Aa". Two matches can only overlap in a chain
+    such as "a Aa Aa" (each link's last byte starts the next), and bytes.count takes the
+    same leftmost, non-overlapping ones as the regex within one pattern. Across the two
+    patterns only a chain that starts with "," ("…, Aa Aa") could be counted twice, so such
+    text (rare) is scanned link by link."""
     mapped = raw.translate(_CASE_TABLE)
+    if b", Aa Aa" not in mapped:
+        return mapped.count(b"a Aa") + mapped.count(b", Aa")
     count, free, i = 0, 0, mapped.find(b" Aa", 1)
     while i > 0:
         if i - 1 >= free and mapped[i - 1] in (97, 44):
@@ -212,18 +219,19 @@ def _capitalised(raw: bytes) -> int:
 
 
 def _code_marks(raw: bytes) -> int:
-    """Occurrences of ``` / def / return / { / ;newline / >>> / import / () / ==."""
+    """Occurrences of ``` / def / return / { / ;newline / >>> / import / () / ==; a mark
+    whose first byte is absent is not searched for (one memchr instead of a full count)."""
     c = raw.count
     return (
-        c(b"```")
+        (c(b"```") if b"`" in raw else 0)
         + c(b"def ")
         + c(b"return")
-        + c(b"{")
-        + c(b";\n")
-        + c(b">>>")
+        + (c(b"{") if b"{" in raw else 0)
+        + (c(b";\n") if b";" in raw else 0)
+        + (c(b">>>") if b">" in raw else 0)
         + c(b"import ")
-        + c(b"()")
-        + c(b"==")
+        + (c(b"()") if b"(" in raw else 0)
+        + (c(b"==") if b"=" in raw else 0)
     )
 
 

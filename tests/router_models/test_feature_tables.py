@@ -41,7 +41,7 @@ PUNCTUATED = st.binary(max_size=400) | st.lists(
     st.sampled_from(
         [b"1", b"9", b".", b",", b";", b"!", b"?", b" ", b"\n", b"\t", b"\x0b", b"=", b"*"]
         + [b"a", b"z", b"A", b"Q", b"\xff", b" Ab", b"x Yz", b"\\", b"$", b"(", b")", b"-"]
-        + [b"a)", b"(b.", b"12.", b"  ", b"\n  ", b"\n\n", b"\r"]
+        + [b"a)", b"(b.", b"12.", b"  ", b"\n  ", b"\n\n", b"\r", b", Ab", b"; Cd Ef"]
         + list(CODE_MARKS)
     ),
     max_size=60,
@@ -79,6 +79,21 @@ def test_operator_and_code_mark_counts_match(raw: bytes) -> None:
 @given(PUNCTUATED)
 def test_capitalised_count_matches_the_regex(raw: bytes) -> None:
     assert _capitalised(raw) == len(CAPITALISED.findall(raw))
+
+
+def test_capitalised_chains_count_as_the_regex_does() -> None:
+    """Two-letter capitalised words chain matches ("a Bc Dd": the second shares a byte with
+    the first); the regex counts every other link, also when a chain starts after , or ;."""
+    for text in (
+        b"said Mr Jo Smith",
+        b"said, Mr Jo Smith and Al Bo Cy Do",
+        b"one; Ab Cd Ef Gh",
+        b"x, Ab Cd",
+        b"x, Ab",
+        b", Ab Cd, Ef Gh Ij",
+        b"Ab Cd Ef",
+    ):
+        assert _capitalised(text) == len(CAPITALISED.findall(text)), text
 
 
 @given(PUNCTUATED)
