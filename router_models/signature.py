@@ -96,8 +96,9 @@ def _mix(h: U64) -> U64:
     return out
 
 
-# a fixed pseudo-random priority per bucket: the capped sample keeps the lowest ones
-_PRIORITY = _mix(np.arange(N_BUCKETS, dtype=np.uint64) ^ np.uint64(0x3C6EF372FE94F82B))
+# a fixed pseudo-random priority per bucket, _mix(id ^ _PRIORITY_SEED): the capped sample
+# keeps the lowest ones (computed for the request's buckets, not looked up in a 1 MB table)
+_PRIORITY_SEED = np.uint64(0x3C6EF372FE94F82B)
 
 
 def _segments(messages: Sequence[Any], tools: Sequence[Any] | None) -> list[tuple[int, str]]:
@@ -138,16 +139,22 @@ def _bucket_ids(b: U64, isw: npt.NDArray[np.bool_]) -> U64:
     edge = np.flatnonzero(isw[1:] != isw[:-1])
     starts, ends = edge[0::2], edge[1::2]
     wh = _POW[ends - 1] * (g[ends] - g[starts])
-    parts = [(np.concatenate((wh, wh[:-1] * _PAIR + wh[1:])) * _MIX1) >> _WORD_SHIFT]
-    for k in (3, 4, 5):
-        if n >= k:
-            h = _POW[k - 1 : n] * (g[k:] - g[: n - k + 1])
-            h = h[(h * _KEEP) < _KEEP_BELOW]
-            h *= _MIX2
-            h >>= _CHAR_SHIFT
-            h += _WORD_BUCKETS_U
-            parts.append(h)
-    return np.concatenate(parts)
+    words = (np.concatenate((wh, wh[:-1] * _PAIR + wh[1:])) * _MIX1) >> _WORD_SHIFT
+    # the character 3-, 4- and 5-grams side by side in one buffer, kept and mixed in one pass
+    sizes = [max(0, n - k + 1) for k in (3, 4, 5)]
+    h = np.empty(sum(sizes), dtype=np.uint64)
+    at = 0
+    for k, size in zip((3, 4, 5), sizes, strict=True):
+        if size:
+            part = h[at : at + size]
+            np.subtract(g[k:], g[:size], out=part)
+            part *= _POW[k - 1 : n]
+            at += size
+    h = h[(h * _KEEP) < _KEEP_BELOW]
+    h *= _MIX2
+    h >>= _CHAR_SHIFT
+    h += _WORD_BUCKETS_U
+    return np.concatenate((words, h))
 
 
 def _distinct(ids: U64) -> tuple[I64, I64]:
@@ -342,7 +349,8 @@ def hashed_ngrams(segments: list[tuple[int, str]]) -> tuple[I64, I64]:
     isw = np.frombuffer(raw.translate(_IS_WORD_BYTES), dtype=np.bool_)
     uniq, counts = _distinct(_bucket_ids(b, isw))
     if uniq.size > MAX_ENTRIES:
-        keep = np.sort(np.argpartition(_PRIORITY[uniq], MAX_ENTRIES)[:MAX_ENTRIES])
+        priority = _mix(uniq.astype(np.uint64) ^ _PRIORITY_SEED)
+        keep = np.sort(np.argpartition(priority, MAX_ENTRIES)[:MAX_ENTRIES])
         uniq, counts = uniq[keep], counts[keep]
     return uniq, np.minimum(counts, MAX_COUNT, out=counts)
 
