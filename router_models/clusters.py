@@ -33,6 +33,15 @@ I64 = npt.NDArray[np.int64]
 CLIP = 5.0  # standardised dense features are clipped at +-CLIP (the heads too)
 
 
+def narrowest(a: npt.NDArray[np.floating[Any]]) -> type[np.floating[Any]]:
+    """float32 when every value of ``a`` is one (weights read from an artifact, which stores
+    them as float32), else float64. A per-request gather of rows from a table stored this
+    way touches half the memory, and the matrix product, which widens them again, gives the
+    same result to the bit."""
+    with np.errstate(over="ignore"):  # a value past float32's range is not one
+        return np.float32 if np.array_equal(a.astype(np.float32), a) else np.float64
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterMap:
     """K centroids over `ids` (sorted bucket ids) and the standardised dense features."""
@@ -43,12 +52,18 @@ class ClusterMap:
     dense_mean: F64  # (N_DENSE,)
     dense_scale: F64  # (N_DENSE,)
     dense_weight: float
-    _lookup: npt.NDArray[np.int32] = field(init=False, repr=False, compare=False)
+    # per-request tables: bucket -> centroid row (-1 for a bucket the centroids do not read),
+    # as narrow as the sizes allow, and the centroids as float32 where that is exact
+    _lookup: npt.NDArray[np.signedinteger[Any]] = field(init=False, repr=False, compare=False)
+    _rows: npt.NDArray[np.floating[Any]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        lookup = np.full(N_BUCKETS, -1, dtype=np.int32)
-        lookup[self.ids] = np.arange(self.ids.size, dtype=np.int32)
+        small = self.ids.size < np.iinfo(np.int16).max
+        lookup = np.full(N_BUCKETS, -1, dtype=np.int16 if small else np.int32)
+        lookup[self.ids] = np.arange(self.ids.size)
         object.__setattr__(self, "_lookup", lookup)
+        rows = np.ascontiguousarray(self.centroids, dtype=narrowest(self.centroids))
+        object.__setattr__(self, "_rows", rows)
 
     @property
     def k(self) -> int:
@@ -62,7 +77,7 @@ class ClusterMap:
         sims = z @ self.dense_centroids * (self.dense_weight / math.sqrt(N_DENSE))
         if rows.size:  # the unit binary vector times the centroids: one gather, one gemv
             unit = np.full(rows.size, 1.0 / math.sqrt(rows.size))
-            sims = sims + unit @ self.centroids.take(rows, axis=0)
+            sims = sims + unit @ self._rows.take(rows, axis=0)
         return int(np.argmax(sims))
 
     def to_arrays(self) -> dict[str, np.ndarray]:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from router_models.clusters import CLIP, ClusterMap
+from router_models.clusters import CLIP, ClusterMap, narrowest
 from router_models.features import N_DENSE
 from router_models.neighbours import Neighbours
 from router_models.signature import MAX_COUNT, N_BUCKETS, WORD_BUCKETS, Signature
@@ -70,7 +70,7 @@ class Heads:
     neighbours: Neighbours | None = None
     # per-request tables: bucket -> row (A for a bucket without weight), idf by row and
     # the weights by row, each with a last row for those buckets (idf_default; zeros)
-    _lookup: npt.NDArray[np.int32] = field(init=False, repr=False, compare=False)
+    _lookup: npt.NDArray[np.integer[Any]] = field(init=False, repr=False, compare=False)
     _idf_rows: F64 = field(init=False, repr=False, compare=False)
     _w_rows: F64 = field(init=False, repr=False, compare=False)
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
@@ -93,11 +93,14 @@ class Heads:
             raise ValueError("neighbours must cover these heads' models and active buckets")
         object.__setattr__(self, "_tag_index", {t: j for j, t in enumerate(self.tags)})
         n_active = self.active_ids.size
-        lookup = np.full(N_BUCKETS, n_active, dtype=np.int32)
-        lookup[self.active_ids] = np.arange(n_active, dtype=np.int32)
+        # uint16 rows where they fit (half the table a request's gather touches); A + 1 too,
+        # as the neighbours' postings read row + 1
+        small = n_active + 1 < np.iinfo(np.uint16).max
+        lookup = np.full(N_BUCKETS, n_active, dtype=np.uint16 if small else np.int32)
+        lookup[self.active_ids] = np.arange(n_active)
         object.__setattr__(self, "_lookup", lookup)
         object.__setattr__(self, "_idf_rows", np.append(self.idf, self.idf_default))
-        w_rows = np.zeros((n_active + 1, len(self.models)))
+        w_rows = np.zeros((n_active + 1, len(self.models)), dtype=narrowest(self.sparse_w))
         w_rows[:n_active] = self.sparse_w
         object.__setattr__(self, "_w_rows", w_rows)
         object.__setattr__(self, "_index", {m: j for j, m in enumerate(self.models)})
@@ -105,7 +108,7 @@ class Heads:
     def index(self, name: str) -> int | None:
         return self._index.get(name)
 
-    def _x(self, sig: Signature) -> tuple[npt.NDArray[np.int32], F64]:
+    def _x(self, sig: Signature) -> tuple[npt.NDArray[np.integer[Any]], F64]:
         """(row of each of the signature's buckets, A for one without weight; its value:
         sublinear tf times idf, the word and the character block each l2-normalised)."""
         rows = self._lookup[sig.ids]
@@ -133,7 +136,7 @@ class Heads:
     def _logits(
         self,
         sig: Signature,
-        rows: npt.NDArray[np.int32],
+        rows: npt.NDArray[np.integer[Any]],
         x: F64,
         prior_difficulty: float,
         tag: str | None,

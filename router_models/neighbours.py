@@ -55,7 +55,7 @@ class Neighbours:
     def size(self) -> int:
         return int(self.y.shape[0])
 
-    def sums(self, rows: npt.NDArray[np.int32], x: F64) -> tuple[F64, F64] | None:
+    def sums(self, rows: npt.NDArray[np.integer[Any]], x: F64) -> tuple[F64, F64] | None:
         """(labels summed, labelled count) per model over the request's k nearest
         references; None when it shares no indexed bucket with any. ``rows``, ``x``: the
         request's heads rows (A for a bucket without weight) and values (`Heads._x`)."""
@@ -76,7 +76,7 @@ class Neighbours:
             return None
         return self.y[near].sum(axis=0), self.mask[near].sum(axis=0)
 
-    def blend(self, p: F64, rows: npt.NDArray[np.int32], x: F64) -> F64:
+    def blend(self, p: F64, rows: npt.NDArray[np.integer[Any]], x: F64) -> F64:
         got = self.sums(rows, x)
         if got is None:
             return p
