@@ -36,8 +36,8 @@ CLIP = 5.0  # standardised dense features are clipped at +-CLIP (the heads too)
 def narrowest(a: npt.NDArray[np.floating[Any]]) -> type[np.floating[Any]]:
     """float32 when every value of ``a`` is one (weights read from an artifact, which stores
     them as float32), else float64. A per-request gather of rows from a table stored this
-    way touches half the memory, and the matrix product, which widens them again, gives the
-    same result to the bit."""
+    way touches half the memory; the gathered rows are widened to float64 before the
+    product, which then gives the same result to the bit."""
     with np.errstate(over="ignore"):  # a value past float32's range is not one
         return np.float32 if np.array_equal(a.astype(np.float32), a) else np.float64
 
@@ -58,7 +58,7 @@ class ClusterMap:
     _rows: npt.NDArray[np.floating[Any]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        small = self.ids.size < np.iinfo(np.int16).max
+        small = self.ids.size - 1 <= np.iinfo(np.int16).max  # rows 0 .. B - 1, and -1
         lookup = np.full(N_BUCKETS, -1, dtype=np.int16 if small else np.int32)
         lookup[self.ids] = np.arange(self.ids.size)
         object.__setattr__(self, "_lookup", lookup)
@@ -77,7 +77,7 @@ class ClusterMap:
         sims = z @ self.dense_centroids * (self.dense_weight / math.sqrt(N_DENSE))
         if rows.size:  # the unit binary vector times the centroids: one gather, one gemv
             unit = np.full(rows.size, 1.0 / math.sqrt(rows.size))
-            sims = sims + unit @ self._rows.take(rows, axis=0)
+            sims = sims + unit @ self._rows.take(rows, axis=0).astype(np.float64, copy=False)
         return int(np.argmax(sims))
 
     def to_arrays(self) -> dict[str, np.ndarray]:

@@ -204,8 +204,9 @@ def _capitalised(raw: bytes) -> int:
     In the mapped text a match is "a Aa" or ", Aa". Two matches can only overlap in a chain
     such as "a Aa Aa" (each link's last byte starts the next), and bytes.count takes the
     same leftmost, non-overlapping ones as the regex within one pattern. Across the two
-    patterns only a chain that starts with "," ("…, Aa Aa") could be counted twice, so such
-    text (rare) is scanned link by link."""
+    patterns only a chain after "," or ";" (", Aa Aa ...", L links) differs: the two counts
+    give one more than the regex when L is even. Text with such a chain (rare) is scanned
+    link by link."""
     mapped = raw.translate(_CASE_TABLE)
     if b", Aa Aa" not in mapped:
         return mapped.count(b"a Aa") + mapped.count(b", Aa")

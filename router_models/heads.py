@@ -72,7 +72,7 @@ class Heads:
     # the weights by row, each with a last row for those buckets (idf_default; zeros)
     _lookup: npt.NDArray[np.integer[Any]] = field(init=False, repr=False, compare=False)
     _idf_rows: F64 = field(init=False, repr=False, compare=False)
-    _w_rows: F64 = field(init=False, repr=False, compare=False)
+    _w_rows: npt.NDArray[np.floating[Any]] = field(init=False, repr=False, compare=False)
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
     _tag_index: dict[str, int] = field(init=False, repr=False, compare=False)
 
@@ -93,9 +93,9 @@ class Heads:
             raise ValueError("neighbours must cover these heads' models and active buckets")
         object.__setattr__(self, "_tag_index", {t: j for j, t in enumerate(self.tags)})
         n_active = self.active_ids.size
-        # uint16 rows where they fit (half the table a request's gather touches); A + 1 too,
-        # as the neighbours' postings read row + 1
-        small = n_active + 1 < np.iinfo(np.uint16).max
+        # uint16 rows where they fit (half the table a request's gather touches): rows go
+        # up to A, and the neighbours' postings read row + 1
+        small = n_active + 1 <= np.iinfo(np.uint16).max
         lookup = np.full(N_BUCKETS, n_active, dtype=np.uint16 if small else np.int32)
         lookup[self.active_ids] = np.arange(n_active)
         object.__setattr__(self, "_lookup", lookup)
@@ -147,7 +147,7 @@ class Heads:
         z -= self.dense_mean
         z /= self.dense_scale
         np.clip(z, -CLIP, CLIP, out=z)
-        out: F64 = x @ self._w_rows.take(rows, axis=0)
+        out: F64 = x @ self._w_rows.take(rows, axis=0).astype(np.float64, copy=False)
         out += z @ self.dense_w
         out += self.intercept
         out += self.d_coef * prior_difficulty
