@@ -27,11 +27,11 @@ import json
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.estimator import DEFAULT_DATA, bucket, chat_requests
+from benchmarks.routing_ab import timed_route
 
 BUDGET_MS = 0.5
 
@@ -59,11 +59,9 @@ def main(argv: list[str]) -> int:
     from gateway.health import Health
     from gateway.scoring import EstimatorStore
     from gateway.tokens import TokenCounter
-    from policies.engine import RouteInput, decide
     from policies.errors import PolicyLoadError
     from policies.store import PolicyStore
     from router_models import load_estimator
-    from router_models.features import prompt_text
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.adapt is not None:
@@ -95,19 +93,10 @@ def main(argv: list[str]) -> int:
     warm = requests[:200]
     with _as_served() as thresholds:
         for i, messages in enumerate(warm + requests):
-            c0, t0 = time.thread_time(), time.perf_counter()
-            text = prompt_text(messages)
-            difficulty, p, _ = scoring.score(policy, args.route, messages)
-            c1, t1 = time.thread_time(), time.perf_counter()
-            inp = RouteInput(
-                model=args.route,
-                difficulty=difficulty,
-                p=p,
-                prompt_text=text,
-                prompt_tokens=tokens.estimate_prompt(text, messages, smallest),
+            stamps, decision, _, _ = timed_route(
+                policy, args.route, messages, scoring, tokens, smallest, health
             )
-            decision = decide(policy, inp, health)
-            c2, t2 = time.thread_time(), time.perf_counter()
+            c0, t0, c1, t1, c2, t2 = stamps
             if i < len(warm):
                 continue
             for key, w, c in (

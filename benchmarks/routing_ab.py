@@ -50,6 +50,38 @@ def _pcts(xs: list[float]) -> dict[str, float]:
 # ------------------------------------------------------------------------------ worker
 
 
+def timed_route(
+    policy: Any,
+    route: str,
+    messages: list[dict[str, Any]],
+    scoring: Any,
+    tokens: Any,
+    smallest: int,
+    health: Any,
+) -> tuple[tuple[float, float, float, float, float, float], Any, float, Any]:
+    """The steps the gateway runs to route one request (prompt text, scoring, the prompt-token
+    estimate, decide()), timed: ((cpu, wall) at the start, after scoring, after decide(),
+    the decision, the difficulty, P by catalog id or None). `benchmarks.routing` times the
+    same function; here it runs against whichever checkout the worker imports."""
+    from policies.engine import RouteInput, decide
+    from router_models.features import prompt_text
+
+    c0, t0 = time.thread_time(), time.perf_counter()
+    text = prompt_text(messages)
+    difficulty, p, _ = scoring.score(policy, route, messages)
+    c1, t1 = time.thread_time(), time.perf_counter()
+    inp = RouteInput(
+        model=route,
+        difficulty=difficulty,
+        p=p,
+        prompt_text=text,
+        prompt_tokens=tokens.estimate_prompt(text, messages, smallest),
+    )
+    decision = decide(policy, inp, health)
+    c2, t2 = time.thread_time(), time.perf_counter()
+    return (c0, t0, c1, t1, c2, t2), decision, difficulty, p
+
+
 def _worker(artifact: str, policy: str, route: str, requests_path: str, cpu: str) -> int:
     """One side: load everything, warm up, then time the blocks asked for on stdin (one JSON
     line each; an empty line ends). Imports only what both checkouts have."""
@@ -58,10 +90,8 @@ def _worker(artifact: str, policy: str, route: str, requests_path: str, cpu: str
     from gateway.health import Health
     from gateway.scoring import EstimatorStore
     from gateway.tokens import TokenCounter
-    from policies.engine import RouteInput, decide
     from policies.store import PolicyStore
     from router_models import load_estimator
-    from router_models.features import prompt_text
 
     # an installed copy would shadow a checkout that lacks a package: time only the checkout
     checkout = Path.cwd().resolve()
@@ -80,20 +110,12 @@ def _worker(artifact: str, policy: str, route: str, requests_path: str, cpu: str
     requests = json.loads(Path(requests_path).read_text(encoding="utf-8"))
 
     def once(messages: list[dict[str, Any]]) -> tuple[float, float, str, float, list[float]]:
-        c0, t0 = time.thread_time(), time.perf_counter()
-        text = prompt_text(messages)
-        difficulty, p, _ = scoring.score(pol, route, messages)
-        inp = RouteInput(
-            model=route,
-            difficulty=difficulty,
-            p=p,
-            prompt_text=text,
-            prompt_tokens=tokens.estimate_prompt(text, messages, smallest),
+        stamps, decision, difficulty, p = timed_route(
+            pol, route, messages, scoring, tokens, smallest, health
         )
-        decision = decide(pol, inp, health)
-        c1, t1 = time.thread_time(), time.perf_counter()
+        c0, t0, _, _, c2, t2 = stamps
         ps = [] if p is None else [p[k] for k in sorted(p)]
-        return t1 - t0, c1 - c0, decision.model, difficulty, ps
+        return t2 - t0, c2 - c0, decision.model, difficulty, ps
 
     try:
         from gateway.cli.serve import tune_gc  # as `effgate serve` sets the collector

@@ -20,19 +20,11 @@ from router_models.heads import _LOG_TF, Heads, logistic
 from router_models.learner import Example, LearnerParams, fit_heads
 from router_models.signature import N_BUCKETS, WORD_BUCKETS, Signature, signature
 
+# three kinds of request, four words each: "redfox", "redowl", ... "greenyak"
 WORDS = [
-    "alpha",
-    "beta",
-    "gamma",
-    "delta",
-    "omega",
-    "sigma",
-    "tau",
-    "rho",
-    "kappa",
-    "theta",
-    "iota",
-    "zeta",
+    f"{colour}{animal}"
+    for colour in ("red", "blue", "green")
+    for animal in ("fox", "owl", "elk", "yak")
 ]
 
 
