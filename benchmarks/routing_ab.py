@@ -245,7 +245,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", action="append", type=Path)
     parser.add_argument(
-        "--cpu", type=int, default=0, help="the CPU both sides run on (-1: wherever)"
+        "--cpu",
+        type=int,
+        default=min(os.sched_getaffinity(0)),
+        help="the CPU both sides run on (default: the first this process may use; -1: any)",
     )
     parser.add_argument(
         "--procs", type=int, default=3, help="worker processes per side (timings pooled)"
