@@ -38,15 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 WARM = 200
 
 
-def _pcts(xs: list[float]) -> dict[str, float]:
-    xs = sorted(xs)
-
-    def pct(q: float) -> float:
-        return round(xs[min(len(xs) - 1, int(q * len(xs)))] * 1e3, 4)
-
-    return {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99)}
-
-
 # ------------------------------------------------------------------------------ worker
 
 
@@ -194,6 +185,8 @@ class _Side:
 
 
 def _block(xs: list[float], sel: list[bool]) -> dict[str, float]:
+    from benchmarks.routing import _pcts  # the percentiles benchmarks.routing reports
+
     return _pcts([x for x, s in zip(xs, sel, strict=True) if s])
 
 
