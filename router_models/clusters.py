@@ -73,12 +73,17 @@ class ClusterMap:
         """The cluster whose centroid is most similar to this request."""
         rows = self._lookup[sig.ids]
         rows = rows[rows >= 0]
-        z = np.clip((sig.dense - self.dense_mean) / self.dense_scale, -CLIP, CLIP)
-        sims = z @ self.dense_centroids * (self.dense_weight / math.sqrt(N_DENSE))
+        # the numpy calls are the ufuncs and methods np.clip, np.full and np.argmax wrap
+        z = sig.dense - self.dense_mean
+        z /= self.dense_scale
+        np.minimum(np.maximum(z, -CLIP, out=z), CLIP, out=z)
+        sims = z @ self.dense_centroids
+        sims *= self.dense_weight / math.sqrt(N_DENSE)
         if rows.size:  # the unit binary vector times the centroids: one gather, one gemv
-            unit = np.full(rows.size, 1.0 / math.sqrt(rows.size))
-            sims = sims + unit @ self._rows.take(rows, axis=0).astype(np.float64, copy=False)
-        return int(np.argmax(sims))
+            unit = np.empty(rows.size)
+            unit.fill(1.0 / math.sqrt(rows.size))
+            sims += unit @ self._rows.take(rows, axis=0).astype(np.float64, copy=False)
+        return int(sims.argmax())
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {

@@ -113,7 +113,7 @@ class Heads:
         sublinear tf times idf, the word and the character block each l2-normalised)."""
         rows = self._lookup[sig.ids]
         w = _LOG_TF[sig.counts] * self._idf_rows[rows]
-        words = int(np.searchsorted(sig.ids, WORD_BUCKETS))  # ids are sorted
+        words = int(sig.ids.searchsorted(WORD_BUCKETS))  # ids are sorted
         sq = w * w
         nw = math.sqrt(float(sq[:words].sum()))
         nc = math.sqrt(float(sq[words:].sum()))
@@ -146,7 +146,7 @@ class Heads:
         z[N_DENSE] = prior_difficulty
         z -= self.dense_mean
         z /= self.dense_scale
-        np.clip(z, -CLIP, CLIP, out=z)
+        np.minimum(np.maximum(z, -CLIP, out=z), CLIP, out=z)  # np.clip, without its wrapper
         out: F64 = x @ self._w_rows.take(rows, axis=0).astype(np.float64, copy=False)
         out += z @ self.dense_w
         out += self.intercept

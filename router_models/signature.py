@@ -136,7 +136,7 @@ def _bucket_ids(b: U64, isw: npt.NDArray[np.bool_]) -> U64:
     # prefix sums g[k] = sum_{t<k} b[t] P^-t; the hash of b[i:j] is P^(j-1) (g[j] - g[i])
     g = np.zeros(n + 1, dtype=np.uint64)
     np.cumsum(b * _IPOW[:n], out=g[1:])
-    edge = np.flatnonzero(isw[1:] != isw[:-1])
+    edge = (isw[1:] != isw[:-1]).nonzero()[0]
     starts, ends = edge[0::2], edge[1::2]
     wh = _POW[ends - 1] * (g[ends] - g[starts])
     words = (np.concatenate((wh, wh[:-1] * _PAIR + wh[1:])) * _MIX1) >> _WORD_SHIFT
@@ -161,12 +161,13 @@ def _distinct(ids: U64) -> tuple[I64, I64]:
     """``np.unique(ids, return_counts=True)`` for bucket ids (< 2^17), a few times faster on
     a request's couple of thousand: an int32 sort, and each run's start from one comparison
     of neighbours."""
-    s = np.sort(ids.astype(np.int32))
+    s = ids.astype(np.int32)
+    s.sort()
     edge = np.empty(s.size + 1, dtype=np.bool_)
     edge[0] = edge[-1] = True
     np.not_equal(s[1:], s[:-1], out=edge[1:-1])
-    at = np.flatnonzero(edge)
-    return s[at[:-1]].astype(np.int64), np.diff(at).astype(np.int64, copy=False)
+    at = edge.nonzero()[0].astype(np.int64, copy=False)
+    return s[at[:-1]].astype(np.int64), at[1:] - at[:-1]
 
 
 def _capped(segments: list[tuple[int, str]]) -> list[tuple[int, bytes]]:
@@ -366,7 +367,7 @@ def signature(
         messages = []
     segments = _segments(messages, tools)
     ids, counts = hashed_ngrams(segments)
-    dense = np.round(extract(messages).dense, DENSE_DIGITS)
+    dense = extract(messages).dense.round(DENSE_DIGITS)
     key = _digest(segments) if digest else ""
     n_chars = sum(len(t) for _, t in segments)
     return Signature(dense=dense, ids=ids, counts=counts, n_chars=n_chars, digest=key)
