@@ -120,8 +120,8 @@ def _segments(messages: Sequence[Any], tools: Sequence[Any] | None) -> list[tupl
     return out
 
 
-def _bucket_ids(b: U64, isw: npt.NDArray[np.bool_]) -> U64:
-    """Bucket ids (with repeats, unordered) of the word 1-2-grams and kept character
+def _bucket_ids(b: U64, isw: npt.NDArray[np.bool_]) -> npt.NDArray[np.int32]:
+    """Bucket ids (int32, with repeats, unordered) of the word 1-2-grams and kept character
     3-5-grams of `b`: lowered bytes plus 256 * role code, so the role is part of every
     n-gram's hash; `isw` marks word bytes. Polynomial hashes, then multiply-shift (the top
     16 bits of h * odd).
@@ -150,18 +150,21 @@ def _bucket_ids(b: U64, isw: npt.NDArray[np.bool_]) -> U64:
             np.subtract(g[k:], g[:size], out=part)
             part *= _POW[k - 1 : n]
             at += size
-    h = h[(h * _KEEP) < _KEEP_BELOW]
+    h = np.compress((h * _KEEP) < _KEEP_BELOW, h)  # h[mask], faster on a few thousand
     h *= _MIX2
     h >>= _CHAR_SHIFT
     h += _WORD_BUCKETS_U
-    return np.concatenate((words, h))
+    out = np.empty(words.size + h.size, dtype=np.int32)  # every id is below 2^17
+    out[: words.size] = words
+    out[words.size :] = h
+    return out
 
 
-def _distinct(ids: U64) -> tuple[I64, I64]:
+def _distinct(ids: npt.NDArray[np.integer[Any]]) -> tuple[I64, I64]:
     """``np.unique(ids, return_counts=True)`` for bucket ids (< 2^17), a few times faster on
     a request's couple of thousand: an int32 sort, and each run's start from one comparison
-    of neighbours."""
-    s = ids.astype(np.int32)
+    of neighbours. An int32 ``ids`` is sorted in place (``_bucket_ids``' own array)."""
+    s = ids.astype(np.int32, copy=False)
     s.sort()
     edge = np.empty(s.size + 1, dtype=np.bool_)
     edge[0] = edge[-1] = True
@@ -351,8 +354,10 @@ def hashed_ngrams(segments: list[tuple[int, str]]) -> tuple[I64, I64]:
     uniq, counts = _distinct(_bucket_ids(b, isw))
     if uniq.size > MAX_ENTRIES:
         priority = _mix(uniq.astype(np.uint64) ^ _PRIORITY_SEED)
-        keep = np.sort(np.argpartition(priority, MAX_ENTRIES)[:MAX_ENTRIES])
-        uniq, counts = uniq[keep], counts[keep]
+        # _mix is a bijection, so the priorities are distinct: the MAX_ENTRIES lowest are
+        # those at or below the MAX_ENTRIES-th, in the ids' order
+        keep = priority <= np.partition(priority, MAX_ENTRIES - 1)[MAX_ENTRIES - 1]
+        uniq, counts = np.compress(keep, uniq), np.compress(keep, counts)
     return uniq, np.minimum(counts, MAX_COUNT, out=counts)
 
 
