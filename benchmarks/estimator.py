@@ -17,6 +17,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,19 @@ DEFAULT_DATA = (
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 
 
-def chat_requests(paths: list[Path], n: int, seed: int) -> list[list[dict[str, Any]]]:
-    """n chat requests (a system message and a real prompt from `paths`, else generated ones)."""
-    prompts: list[str] = []
+def chat_requests(
+    paths: list[Path], n: int, seed: int, system_prompts: Mapping[str, str] | None = None
+) -> list[list[dict[str, Any]]]:
+    """n chat requests (a system message and a real prompt from `paths`, else generated ones).
+    ``system_prompts`` (task -> text, "*" for any other task with "{task}" filled in, as
+    `benchmarks.labelled_files.load_system_prompts` reads them): a row's task's system
+    prompt instead of the one-line default, where it has one."""
+    prompts: list[tuple[str, str]] = []
     for path in paths:
         if path.is_file():
             with path.open(encoding="utf-8") as fh:
-                prompts += [json.loads(line)["prompt"] for line in fh if line.strip()]
+                rows = [json.loads(line) for line in fh if line.strip()]
+            prompts += [(r["prompt"], str(r.get("task", ""))) for r in rows]
     rng = random.Random(seed)
     if not prompts:
         words = [
@@ -48,8 +55,18 @@ def chat_requests(paths: list[Path], n: int, seed: int) -> list[list[dict[str, A
             "code",
             "list",
         ]
-        prompts = [" ".join(rng.choices(words, k=rng.randint(5, 120))) for _ in range(500)]
-    return [[SYSTEM, {"role": "user", "content": rng.choice(prompts)}] for _ in range(n)]
+        prompts = [(" ".join(rng.choices(words, k=rng.randint(5, 120))), "") for _ in range(500)]
+    out = []
+    for _ in range(n):
+        prompt, task = rng.choice(prompts)
+        system = SYSTEM
+        text = (system_prompts or {}).get(task)
+        if text is None and system_prompts and "*" in system_prompts:
+            text = system_prompts["*"].replace("{task}", task)
+        if text:
+            system = {"role": "system", "content": text}
+        out.append([system, {"role": "user", "content": prompt}])
+    return out
 
 
 def bucket(chars: int) -> str:

@@ -2,6 +2,7 @@
 
     python -m benchmarks.routing [--policy FILE] [--route NAME] [--n 5000] [--data FILE ...]
     python -m benchmarks.routing --adapt /work/shared/data/llmrouter_train.jsonl [--k 2000]
+        [--system-prompts benchmarks/system_prompts/llmrouter_train_boilerplate.json]
 
 Each request is a real prompt from the shared data (a system prompt plus the user turn, as
 in benchmarks/estimator.py). Per request, the same steps the gateway's route_input and
@@ -16,6 +17,9 @@ scheduler waits), and the total per prompt-length bucket of benchmarks/estimator
 < 300, typical 300 to 2,000, long > 2,000 characters of user prompt). Budget: estimator for
 8 candidates + decide() p99 <= 0.5 ms on a typical request (wall time). The garbage
 collector is set as `effgate serve` sets it (`gateway.cli.serve.tune_gc`).
+``--system-prompts FILE`` sends each request (and each ``--adapt`` row) with its task's
+system prompt from FILE instead of the one-line default: traffic whose workflows carry a
+preamble of their own (the length buckets still read the user prompt).
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from benchmarks.estimator import DEFAULT_DATA, bucket, chat_requests
+from benchmarks.labelled_files import load_system_prompts
 from benchmarks.routing_ab import timed_route
 
 BUDGET_MS = 0.5
@@ -54,7 +59,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--adapt", type=Path, help="fit heads on this shared-format file first")
     parser.add_argument("--k", type=int, default=2000, help="rows of --adapt to fit on")
+    parser.add_argument(
+        "--system-prompts",
+        type=Path,
+        help="JSON task -> system prompt (benchmarks/system_prompts/): each request, and each "
+        "--adapt row, is sent with its task's",
+    )
     args = parser.parse_args(argv)
+    system = load_system_prompts(args.system_prompts) if args.system_prompts else None
 
     from gateway.health import Health
     from gateway.scoring import EstimatorStore
@@ -65,7 +77,7 @@ def main(argv: list[str]) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.adapt is not None:
-            args.policy, args.route = _adapted(args.adapt, args.k, args.seed, Path(tmp))
+            args.policy, args.route = _adapted(args.adapt, args.k, args.seed, Path(tmp), system)
             est = load_estimator(Path(tmp) / "artifact")
         else:
             est = load_estimator()
@@ -82,7 +94,7 @@ def main(argv: list[str]) -> int:
     health = Health()
     tokens = TokenCounter.load()
     smallest = min(m.context_window for m in policy.models.values())
-    requests = chat_requests(args.data or list(DEFAULT_DATA), args.n, args.seed)
+    requests = chat_requests(args.data or list(DEFAULT_DATA), args.n, args.seed, system)
 
     wall: dict[str, list[float]] = {"estimator": [], "decide": [], "total": []}
     cpu: dict[str, list[float]] = {k: [] for k in wall}
@@ -153,8 +165,11 @@ def _as_served() -> Iterator[tuple[int, int, int]]:
         gc.set_threshold(*before)
 
 
-def _adapted(data: Path, k: int, seed: int, tmp: Path) -> tuple[Path, str]:
-    """Heads fitted on ``k`` random rows of ``data`` over the shipped artifact, saved under
+def _adapted(
+    data: Path, k: int, seed: int, tmp: Path, system_prompts: Mapping[str, str] | None = None
+) -> tuple[Path, str]:
+    """Heads fitted on ``k`` random rows of ``data`` over the shipped artifact (each sent with
+    its task's system prompt from ``system_prompts``, where given), saved under
     ``tmp/artifact``, and a policy routing over 8 of the file's priced models."""
     import random
 
@@ -168,6 +183,10 @@ def _adapted(data: Path, k: int, seed: int, tmp: Path) -> tuple[Path, str]:
     base = load_estimator()
     dataset = load_dataset([data])
     rows = list(dataset.rows)
+    if system_prompts:
+        from benchmarks.labelled_files import with_system_prompts
+
+        rows = list(with_system_prompts(rows, system_prompts))
     random.Random(seed).shuffle(rows)
     examples = examples_from_rows(rows[:k])
     d = np.array([base.difficulty_of_dense(e.sig.dense) for e in examples])

@@ -1,6 +1,7 @@
 """What routing adds to a request, this checkout against another, in the same run, as ratios.
 
     python -m benchmarks.routing_ab --base REV [--adapt FILE] [--k 2000] [--n 5000] [--block 100]
+        [--data FILE ...] [--system-prompts FILE]
     python -m benchmarks.routing_ab --base-path DIR ...
 
 `benchmarks.routing` times one checkout; on a shared VM its figures drift by tens of percent
@@ -246,12 +247,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--procs", type=int, default=3, help="worker processes per side (timings pooled)"
     )
+    parser.add_argument(
+        "--system-prompts",
+        type=Path,
+        help="JSON task -> system prompt (benchmarks/system_prompts/): each request, and each "
+        "--adapt row, is sent with its task's",
+    )
     args = parser.parse_args(argv)
     if args.n < 1 or args.block < 1 or args.procs < 1:
         parser.error("--n, --block and --procs must be positive")
 
     from benchmarks.estimator import DEFAULT_DATA, bucket, chat_requests
+    from benchmarks.labelled_files import load_system_prompts
     from benchmarks.routing import _adapted
+
+    system = load_system_prompts(args.system_prompts) if args.system_prompts else None
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -266,11 +276,13 @@ def main(argv: list[str]) -> int:
         base_path = worktree if worktree is not None else args.base_path.resolve()
         try:
             if args.adapt is not None:
-                policy, route = _adapted(args.adapt, args.k, args.seed, tmp)
+                policy, route = _adapted(args.adapt, args.k, args.seed, tmp, system)
                 artifact = str(tmp / "artifact")
             else:
                 policy, route, artifact = ROOT / "policies" / "default.yaml", "auto", ""
-            requests = chat_requests(args.data or list(DEFAULT_DATA), WARM + args.n, args.seed)
+            requests = chat_requests(
+                args.data or list(DEFAULT_DATA), WARM + args.n, args.seed, system
+            )
             req_path = tmp / "requests.json"
             req_path.write_text(json.dumps(requests), encoding="utf-8")
             worker_args = [artifact, str(policy), route, str(req_path), str(args.cpu)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,24 @@ def test_reports_every_stage_for_each_request(capsys: pytest.CaptureFixture[str]
 def test_unknown_route_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert routing.main(["--n", "5", "--route", "nope"]) == 2
     assert "no route 'nope'" in capsys.readouterr().err
+
+
+def test_requests_carry_their_tasks_system_prompt(tmp_path: Path) -> None:
+    from benchmarks.estimator import SYSTEM, chat_requests
+
+    data = tmp_path / "rows.jsonl"
+    rows = [{"prompt": f"question {i}", "task": ("math", "law", "bio")[i % 3]} for i in range(30)]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    task_of = {r["prompt"]: r["task"] for r in rows}
+    plain = chat_requests([data], 200, 0)
+    assert all(m[0] == SYSTEM for m in plain)
+    prompts = {"math": "You do sums.", "*": "About {task}."}
+    sent = chat_requests([data], 200, 0, prompts)
+    # the same prompts in the same order, each with its task's system prompt
+    assert [m[1] for m in sent] == [m[1] for m in plain]
+    want = {"math": "You do sums.", "law": "About law.", "bio": "About bio."}
+    assert all(m[0]["content"] == want[task_of[m[1]["content"]]] for m in sent)
+    assert {task_of[m[1]["content"]] for m in sent} == {"math", "law", "bio"}
+    only_math = chat_requests([data], 200, 0, {"math": "You do sums."})
+    sums = {"role": "system", "content": "You do sums."}
+    assert all(m[0] == (sums if task_of[m[1]["content"]] == "math" else SYSTEM) for m in only_math)
