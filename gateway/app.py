@@ -37,7 +37,6 @@ from gateway.tokens import TokenCounter
 from gateway.upstreams.pool import Factory, UpstreamPool, default_factory
 from policies.compiled import CompiledPolicy
 from policies.store import PolicyStore
-from router_models.signature import PREFIXES
 
 log = logging.getLogger("effgate")
 
@@ -142,7 +141,6 @@ def create_app(
             retry_max_s=settings.redis_retry_max_s,
         )
         stack.push_async_callback(records.aclose)  # flushes what is queued, then closes
-        PREFIXES.resize(settings.signature_cache_max_bytes)
         stores = StoreCollector(lambda: _store_stats(store_kv, records))
         registry.register(stores)
         stack.callback(registry.unregister, stores)
@@ -294,14 +292,7 @@ def _store_stats(kv: KV, records: RecordLog) -> list[StoreStats]:
     """Every bounded store's numbers (a ``kv`` injected by a test may have none)."""
     own = getattr(kv, "store_stats", None)
     stats: list[StoreStats] = list(own()) if callable(own) else []
-    prefixes = StoreStats(
-        "signature_prefixes",
-        PREFIXES.max_bytes,
-        bytes=PREFIXES.nbytes,
-        entries=len(PREFIXES),
-        evicted=PREFIXES.evicted,
-    )
-    return [*stats, *records.store_stats(), prefixes]
+    return stats + records.store_stats()
 
 
 def _register_gpu(

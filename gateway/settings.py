@@ -108,10 +108,6 @@ class Settings(BaseSettings):
     # records the Redis stream has not taken (Redis down), held and replayed in order; past
     # this the oldest are dropped (effgate_records_dropped_total{sink="redis"})
     records_stream_max_bytes: int = Field(16 * 1024 * 1024, gt=0)
-    # the n-gram buckets of requests' long system / tool-definition preambles, kept so that a
-    # workflow's preamble is hashed once for learned heads (router_models.signature); least
-    # recently used first out; 0 turns it off (one cache per process, for every route)
-    signature_cache_max_bytes: int = Field(8 * 1024 * 1024, ge=0)
 
     @field_validator("records_signatures", mode="before")
     @classmethod

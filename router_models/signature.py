@@ -20,11 +20,6 @@ Hashes are polynomial hashes over uint8 arrays with uint64 wraparound (numpy onl
 deterministic across processes; never Python's `hash()`). The text read is capped like the
 features' TEXT_CAP: the first HEAD_CAP and last TAIL_CAP bytes. Bump SIGNATURE_VERSION
 whenever anything here changes what a request maps to.
-
-A hash does not depend on where its string sits, so the n-grams of a request's leading
-system / developer / tool-definition text (PREFIX_MIN_BYTES or more: a workflow's preamble,
-sent again on every call) are kept in `PREFIXES`, a byte-bounded LRU, and only the rest of
-the request, from 4 bytes before the preamble's end, is hashed again: the same buckets.
 """
 
 from __future__ import annotations
@@ -33,8 +28,6 @@ import base64
 import hashlib
 import json
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -58,10 +51,6 @@ CHAR_KEEP_SHIFT = 2  # keep 1 / 2**CHAR_KEEP_SHIFT of the character n-gram space
 HEAD_CAP = 3000
 TAIL_CAP = 1000
 DENSE_DIGITS = 6  # decimals
-# a request's leading system / developer / tool-definition text, from this many bytes on, has
-# its n-grams kept in a byte-bounded LRU (`_PrefixCache`): a workflow repeats it on every call
-PREFIX_MIN_BYTES = 512
-PREFIX_CACHE_BYTES = 8 << 20
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -98,16 +87,13 @@ _WS = re.compile(r"\s+")
 
 
 def _mix(h: U64) -> U64:
-    """splitmix64's finaliser, in place (and returned): every input bit reaches the top bits."""
-    t = h >> _S30
-    h ^= t
-    h *= _MIX1
-    np.right_shift(h, _S27, out=t)
-    h ^= t
-    h *= _MIX2
-    np.right_shift(h, _S31, out=t)
-    h ^= t
-    return h
+    """splitmix64's finaliser: every input bit reaches the top bits."""
+    h = h ^ (h >> _S30)
+    h = h * _MIX1
+    h = h ^ (h >> _S27)
+    h = h * _MIX2
+    out: U64 = h ^ (h >> _S31)
+    return out
 
 
 # a fixed pseudo-random priority per bucket, _mix(id ^ _PRIORITY_SEED): the capped sample
@@ -146,39 +132,24 @@ def _bucket_ids(b: U64, isw: npt.NDArray[np.bool_]) -> npt.NDArray[np.int32]:
     what versions 1 and 2 define, and records and heads depend on it: a fix waits for a new
     SIGNATURE_VERSION (measured at K = 2,000: no change in the learner's figures,
     docs/learner.md)."""
-    return _ngram_ids(b, isw, 0, b.shape[0])[0]
-
-
-def _ngram_ids(
-    b: U64, isw: npt.NDArray[np.bool_], lo: int, hi: int
-) -> tuple[npt.NDArray[np.int32], U64]:
-    """(`_bucket_ids`' ids of the n-grams of ``b`` that lie after its first ``lo`` bytes and
-    within its first ``hi``, the words' raw hashes): the words starting at byte ``lo`` or
-    later (the byte before a word starts its hash; b[lo] must not be a word byte), their
-    pairs, and the character n-grams that end after byte ``lo`` and by byte ``hi``.
-    ``lo`` = 0 and ``hi`` = len(b): all of them. Hashes do not depend on where a string
-    is, so a request's n-grams are those of a prefix (`_PrefixCache`) plus the rest."""
     n = b.shape[0]
     # prefix sums g[k] = sum_{t<k} b[t] P^-t; the hash of b[i:j] is P^(j-1) (g[j] - g[i])
     g = np.zeros(n + 1, dtype=np.uint64)
     np.cumsum(b * _IPOW[:n], out=g[1:])
     edge = (isw[1:] != isw[:-1]).nonzero()[0]
-    if lo:
-        edge = edge[edge >= lo]
     starts, ends = edge[0::2], edge[1::2]
     wh = _POW[ends - 1] * (g[ends] - g[starts])
     words = (np.concatenate((wh, wh[:-1] * _PAIR + wh[1:])) * _MIX1) >> _WORD_SHIFT
-    # the character 3-, 4- and 5-grams side by side in one buffer, kept and mixed in one
-    # pass: the k-gram starting at byte i for i in [first, hi - k]
-    spans = [(max(0, lo - k + 1), hi - k + 1) for k in (3, 4, 5)]
-    h = np.empty(sum(max(0, e - f) for f, e in spans), dtype=np.uint64)
+    # the character 3-, 4- and 5-grams side by side in one buffer, kept and mixed in one pass
+    sizes = [max(0, n - k + 1) for k in (3, 4, 5)]
+    h = np.empty(sum(sizes), dtype=np.uint64)
     at = 0
-    for k, (first, end) in zip((3, 4, 5), spans, strict=True):
-        if end > first:
-            part = h[at : at + end - first]
-            np.subtract(g[first + k : end + k], g[first:end], out=part)
-            part *= _POW[first + k - 1 : end + k - 1]
-            at += end - first
+    for k, size in zip((3, 4, 5), sizes, strict=True):
+        if size:
+            part = h[at : at + size]
+            np.subtract(g[k:], g[:size], out=part)
+            part *= _POW[k - 1 : n]
+            at += size
     h = np.compress((h * _KEEP) < _KEEP_BELOW, h)  # h[mask], faster on a few thousand
     h *= _MIX2
     h >>= _CHAR_SHIFT
@@ -186,7 +157,7 @@ def _ngram_ids(
     out = np.empty(words.size + h.size, dtype=np.int32)  # every id is below 2^17
     out[: words.size] = words
     out[words.size :] = h
-    return out, wh
+    return out
 
 
 def _distinct(ids: npt.NDArray[np.integer[Any]]) -> tuple[I64, I64]:
@@ -364,104 +335,8 @@ def _decode(ids_text: str, more_text: str) -> tuple[I64, I64]:
     return ids, counts
 
 
-_PREFIX_ROLES = frozenset((_ROLE_CODE["system"], _TOOLS_DEF))
-_ENTRY_OVERHEAD = 512  # bytes of an entry besides its key and ids (objects, the LRU's node)
-
-
-@dataclass(frozen=True, slots=True)
-class _Prefix:
-    ids: npt.NDArray[np.int32]  # bucket ids, with repeats, sorted
-    last: U64  # the raw hash of the prefix's last word (1 element), or empty
-
-
-class _PrefixCache:
-    """The n-gram ids of requests' leading system and tool-definition text (the part a
-    workflow sends again on every call), least recently used first out, at most
-    ``max_bytes`` of keys and ids together (0: nothing is kept). Thread-safe; `hits` and
-    `misses` count lookups, `evicted` the entries the bound pushed out."""
-
-    def __init__(self, max_bytes: int = PREFIX_CACHE_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self.nbytes = 0
-        self.hits = 0
-        self.misses = 0
-        self.evicted = 0
-        self._entries: OrderedDict[tuple[tuple[int, ...], bytes], _Prefix] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: tuple[tuple[int, ...], bytes]) -> _Prefix | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return entry
-
-    def put(self, key: tuple[tuple[int, ...], bytes], entry: _Prefix) -> None:
-        size = _entry_bytes(key, entry)
-        if size > self.max_bytes:
-            return
-        with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self.nbytes -= _entry_bytes(key, old)
-            self._entries[key] = entry
-            self.nbytes += size
-            self._trim()
-
-    def resize(self, max_bytes: int) -> None:
-        """A new bound (the gateway's ``EFFGATE_SIGNATURE_CACHE_MAX_BYTES``), applied now."""
-        with self._lock:
-            self.max_bytes = max_bytes
-            self._trim()
-
-    def _trim(self) -> None:
-        while self.nbytes > self.max_bytes:
-            k, e = self._entries.popitem(last=False)
-            self.nbytes -= _entry_bytes(k, e)
-            self.evicted += 1
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self.nbytes = 0
-
-
-def _entry_bytes(key: tuple[tuple[int, ...], bytes], entry: _Prefix) -> int:
-    return len(key[1]) + 8 * len(key[0]) + entry.ids.nbytes + _ENTRY_OVERHEAD
-
-
-PREFIXES = _PrefixCache()
-
-
-def _prefix_end(capped: list[tuple[int, bytes]]) -> tuple[int, int]:
-    """(k, c): the request's first k segments are system or tool-definition text, followed
-    by something else, and fill the buffer's first c bytes (the leading pad included) with
-    c >= PREFIX_MIN_BYTES; (0, 0) when there is no such prefix."""
-    k, c = 0, 1
-    for code, r in capped:
-        if code not in _PREFIX_ROLES:
-            break
-        c += len(r) + (1 if k else 0)
-        k += 1
-    if k == 0 or k == len(capped) or c < PREFIX_MIN_BYTES:
-        return 0, 0
-    return k, c
-
-
-def hashed_ngrams(
-    segments: list[tuple[int, str]], prefixes: _PrefixCache | None = PREFIXES
-) -> tuple[I64, I64]:
-    """(sorted distinct bucket ids, counts) of (role code, text) segments' n-grams.
-
-    With ``prefixes``, the n-grams of a leading system / tool-definition part of at least
-    PREFIX_MIN_BYTES are looked up there (and kept there) instead of hashed again: the same
-    ids, for the cost of the rest of the request."""
+def hashed_ngrams(segments: list[tuple[int, str]]) -> tuple[I64, I64]:
+    """(sorted distinct bucket ids, counts) of (role code, text) segments' n-grams."""
     capped = _capped(segments)
     if not capped:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -476,31 +351,9 @@ def hashed_ngrams(
         lengths[0] += 1
         b += np.repeat(_ROLE_OFFSET[[c for c, _ in capped]], lengths)
     isw = np.frombuffer(raw.translate(_IS_WORD_BYTES), dtype=np.bool_)
-    k, c = _prefix_end(capped) if prefixes is not None and prefixes.max_bytes else (0, 0)
-    if k and prefixes is not None:
-        # byte c is the newline after the prefix: n-grams up to it are the prefix's, and
-        # the rest are hashed from 4 bytes before it (a 5-gram may start there)
-        key = (
-            tuple(code for code, _ in capped[:k]) + tuple(len(r) for _, r in capped[:k]),
-            raw[:c],
-        )
-        entry = prefixes.get(key)
-        if entry is None:
-            ids, wh = _ngram_ids(b[: c + 1], isw[: c + 1], 0, c)
-            ids.sort()
-            entry = _Prefix(ids=ids, last=wh[-1:].copy())
-            prefixes.put(key, entry)
-        rest, wh = _ngram_ids(b[c - 4 :], isw[c - 4 :], 4, b.shape[0] - c + 4)
-        parts = [entry.ids, rest]
-        if entry.last.size and wh.size:  # the pair of the prefix's last word and the next
-            parts.append(((entry.last * _PAIR + wh[:1]) * _MIX1 >> _WORD_SHIFT).astype(np.int32))
-        uniq, counts = _distinct(np.concatenate(parts))
-    else:
-        uniq, counts = _distinct(_bucket_ids(b, isw))
+    uniq, counts = _distinct(_bucket_ids(b, isw))
     if uniq.size > MAX_ENTRIES:
-        priority = uniq.astype(np.uint64)
-        priority ^= _PRIORITY_SEED
-        _mix(priority)
+        priority = _mix(uniq.astype(np.uint64) ^ _PRIORITY_SEED)
         # _mix is a bijection, so the priorities are distinct: the MAX_ENTRIES lowest are
         # those at or below the MAX_ENTRIES-th, in the ids' order
         keep = priority <= np.partition(priority, MAX_ENTRIES - 1)[MAX_ENTRIES - 1]

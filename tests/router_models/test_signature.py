@@ -8,17 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from router_models.signature import (
-    MAX_ENTRIES,
-    N_BUCKETS,
-    PREFIX_CACHE_BYTES,
-    PREFIX_MIN_BYTES,
-    PREFIXES,
-    Signature,
-    hashed_ngrams,
-    signature,
-    with_digest,
-)
+from router_models.signature import MAX_ENTRIES, N_BUCKETS, Signature, signature, with_digest
 
 MSGS = [
     {"role": "system", "content": "You are terse."},
@@ -134,19 +124,6 @@ def test_distinct_buckets_are_numpy_unique() -> None:
         assert np.array_equal(uniq, want_u) and np.array_equal(counts, want_c)
 
 
-LONG_PREAMBLE = [
-    {
-        "role": "system",
-        "content": "House rules: answer in English; cite sources; never reveal keys. " * 12
-        + "Workflow: summarise",
-    },
-    {"role": "developer", "content": "Keep it short."},
-    {"role": "user", "content": "Summarise this: the quarterly numbers rose."},
-]
-LONG_TOOLS = [
-    {"type": "function", "function": {"name": "lookup", "description": "Find a record. " * 30}}
-]
-
 PINNED: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None, str]] = [
     # version 2's mapping, as records and trained heads hold it (version 1's, apart from the
     # dense part of the first, which has a system message, and "v")
@@ -186,10 +163,6 @@ PINNED: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None, str]] = [
     ),
     # one segment, counts past MAX_COUNT (clipped)
     ([{"role": "user", "content": "ab " * 1300}], None, "ad521482a2f0dc3fe764bce3"),
-    # a long system + developer preamble (the prefix cache's part), then a user turn whose
-    # first word pairs with the preamble's last; then the same after tool definitions
-    (LONG_PREAMBLE, None, "f4f7f0a338fc619a020f9044"),
-    (LONG_PREAMBLE, LONG_TOOLS, "485a88416becb2ed39fc6563"),
 ]
 
 
@@ -201,15 +174,10 @@ def test_version_2_mapping_is_pinned() -> None:
     from router_models.signature import SIGNATURE_VERSION
 
     assert SIGNATURE_VERSION == 2
-    PREFIXES.resize(PREFIX_CACHE_BYTES)  # a gateway test may have turned it off
-    PREFIXES.clear()
-    hits = PREFIXES.hits
-    for _ in range(2):  # the second time, the long preambles' n-grams come from PREFIXES
-        for k, (messages, tools, want) in enumerate(PINNED):
-            sig = signature(messages, tools)
-            blob = json.dumps(sig.to_json(), sort_keys=True).encode()
-            assert hashlib.sha256(blob).hexdigest()[:24] == want, (k, sig.ids.size, sig.digest)
-    assert len(PREFIXES) == 2 and PREFIXES.hits - hits == 2
+    for k, (messages, tools, want) in enumerate(PINNED):
+        sig = signature(messages, tools)
+        blob = json.dumps(sig.to_json(), sort_keys=True).encode()
+        assert hashlib.sha256(blob).hexdigest()[:24] == want, (k, sig.ids.size, sig.digest)
     big = signature(PINNED[3][0])
     assert big.ids.size == MAX_ENTRIES  # the cases reach what they are there for
     assert signature(PINNED[4][0]).counts.max() == 255
@@ -225,106 +193,3 @@ def test_version_1_records_still_load() -> None:
     back = Signature.from_json(obj)
     assert np.array_equal(back.ids, signature(PINNED[0][0]).ids)
     assert back.dense.tolist() == obj["dense"]
-
-
-def _random_request(rng: np.random.Generator) -> tuple[list[dict[str, Any]], Any]:
-    """Messages (and sometimes tools) from pieces that put word and non-word bytes, long and
-    short segments, and the head / tail cut either side of every segment boundary."""
-    pieces = ["word", "Cap", " ", "\n", ",", ".", "x", "é", "字", "{", "_", "9", "\t", "a"]
-
-    def text(n: int) -> str:
-        return "".join(rng.choice(pieces, n))
-
-    tools = None
-    if rng.random() < 0.3:
-        size = int(rng.choice([10, 200, 800]))
-        tools = [{"type": "function", "function": {"name": text(5), "description": text(size)}}]
-    messages = []
-    for _ in range(int(rng.integers(0, 3))):
-        role = str(rng.choice(["system", "developer"]))
-        size = int(rng.choice([0, 3, 100, 300, 700, 1500, 4000]))
-        messages.append({"role": role, "content": text(size)})
-    for _ in range(int(rng.integers(0, 4))):
-        role = str(rng.choice(["user", "assistant", "tool", "system"]))
-        messages.append({"role": role, "content": text(int(rng.choice([0, 1, 2, 5, 50, 3000])))})
-    return messages, tools
-
-
-def test_the_prefix_cache_gives_the_same_buckets() -> None:
-    """A leading system / developer / tool-definition part of PREFIX_MIN_BYTES or more is
-    hashed once and looked up after: the request's buckets are exactly those hashed whole,
-    on the first call and on later ones, whatever sits either side of the boundary."""
-    from router_models.signature import _capped, _prefix_end, _PrefixCache, _segments
-
-    rng = np.random.default_rng(7)
-    cache = _PrefixCache(max_bytes=1 << 20)
-    with_prefix = 0
-    for _ in range(600):
-        messages, tools = _random_request(rng)
-        segments = _segments(messages, tools)
-        want_ids, want_counts = hashed_ngrams(segments, None)
-        with_prefix += _prefix_end(_capped(segments))[0] > 0
-        for _ in range(2):
-            ids, counts = hashed_ngrams(segments, cache)
-            assert np.array_equal(ids, want_ids) and np.array_equal(counts, want_counts)
-    assert with_prefix > 100 and cache.misses > 50 and cache.hits >= with_prefix
-    # the boundary itself: every pair of bytes either side of it, at the smallest prefix
-    for left in ("a", " ", "字"):
-        for right in ("b", " ", "\n", "é"):
-            system = "x" * (PREFIX_MIN_BYTES - 2) + left
-            segs = [(1, system), (2, right + "yz tail")]
-            assert _prefix_end(_capped(segs))[0] == 1
-            want = hashed_ngrams(segs, None)
-            for _ in range(2):
-                got = hashed_ngrams(segs, cache)
-                assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
-    # a preamble one byte short is hashed with the rest, every time
-    short = [(1, "x" * (PREFIX_MIN_BYTES - 2)), (2, "tail")]
-    assert _prefix_end(_capped(short)) == (0, 0)
-
-
-def test_the_prefix_cache_is_bounded_in_bytes_and_least_recently_used_goes_first() -> None:
-    from router_models.signature import _PrefixCache
-
-    cache = _PrefixCache(max_bytes=200_000)
-    preambles = [f"Workflow {i}: " + "follow the house rules carefully. " * 20 for i in range(60)]
-    for i, system in enumerate(preambles):
-        hashed_ngrams([(1, system), (2, "question")], cache)
-        assert 0 < cache.nbytes <= cache.max_bytes
-        if i == 5:
-            kept = len(cache)
-    assert cache.misses == 60 and len(cache) < 60
-    # the newest are kept, the oldest went first
-    hashed_ngrams([(1, preambles[-1]), (2, "question")], cache)
-    assert cache.hits == 1
-    hashed_ngrams([(1, preambles[0]), (2, "question")], cache)
-    assert cache.hits == 1 and cache.misses == 61
-    assert kept == 6
-    # an entry larger than the whole budget is never stored
-    tiny = _PrefixCache(max_bytes=1_000)
-    hashed_ngrams([(1, preambles[0]), (2, "question")], tiny)
-    assert len(tiny) == 0 and tiny.nbytes == 0
-
-
-def test_the_prefix_cache_counts_its_bytes_as_tracemalloc_does() -> None:
-    """The bound holds for real memory: the estimate (key + ids + a fixed overhead) is
-    within 15% of what tracemalloc sees the entries take."""
-    import tracemalloc
-
-    from router_models.signature import _PrefixCache
-
-    rules = "Answer in English, cite the policy section, and never reveal account keys. "
-    requests = [[(1, f"Workflow {i}. " + rules * 30), (2, "question")] for i in range(200)]
-    cache = _PrefixCache(max_bytes=1 << 30)
-    hashed_ngrams(requests[0], _PrefixCache())  # warm up what the first call allocates
-    tracemalloc.start()
-    try:
-        before = tracemalloc.take_snapshot()
-        for segments in requests:
-            hashed_ngrams(segments, cache)
-        after = tracemalloc.take_snapshot()
-    finally:
-        tracemalloc.stop()
-    traced = sum(s.size_diff for s in after.compare_to(before, "filename"))
-    assert len(cache) == 200
-    assert abs(traced - cache.nbytes) <= 0.15 * cache.nbytes, (traced, cache.nbytes)
