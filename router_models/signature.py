@@ -87,13 +87,16 @@ _WS = re.compile(r"\s+")
 
 
 def _mix(h: U64) -> U64:
-    """splitmix64's finaliser: every input bit reaches the top bits."""
-    h = h ^ (h >> _S30)
-    h = h * _MIX1
-    h = h ^ (h >> _S27)
-    h = h * _MIX2
-    out: U64 = h ^ (h >> _S31)
-    return out
+    """splitmix64's finaliser, in place (and returned): every input bit reaches the top bits."""
+    t = h >> _S30
+    h ^= t
+    h *= _MIX1
+    np.right_shift(h, _S27, out=t)
+    h ^= t
+    h *= _MIX2
+    np.right_shift(h, _S31, out=t)
+    h ^= t
+    return h
 
 
 # a fixed pseudo-random priority per bucket, _mix(id ^ _PRIORITY_SEED): the capped sample
@@ -353,7 +356,9 @@ def hashed_ngrams(segments: list[tuple[int, str]]) -> tuple[I64, I64]:
     isw = np.frombuffer(raw.translate(_IS_WORD_BYTES), dtype=np.bool_)
     uniq, counts = _distinct(_bucket_ids(b, isw))
     if uniq.size > MAX_ENTRIES:
-        priority = _mix(uniq.astype(np.uint64) ^ _PRIORITY_SEED)
+        priority = uniq.astype(np.uint64)
+        priority ^= _PRIORITY_SEED
+        _mix(priority)
         # _mix is a bijection, so the priorities are distinct: the MAX_ENTRIES lowest are
         # those at or below the MAX_ENTRIES-th, in the ids' order
         keep = priority <= np.partition(priority, MAX_ENTRIES - 1)[MAX_ENTRIES - 1]
