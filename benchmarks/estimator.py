@@ -40,7 +40,7 @@ def chat_requests(
         if path.is_file():
             with path.open(encoding="utf-8") as fh:
                 rows = [json.loads(line) for line in fh if line.strip()]
-            prompts += [(r["prompt"], str(r.get("task", ""))) for r in rows]
+            prompts += [(r["prompt"], r.get("task") or "") for r in rows]
     rng = random.Random(seed)
     if not prompts:
         words = [
@@ -56,15 +56,13 @@ def chat_requests(
             "list",
         ]
         prompts = [(" ".join(rng.choices(words, k=rng.randint(5, 120))), "") for _ in range(500)]
+    if system_prompts:
+        from benchmarks.labelled_files import system_prompt_for
     out = []
     for _ in range(n):
         prompt, task = rng.choice(prompts)
-        system = SYSTEM
-        text = (system_prompts or {}).get(task)
-        if text is None and system_prompts and "*" in system_prompts:
-            text = system_prompts["*"].replace("{task}", task)
-        if text:
-            system = {"role": "system", "content": text}
+        text = system_prompt_for(task, system_prompts) if system_prompts else None
+        system = {"role": "system", "content": text} if text else SYSTEM
         out.append([system, {"role": "user", "content": prompt}])
     return out
 

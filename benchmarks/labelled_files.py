@@ -66,13 +66,20 @@ def with_system_prompts(rows: Sequence[Any], prompts: Mapping[str, str]) -> tupl
     no token counts) stay the user prompt's."""
     out = []
     for r in rows:
-        text = prompts.get(str(r.task))
-        if text is None and "*" in prompts:
-            text = prompts["*"].replace("{task}", str(r.task))
+        text = system_prompt_for(str(r.task), prompts)
         if text:
             r = dataclasses.replace(r, messages=({"role": "system", "content": text}, *r.messages))
         out.append(r)
     return tuple(out)
+
+
+def system_prompt_for(task: str, prompts: Mapping[str, str]) -> str | None:
+    """``prompts[task]``, else ``prompts["*"]`` with ``{task}`` replaced by the task, else
+    None."""
+    text = prompts.get(task)
+    if text is None and "*" in prompts:
+        text = prompts["*"].replace("{task}", task)
+    return text
 
 
 def load_system_prompts(path: Path) -> dict[str, str]:

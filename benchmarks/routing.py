@@ -66,7 +66,10 @@ def main(argv: list[str]) -> int:
         "--adapt row, is sent with its task's",
     )
     args = parser.parse_args(argv)
-    system = load_system_prompts(args.system_prompts) if args.system_prompts else None
+    try:
+        system = load_system_prompts(args.system_prompts) if args.system_prompts else None
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
 
     from gateway.health import Health
     from gateway.scoring import EstimatorStore
@@ -143,6 +146,8 @@ def main(argv: list[str]) -> int:
         "gc_thresholds": list(thresholds),
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
+        # the traffic timed: the mean length of the requests' system prompts
+        "system_prompt_chars": round(sum(len(m[0]["content"]) for m in requests) / len(requests)),
     }
     print(json.dumps(result, indent=1))
     return 0

@@ -261,7 +261,10 @@ def main(argv: list[str]) -> int:
     from benchmarks.labelled_files import load_system_prompts
     from benchmarks.routing import _adapted
 
-    system = load_system_prompts(args.system_prompts) if args.system_prompts else None
+    try:
+        system = load_system_prompts(args.system_prompts) if args.system_prompts else None
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

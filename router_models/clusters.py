@@ -73,7 +73,7 @@ class ClusterMap:
         """The cluster whose centroid is most similar to this request."""
         rows = self._lookup[sig.ids]
         rows = rows[rows >= 0]
-        # the numpy calls are the ufuncs and methods np.clip, np.full and np.argmax wrap
+        # np.clip, np.full and np.argmax spelled as the ufuncs and methods they wrap
         z = sig.dense - self.dense_mean
         z /= self.dense_scale
         np.minimum(np.maximum(z, -CLIP, out=z), CLIP, out=z)

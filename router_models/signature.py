@@ -86,8 +86,9 @@ _IS_WORD_BYTES = _IS_WORD.astype(np.uint8).tobytes()  # bytes.translate table: 1
 _WS = re.compile(r"\s+")
 
 
-def _mix(h: U64) -> U64:
-    """splitmix64's finaliser, in place (and returned): every input bit reaches the top bits."""
+def _mix_in_place(h: U64) -> U64:
+    """splitmix64's finaliser, applied to ``h`` itself (and returned): every input bit
+    reaches the top bits."""
     t = h >> _S30
     h ^= t
     h *= _MIX1
@@ -99,7 +100,7 @@ def _mix(h: U64) -> U64:
     return h
 
 
-# a fixed pseudo-random priority per bucket, _mix(id ^ _PRIORITY_SEED): the capped sample
+# a fixed pseudo-random priority per bucket, _mix_in_place(id ^ _PRIORITY_SEED): the capped sample
 # keeps the lowest ones (computed for the request's buckets, not looked up in a 1 MB table)
 _PRIORITY_SEED = np.uint64(0x3C6EF372FE94F82B)
 
@@ -166,8 +167,8 @@ def _bucket_ids(b: U64, isw: npt.NDArray[np.bool_]) -> npt.NDArray[np.int32]:
 def _distinct(ids: npt.NDArray[np.integer[Any]]) -> tuple[I64, I64]:
     """``np.unique(ids, return_counts=True)`` for bucket ids (< 2^17), a few times faster on
     a request's couple of thousand: an int32 sort, and each run's start from one comparison
-    of neighbours. An int32 ``ids`` is sorted in place (``_bucket_ids``' own array)."""
-    s = ids.astype(np.int32, copy=False)
+    of neighbours. A writeable int32 ``ids`` is sorted in place (``_bucket_ids``' own array)."""
+    s = ids if ids.dtype == np.int32 and ids.flags.writeable else ids.astype(np.int32)
     s.sort()
     edge = np.empty(s.size + 1, dtype=np.bool_)
     edge[0] = edge[-1] = True
@@ -358,9 +359,9 @@ def hashed_ngrams(segments: list[tuple[int, str]]) -> tuple[I64, I64]:
     if uniq.size > MAX_ENTRIES:
         priority = uniq.astype(np.uint64)
         priority ^= _PRIORITY_SEED
-        _mix(priority)
-        # _mix is a bijection, so the priorities are distinct: the MAX_ENTRIES lowest are
-        # those at or below the MAX_ENTRIES-th, in the ids' order
+        _mix_in_place(priority)
+        # the finaliser is a bijection, so the priorities are distinct: the MAX_ENTRIES
+        # lowest are those at or below the MAX_ENTRIES-th, in the ids' order
         keep = priority <= np.partition(priority, MAX_ENTRIES - 1)[MAX_ENTRIES - 1]
         uniq, counts = np.compress(keep, uniq), np.compress(keep, counts)
     return uniq, np.minimum(counts, MAX_COUNT, out=counts)

@@ -66,3 +66,39 @@ def test_requests_carry_their_tasks_system_prompt(tmp_path: Path) -> None:
     only_math = chat_requests([data], 200, 0, {"math": "You do sums."})
     sums = {"role": "system", "content": "You do sums."}
     assert all(m[0] == (sums if task_of[m[1]["content"]] == "math" else SYSTEM) for m in only_math)
+
+
+def test_requests_without_system_prompts_are_the_ones_it_always_made() -> None:
+    """The generated requests (no data file) of seed 0 are pinned: runs before and after the
+    --system-prompts option time the same requests."""
+    import hashlib
+
+    from benchmarks.estimator import chat_requests
+
+    made = chat_requests([], 20, 0)
+    assert hashlib.sha256(json.dumps(made).encode()).hexdigest()[:16] == "72ce9852920a29fc"
+
+
+def test_system_prompts_reach_the_benchmark_and_a_bad_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "rows.jsonl"
+    rows = [{"prompt": f"question number {i} " * 40, "task": "math"} for i in range(10)]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    prompts = tmp_path / "system.json"
+    prompts.write_text(json.dumps({"math": "You do sums. " * 200}))
+    base = ["--n", "20", "--route", "auto", "--data", str(data)]
+    assert routing.main(base) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert routing.main([*base, "--system-prompts", str(prompts)]) == 0
+    with_system = json.loads(capsys.readouterr().out)
+    assert plain["requests"] == with_system["requests"] == 20
+    assert plain["system_prompt_chars"] == len("You are a helpful assistant.")
+    assert with_system["system_prompt_chars"] == len("You do sums. " * 200)
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    for path in (bad, tmp_path / "missing.json"):
+        with pytest.raises(SystemExit) as exc:
+            routing.main([*base, "--system-prompts", str(path)])
+        assert exc.value.code == 2
+    assert "system prompt" in capsys.readouterr().err
