@@ -9,6 +9,7 @@ typical prompts the latency step times.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
@@ -90,6 +91,30 @@ def load_system_prompts(path: Path) -> dict[str, str]:
     ):
         raise ValueError(f"{path}: expected a JSON object of task -> system prompt text")
     return obj
+
+
+def add_system_prompts_option(parser: argparse.ArgumentParser) -> None:
+    """The benchmarks' ``--system-prompts FILE.json`` (read with `system_prompts_from`)."""
+    parser.add_argument(
+        "--system-prompts",
+        type=Path,
+        metavar="FILE.json",
+        help="send each request (each row, each row heads are fitted on) with its task's system "
+        "prompt (task -> text; '*' for the rest; benchmarks/system_prompts/)",
+    )
+
+
+def system_prompts_from(
+    parser: argparse.ArgumentParser, path: Path | None
+) -> dict[str, str] | None:
+    """`load_system_prompts` of ``--system-prompts`` (None without it); a file that cannot be
+    read is the parser's usage error."""
+    if path is None:
+        return None
+    try:
+        return load_system_prompts(path)
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
 
 
 def meta_key(field: str) -> str | None:

@@ -56,10 +56,11 @@ import numpy.typing as npt
 
 from benchmarks.labelled_files import (
     FileData,
+    add_system_prompts_option,
     bandit_labels,
     draw,
-    load_system_prompts,
     meta_key,
+    system_prompts_from,
     typical_prompts,
 )
 
@@ -396,12 +397,7 @@ def main(argv: list[str]) -> int:
         metavar="FIELD",
         help="the workflow tag from this field instead: task or meta.KEY (e.g. meta.src)",
     )
-    parser.add_argument(
-        "--system-prompts",
-        type=Path,
-        metavar="FILE.json",
-        help="send each row with its task's system prompt (task -> text; '*' for the rest)",
-    )
+    add_system_prompts_option(parser)
     parser.add_argument(
         "--learner",
         action="append",
@@ -425,10 +421,7 @@ def main(argv: list[str]) -> int:
             meta_key(tag_field)
     except ValueError:
         parser.error(f"--tag-field must be task or meta.KEY, not {tag_field!r}")
-    try:
-        system = load_system_prompts(args.system_prompts) if args.system_prompts else None
-    except (OSError, ValueError) as exc:
-        parser.error(str(exc))
+    system = system_prompts_from(parser, args.system_prompts)
     files = [FileData(p, tag_field, system) for p in (args.data or list(DEFAULT_DATA))]
     print(f"prepared {len(files)} files in {time.perf_counter() - start:.1f}s", flush=True)
     results: list[dict[str, Any]] = []

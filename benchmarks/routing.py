@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from benchmarks.estimator import DEFAULT_DATA, bucket, chat_requests
-from benchmarks.labelled_files import load_system_prompts
+from benchmarks.labelled_files import add_system_prompts_option, system_prompts_from
 from benchmarks.routing_ab import timed_route
 
 BUDGET_MS = 0.5
@@ -59,17 +59,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--adapt", type=Path, help="fit heads on this shared-format file first")
     parser.add_argument("--k", type=int, default=2000, help="rows of --adapt to fit on")
-    parser.add_argument(
-        "--system-prompts",
-        type=Path,
-        help="JSON task -> system prompt (benchmarks/system_prompts/): each request, and each "
-        "--adapt row, is sent with its task's",
-    )
+    add_system_prompts_option(parser)
     args = parser.parse_args(argv)
-    try:
-        system = load_system_prompts(args.system_prompts) if args.system_prompts else None
-    except (OSError, ValueError) as exc:
-        parser.error(str(exc))
+    system = system_prompts_from(parser, args.system_prompts)
 
     from gateway.health import Health
     from gateway.scoring import EstimatorStore

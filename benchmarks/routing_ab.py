@@ -228,6 +228,8 @@ def compare(news: list[_Side], bases: list[_Side], typical: list[bool]) -> dict[
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--worker"]:
         return _worker(*argv[1:6])
+    from benchmarks.labelled_files import add_system_prompts_option, system_prompts_from
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--base", help="a git revision of this repository to compare against")
@@ -247,24 +249,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--procs", type=int, default=3, help="worker processes per side (timings pooled)"
     )
-    parser.add_argument(
-        "--system-prompts",
-        type=Path,
-        help="JSON task -> system prompt (benchmarks/system_prompts/): each request, and each "
-        "--adapt row, is sent with its task's",
-    )
+    add_system_prompts_option(parser)
     args = parser.parse_args(argv)
     if args.n < 1 or args.block < 1 or args.procs < 1:
         parser.error("--n, --block and --procs must be positive")
 
     from benchmarks.estimator import DEFAULT_DATA, bucket, chat_requests
-    from benchmarks.labelled_files import load_system_prompts
     from benchmarks.routing import _adapted
 
-    try:
-        system = load_system_prompts(args.system_prompts) if args.system_prompts else None
-    except (OSError, ValueError) as exc:
-        parser.error(str(exc))
+    system = system_prompts_from(parser, args.system_prompts)
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
