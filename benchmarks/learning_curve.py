@@ -78,9 +78,11 @@ def _quiet_threads() -> None:
 
 def fit_learner(
     fd: FileData, train: npt.NDArray[np.intp], regime: str, seed: int, params: Any = None
-) -> tuple[Any, Any]:
-    """(heads, the LearnerParams they were fitted with: the selected ones with select=1)."""
-    from router_models.learner import Example, LearnerParams, fit_heads, select_params
+) -> tuple[Any, dict[str, Any]]:
+    """(heads, what the fit chose: rank and lam_model (selected with select=1), the share
+    of the heads' departure from the prior kept (beta), the calibration stage's candidate,
+    the neighbour count; `router_models.learner.fit_heads_reported`)."""
+    from router_models.learner import Example, LearnerParams, fit_heads_reported
 
     if regime == "bandit":
         labs = bandit_labels(fd, train, np.random.default_rng(1000 + seed))
@@ -98,9 +100,7 @@ def fit_learner(
     def prior(m: str) -> F64 | None:
         return fd.prior_logit(m, train)
 
-    if params.select:
-        params, _ = select_params(exs, d, prior, params, seed)
-    return fit_heads(exs, d, prior, params, seed=seed), params
+    return fit_heads_reported(exs, d, prior, params, seed=seed)
 
 
 def learner_p(fd: FileData, heads: Any, idx: npt.NDArray[np.intp], models: Sequence[str]) -> F64:
@@ -254,7 +254,7 @@ def evaluate(
         "seed": seed,
         "task_tags": any(e.tag for e in fd.examples),
         "fit_s": round(fit_s, 2),
-        "params": {"rank": used.rank, "lam_model": used.lam_model},
+        "params": used,
         "labels": int(heads.label_counts.sum()),
         "pair": {"strong": fd.strong, "weak": fd.weak, **default},
         "pair_table_mean": mean_table,

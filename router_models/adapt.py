@@ -37,6 +37,7 @@ from router_models.learner import (
     check_knn,
     examples_from_rows,
     fit_heads,
+    fit_heads_reported,
     prior_from_estimator,
 )
 from router_models.neighbours import knn_grid
@@ -224,7 +225,7 @@ def main(args: argparse.Namespace) -> int:
         )
         return 3
     d = _difficulty(base, grouped)
-    heads = fit_heads(
+    heads, chosen = fit_heads_reported(
         grouped, d, prior_from_estimator(base.skills, base.discrimination, d), params, args.seed
     )
     meta = {
@@ -240,6 +241,7 @@ def main(args: argparse.Namespace) -> int:
         "examples": len(examples),
         "seed": args.seed,
         "params": asdict(params),
+        "chosen": chosen,
         "comparison": report,
         "forced": bool(args.force and not report["better"]),
     }
@@ -255,6 +257,12 @@ def main(args: argparse.Namespace) -> int:
         f"{m} {int(c)}" for m, c in zip(heads.models, heads.label_counts, strict=True)
     )
     print(f"wrote {args.out}: heads for {len(heads.models)} models (labels: {counts})")
+    if "beta" in chosen:
+        shared, own = chosen["beta"]
+        print(
+            f"departure from the prior kept (held-out log loss): {shared:.0%} of the part "
+            f"shared by the models, {own:.0%} of each model's own"
+        )
     stage = [f"{heads.clusters.k} workflow clusters"] if heads.clusters is not None else []
     stage += [f"{len(heads.tags)} workflow tags"] if heads.tags else []
     print(f"calibration stage: {', '.join(stage) or 'no cluster or tag shifts'}")

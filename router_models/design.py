@@ -78,7 +78,7 @@ def example_labels(
     return models, y, mask
 
 
-def _offsets(
+def prior_offsets(
     models: tuple[str, ...], y: F64, mask: npt.NDArray[np.bool_], d: F64, prior: PriorLogit
 ) -> tuple[F64, F64]:
     """Per model (c, g) with prior logit ~= c + g d (least squares; exact for IRT)."""
@@ -118,7 +118,7 @@ def build_design(
     models, y, mask = example_labels(examples)
     if not models:
         raise ValueError("no labels")
-    c, g = _offsets(models, y, mask, d, prior_logit)
+    c, g = prior_offsets(models, y, mask, d, prior_logit)
     offset = c[None, :] + d[:, None] * g[None, :]
 
     lens = np.array([e.sig.ids.size for e in examples])

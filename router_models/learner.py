@@ -31,8 +31,11 @@ mapped back to n-gram buckets afterwards. Up to `exact_kernel_max` examples the 
 come from the dense n x n kernel; beyond, from a randomized truncated SVD of the sparse X
 itself (scikit-learn's `randomized_svd`, the same top singular pairs to within its power
 iterations), so memory grows as n x rank rather than n^2 (30,000 records would need 7 GB for
-the kernel alone). The calibration stage (`router_models.calibration`) runs after the fit;
-serving is `router_models.heads.Heads` (numpy only: a gather and two dot products).
+the kernel alone). The calibration stage (`router_models.calibration`) runs after the fit:
+it first scales back the heads' departure from the prior where they lose to the prior on
+out-of-fold log loss (few labels, traffic the features do not separate), then fits its
+scale, shift and workflow shifts. Serving is `router_models.heads.Heads` (numpy only: a
+gather and two dot products).
 """
 
 from __future__ import annotations
@@ -95,6 +98,9 @@ class LearnerParams:
     cluster_dense_weight: float = 0.5
     lam_calibrate: float = 20.0  # pulls each model's (scale, shift) to (1, 0)
     lam_cluster: float = 5.0  # pulls each model's cluster shifts to 0
+    # where the heads lose to the prior: their departure from it, shared and per-model parts,
+    # scaled by betas in {0, 1/s, ..., 1} on out-of-fold log loss (s = prior_shrink; <= 0: off)
+    prior_shrink: int = 10
     # the nearest-neighbour stage (router_models.neighbours; needs calibrate), off by
     # default (it costs ~0.1 ms per request; docs/learner.md): the neighbour counts it
     # chooses from (e.g. "10,20"; "0": off), the heads' P's weight in pseudo-labels, the
@@ -393,9 +399,24 @@ def fit_heads(
     example, or None for a model the prior does not know. With `params.select`, rank and
     lam_model are first chosen by `select_params` (its folds drawn with `seed`); otherwise
     `seed` is unused (the fit is deterministic)."""
+    return fit_heads_reported(examples, prior_difficulty, prior_logit, params, seed)[0]
+
+
+def fit_heads_reported(
+    examples: Sequence[Example],
+    prior_difficulty: F64,
+    prior_logit: PriorLogit,
+    params: LearnerParams = LearnerParams(),
+    seed: int = 0,
+) -> tuple[Heads, dict[str, Any]]:
+    """As `fit_heads`, plus what the fit chose: ``rank`` and ``lam_model`` (``select``),
+    and with the calibration stage ``beta`` (the heads' departure from the prior kept,
+    `calibration.shrink_to_prior`), ``calibration`` (the stage's candidate) and
+    ``neighbours`` (k, or 0)."""
     check_knn(params)
     if params.select:
         params, _ = select_params(examples, prior_difficulty, prior_logit, params, seed)
+    chosen: dict[str, Any] = {"rank": params.rank, "lam_model": params.lam_model}
     design = build_design(examples, prior_difficulty, prior_logit, params)
     fit = fit_core(design.feats, design.y, design.mask, design.offset, design.n_kernel, params)
     heads = heads_from_fit(design, fit, params)
@@ -406,8 +427,10 @@ def fit_heads(
         heads, report = calibrate_heads(
             heads, examples, prior_difficulty, prior_logit, params, seed
         )
+        chosen.update(beta=list(report["beta"]), calibration=report["chosen"], neighbours=0)
         if knn_grid(params):
             nb, _ = fit_neighbours(heads, examples, report["oof_p"], report["folds"], params, seed)
             if nb is not None:
                 heads = replace(heads, neighbours=nb)
-    return heads
+                chosen["neighbours"] = nb.k
+    return heads, chosen

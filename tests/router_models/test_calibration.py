@@ -15,8 +15,11 @@ from router_models.calibration import (
     grid,
     indicators,
     one_standard_error,
+    shrink_to_prior,
+    shrunk_heads,
 )
 from router_models.clusters import fit_clusters
+from router_models.design import example_labels, prior_offsets
 from router_models.heads import Heads
 from router_models.learner import Example, LearnerParams, fit_heads
 from router_models.signature import signature
@@ -268,3 +271,104 @@ def test_digest_folds_keep_identical_prompts_together() -> None:
     assert len(set(fold[:5].tolist())) == 1 and len(set(fold[5:10].tolist())) == 1
     # no digest: each its own group, spread over the folds
     assert len(set(fold[10:].tolist())) == 3
+
+
+def _bernoulli(logit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    out: np.ndarray = (rng.random(np.shape(logit)) < 1.0 / (1.0 + np.exp(-logit))).astype(float)
+    return out
+
+
+def test_shrink_keeps_a_real_departure_from_the_prior_and_drops_noise() -> None:
+    rng = np.random.default_rng(0)
+    prior = rng.normal(0.0, 1.0, (4000, 3))
+    shared = rng.normal(0.0, 1.0, (4000, 1))  # moves every model's logit alike
+    own = rng.normal(0.0, 1.5, (4000, 3))
+    own -= own.mean(axis=1, keepdims=True)
+    z = prior + shared + own
+    w = np.ones_like(prior)
+    # the labels follow the heads: their departure from the prior is all signal
+    beta, loss = shrink_to_prior(z, prior, _bernoulli(z, rng), w, 10)
+    assert beta == (1.0, 1.0) and loss["1.0,1.0"] < loss["0.5,0.5"] < loss["0.0,0.0"]
+    # the labels follow the prior: the departure is noise
+    beta, loss = shrink_to_prior(z, prior, _bernoulli(prior, rng), w, 10)
+    assert max(beta) <= 0.1 and loss["0.0,0.0"] < loss["1.0,1.0"] - 0.1
+    # half of it is real: the heads as they are still beat the prior, and stay
+    beta, loss = shrink_to_prior(z, prior, _bernoulli(prior + 0.5 * (z - prior), rng), w, 10)
+    assert beta == (1.0, 1.0) and loss["1.0,1.0"] < loss["0.0,0.0"]
+    # a quarter of it is real: the heads lose to the prior, and are scaled back
+    beta, loss = shrink_to_prior(z, prior, _bernoulli(prior + 0.25 * (z - prior), rng), w, 10)
+    assert 0.1 <= beta[0] <= 0.4 and 0.1 <= beta[1] <= 0.4 and loss["1.0,1.0"] > loss["0.0,0.0"]
+    # which model does better is real, the difficulty the heads learnt is noise
+    loud = prior + 3.0 * shared + own
+    beta, _ = shrink_to_prior(loud, prior, _bernoulli(prior + own, rng), w, 10)
+    assert beta[0] <= 0.1 and beta[1] >= 0.9
+    # the other way round the models' own part is never shrunk more than the shared one
+    loud = prior + shared + 3.0 * own
+    beta, loss = shrink_to_prior(loud, prior, _bernoulli(prior + shared, rng), w, 10)
+    assert beta[0] <= beta[1] < 1.0 and "1.0,0.0" not in loss
+    # unlabelled pairs do not count; steps 0 turns it off
+    y = _bernoulli(z, rng)
+    y[:, 0] = _bernoulli(prior[:, 0] - own[:, 0] - shared[:, 0], rng)
+    w[:, 0] = 0.0
+    assert shrink_to_prior(z, prior, y, w, 10)[0] == (1.0, 1.0)
+    assert shrink_to_prior(z, prior, y, w, 0) == ((1.0, 1.0), {})
+
+
+def test_shrunk_heads_move_each_part_of_the_logits_toward_the_prior() -> None:
+    examples, _ = _workflows(200, 3)
+    rng = np.random.default_rng(3)
+    d = rng.normal(0.0, 1.0, 200)
+    prior = {"A": 0.5 - 1.2 * d, "B": -0.3 - 0.8 * d}
+    heads = fit_heads(examples, d, prior, LearnerParams(calibrate=0))
+    models, y, mask = example_labels(examples)
+    off_c, off_g = prior_offsets(models, y, mask, d, prior)
+    assert np.allclose(off_c, [0.5, -0.3]) and np.allclose(off_g, [-1.2, -0.8])
+    assert shrunk_heads(heads, (1.0, 1.0), off_c, off_g) is heads
+    new, _ = _workflows(30, 4)
+    for betas in ((0.5, 0.5), (0.0, 1.0), (0.25, 0.75), (0.0, 0.0)):
+        shrunk = shrunk_heads(heads, betas, off_c, off_g)
+        for e in new:
+            for dd in (-1.0, 0.0, 2.0):
+                r = heads.logits(e.sig, dd) - (off_c + off_g * dd)
+                want = off_c + off_g * dd + betas[0] * r.mean() + betas[1] * (r - r.mean())
+                assert np.allclose(shrunk.logits(e.sig, dd), want)
+
+
+def test_heads_fitted_on_noise_are_shrunk_to_the_prior() -> None:
+    examples, _ = _workflows(300, 5)
+    rng = np.random.default_rng(5)
+    # each model's prior logit c + g d
+    c, g = {"A": 0.4, "B": -0.4}, {"A": -1.0, "B": -0.5}
+    d = rng.normal(0.0, 1.0, 300)
+    prior_logit = {m: c[m] + g[m] * d for m in TRUTH}
+    # the labels follow the prior: whatever the heads add to it is noise
+    noisy = [
+        replace(e, labels={m: float(_bernoulli(prior_logit[m][i], rng)) for m in TRUTH})
+        for i, e in enumerate(examples)
+    ]
+    loose = LearnerParams(lam_shared=0.05, lam_model=0.05, lam_bias=0.05, calibrate=0)
+    raw = fit_heads(noisy, d, prior_logit, loose)
+    _, report0 = calibrate_heads(
+        raw, noisy, d, prior_logit, replace(loose, calibrate=5, prior_shrink=0), 0
+    )
+    shrunk, report = calibrate_heads(
+        raw, noisy, d, prior_logit, replace(loose, calibrate=5, prior_shrink=10), 0
+    )
+    assert report0["beta"] == (1.0, 1.0) and report0["beta_log_loss"] == {}
+    assert max(report["beta"]) <= 0.3
+    loss = report["beta_log_loss"]
+    assert loss["{},{}".format(*report["beta"])] < loss["1.0,1.0"]
+    # on new prompts the shrunk heads are nearer the prior than the heads as they were
+    new, _ = _workflows(200, 6)
+    dn = rng.normal(0.0, 1.0, 200)
+    prior_new = np.stack([c[m] + g[m] * dn for m in raw.models], axis=1)
+    far = {
+        name: float(
+            np.abs(
+                np.stack([h.logits(e.sig, float(x)) for e, x in zip(new, dn, strict=True)])
+                - prior_new
+            ).mean()
+        )
+        for name, h in (("raw", raw), ("shrunk", shrunk))
+    }
+    assert far["shrunk"] < far["raw"] / 2

@@ -226,6 +226,9 @@ def test_train_from_records_learns_per_model_heads_behind_the_gate(
     # both models are right half the time (no pair to route), so Brier decides
     assert cmp["better"] is True and cmp["mean_brier"]["new"] < cmp["mean_brier"]["base"] - 0.05
     assert meta["sources"]["records"]["labelled"] == 400 and meta["forced"] is False
+    # what the fit chose is printed and kept: heads that beat the prior are not scaled back
+    assert meta["chosen"]["beta"] == [1.0, 1.0] and meta["chosen"]["neighbours"] == 0
+    assert "departure from the prior kept (held-out log loss): 100%" in captured.out
     assert new.weights.dense_coef.tolist() == base.weights.dense_coef.tolist()  # prior kept
 
 
