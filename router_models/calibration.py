@@ -223,31 +223,40 @@ def shrink_to_prior(
     Only where the heads as they are lose to the prior (out-of-fold log loss): the heads'
     penalties are fixed, whatever the number of labels and however far the traffic is from
     what they can learn, and where the evidence is thin their departure from the prior is
-    partly noise. There, the betas with the least loss, below 1 only where they beat the
-    heads by more than one standard error (`one_standard_error`). Where the heads beat the
+    partly noise. There, by `one_standard_error`'s rule, the pair with the fewest betas
+    below 1 (then the least loss) within one standard error of the least loss. Where the
+    heads beat the
     prior they stay as they are: scaling them back would still lower the log loss a little,
     but it moves every model's P toward the prior's order of models, and on the shared files
     that made the many-model cost worse (docs/learner.md)."""
-    if steps <= 0:
-        return (1.0, 1.0), {}
     keep = w > 0
+    if steps <= 0 or not keep.any() or not (np.isfinite(z).all() and np.isfinite(pz).all()):
+        return (1.0, 1.0), {}
     shared, own = _split(z - pz)
-    pair_loss: dict[str, F64] = {}
-    size: dict[str, int] = {}
+    # the labelled pairs only: one candidate's losses at a time (a few arrays of the labelled
+    # pairs in memory, not one per candidate)
+    yk, pk, sk, ok = y[keep], pz[keep], np.broadcast_to(shared, z.shape)[keep], own[keep]
+
+    def pair_loss(a: float, b: float) -> F64:
+        s = pk + a * sk + b * ok
+        out: F64 = np.logaddexp(0.0, s) - yk * s
+        return out
+
     betas = [j / steps for j in range(steps + 1)]
-    for a in betas:
-        for b in betas:
-            if a <= b:
-                s = pz + a * shared + b * own
-                name = f"{a},{b}"
-                pair_loss[name] = (np.logaddexp(0.0, s) - y * s)[keep]
-                size[name] = (a != 1.0) + (b != 1.0)
-    losses = {c: round(float(v.mean()), 6) for c, v in pair_loss.items()}
-    if float(pair_loss["1.0,1.0"].mean()) <= float(pair_loss["0.0,0.0"].mean()):
+    candidates = [(a, b) for a in betas for b in betas if a <= b]
+    mean = {c: float(pair_loss(*c).mean()) for c in candidates}
+    losses = {f"{a},{b}": round(v, 6) for (a, b), v in mean.items()}
+    if mean[(1.0, 1.0)] <= mean[(0.0, 0.0)]:
         return (1.0, 1.0), losses  # the heads as they are beat the prior
-    best = one_standard_error(pair_loss, size)
-    a, b = (float(v) for v in best.split(","))
-    return (a, b), losses
+    # `one_standard_error`'s rule: the fewest betas below 1 (then the least loss) within one
+    # standard error of the best, paired over the same labelled pairs
+    best = pair_loss(*min(candidates, key=lambda c: mean[c]))
+    for c in sorted(candidates, key=lambda c: ((c[0] != 1.0) + (c[1] != 1.0), mean[c])):
+        diff = pair_loss(*c) - best
+        if float(diff.mean()) <= float(diff.std()) / math.sqrt(max(diff.size, 1)):
+            # one model: it has no part of its own, and its beta is the shared one
+            return (c[0], c[0]) if z.shape[1] == 1 else c, losses
+    raise AssertionError("the best candidate is within one standard error of itself")
 
 
 def shrunk_heads(heads: Heads, betas: tuple[float, float], off_c: F64, off_g: F64) -> Heads:
@@ -257,6 +266,8 @@ def shrunk_heads(heads: Heads, betas: tuple[float, float], off_c: F64, off_g: F6
     a, b = betas
     if a == 1.0 and b == 1.0:
         return heads
+    if heads.clusters is not None or heads.tags or heads.neighbours is not None:
+        raise ValueError("shrunk_heads takes heads before the calibration and neighbour stages")
 
     def scaled(r: F64) -> F64:
         shared, own = _split(r)
@@ -270,6 +281,29 @@ def shrunk_heads(heads: Heads, betas: tuple[float, float], off_c: F64, off_g: F6
         intercept=off_c + scaled(heads.intercept - off_c),
         d_coef=off_g + scaled(heads.d_coef - off_g),
     )
+
+
+def _oof_prior(
+    models: Sequence[str],
+    pz: F64,
+    y: F64,
+    mask: npt.NDArray[np.bool_],
+    fold: I64,
+    prior_logit: PriorLogit,
+) -> F64:
+    """``pz`` (the prior's logits of every example, (n, M)) out of fold: a model the prior
+    does not know starts from the smoothed mean of its labels (`design.prior_offsets`),
+    which in each fold's fit is the mean of the other folds' labels, as in the heads'
+    out-of-fold logits."""
+    out = pz.copy()
+    for j, m in enumerate(models):
+        if (prior_logit.get(m) if isinstance(prior_logit, Mapping) else prior_logit(m)) is not None:
+            continue
+        for k in np.unique(fold):
+            tr = (fold != k) & mask[:, j]
+            mean = (float(y[tr, j].sum()) + 1.0) / (float(tr.sum()) + 2.0)
+            out[fold == k, j] = math.log(mean / (1.0 - mean))
+    return out
 
 
 def calibrate_heads(
@@ -297,6 +331,7 @@ def calibrate_heads(
     d = np.asarray(prior_difficulty, dtype=np.float64).reshape(-1)
     off_c, off_g = prior_offsets(models, y, mask, d, prior_logit)
     pz = off_c[None, :] + d[:, None] * off_g[None, :]
+    pz = _oof_prior(models, pz, y, mask, fold, prior_logit)
     beta, beta_loss = shrink_to_prior(z, pz, y, w, int(params.prior_shrink))
     if beta != (1.0, 1.0):
         shared, own = _split(z - pz)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from router_models.calibration import (
+    _oof_prior,
     calibrate_heads,
     digest_folds,
     fit_stage,
@@ -312,6 +313,14 @@ def test_shrink_keeps_a_real_departure_from_the_prior_and_drops_noise() -> None:
     w[:, 0] = 0.0
     assert shrink_to_prior(z, prior, y, w, 10)[0] == (1.0, 1.0)
     assert shrink_to_prior(z, prior, y, w, 0) == ((1.0, 1.0), {})
+    # nothing labelled, or logits that are not numbers: the heads as they are
+    assert shrink_to_prior(z, prior, y, np.zeros_like(w), 10) == ((1.0, 1.0), {})
+    bad = z.copy()
+    bad[0, 1] = np.nan
+    assert shrink_to_prior(bad, prior, y, w, 10) == ((1.0, 1.0), {})
+    # one model has no part of its own: its beta is the shared one
+    one = shrink_to_prior(z[:, :1], prior[:, :1], _bernoulli(prior[:, :1], rng), w[:, :1] + 1, 10)
+    assert one[0][0] == one[0][1] <= 0.1
 
 
 def test_shrunk_heads_move_each_part_of_the_logits_toward_the_prior() -> None:
@@ -324,6 +333,8 @@ def test_shrunk_heads_move_each_part_of_the_logits_toward_the_prior() -> None:
     off_c, off_g = prior_offsets(models, y, mask, d, prior)
     assert np.allclose(off_c, [0.5, -0.3]) and np.allclose(off_g, [-1.2, -0.8])
     assert shrunk_heads(heads, (1.0, 1.0), off_c, off_g) is heads
+    with pytest.raises(ValueError, match="before the calibration"):
+        shrunk_heads(_clustered_heads()[0], (0.5, 0.5), off_c, off_g)
     new, _ = _workflows(30, 4)
     for betas in ((0.5, 0.5), (0.0, 1.0), (0.25, 0.75), (0.0, 0.0)):
         shrunk = shrunk_heads(heads, betas, off_c, off_g)
@@ -358,6 +369,8 @@ def test_heads_fitted_on_noise_are_shrunk_to_the_prior() -> None:
     assert max(report["beta"]) <= 0.3
     loss = report["beta_log_loss"]
     assert loss["{},{}".format(*report["beta"])] < loss["1.0,1.0"]
+    # the stage after it is fitted on the scaled-back logits
+    assert report["log_loss"]["none"] == pytest.approx(loss["{},{}".format(*report["beta"])])
     # on new prompts the shrunk heads are nearer the prior than the heads as they were
     new, _ = _workflows(200, 6)
     dn = rng.normal(0.0, 1.0, 200)
@@ -372,3 +385,17 @@ def test_heads_fitted_on_noise_are_shrunk_to_the_prior() -> None:
         for name, h in (("raw", raw), ("shrunk", shrunk))
     }
     assert far["shrunk"] < far["raw"] / 2
+
+
+def test_a_model_the_prior_does_not_know_starts_from_its_other_folds_mean() -> None:
+    y = np.array([[1, 1], [1, 0], [0, 1], [1, 1], [0, 0], [1, 1]], dtype=float)
+    mask = np.ones_like(y, dtype=bool)
+    mask[5, 1] = False  # unlabelled: does not count
+    fold = np.array([0, 0, 1, 1, 2, 2])
+    pz = np.full((6, 2), 0.25)
+    out = _oof_prior(("A", "B"), pz, y, mask, fold, {"A": np.zeros(6)})
+    assert (out[:, 0] == 0.25).all()  # known to the prior: as it was
+    # fold 0: B's labels in folds 1 and 2 are 1, 1, 0 (row 5 unlabelled): (2 + 1) / (3 + 2)
+    for k, (ones, seen) in enumerate([(2, 3), (1, 3), (3, 4)]):
+        mean = (ones + 1) / (seen + 2)
+        assert np.allclose(out[fold == k, 1], np.log(mean / (1 - mean)))
