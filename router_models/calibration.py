@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from router_models.clusters import ClusterMap, fit_clusters
-from router_models.design import build_design, example_labels, prior_offsets
+from router_models.design import build_design, example_labels, prior_of, prior_offsets
 from router_models.heads import Heads
 from router_models.irt import sigmoid
 from router_models.learner import (
@@ -297,7 +297,7 @@ def _oof_prior(
     out-of-fold logits."""
     out = pz.copy()
     for j, m in enumerate(models):
-        if (prior_logit.get(m) if isinstance(prior_logit, Mapping) else prior_logit(m)) is not None:
+        if prior_of(prior_logit, m) is not None:
             continue
         for k in np.unique(fold):
             tr = (fold != k) & mask[:, j]

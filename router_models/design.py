@@ -78,6 +78,12 @@ def example_labels(
     return models, y, mask
 
 
+def prior_of(prior: PriorLogit, model: str) -> Any:
+    """The prior's logits of ``model`` on every example (array-like), or None for a model
+    the prior does not know; ``prior`` a callable or a mapping."""
+    return prior.get(model) if isinstance(prior, Mapping) else prior(model)
+
+
 def prior_offsets(
     models: tuple[str, ...], y: F64, mask: npt.NDArray[np.bool_], d: F64, prior: PriorLogit
 ) -> tuple[F64, F64]:
@@ -86,7 +92,7 @@ def prior_offsets(
     g = np.zeros(len(models))
     design = np.column_stack([np.ones_like(d), d])
     for j, m in enumerate(models):
-        raw = prior.get(m) if isinstance(prior, Mapping) else prior(m)
+        raw = prior_of(prior, m)
         if raw is not None:
             val = np.asarray(raw, dtype=np.float64).reshape(-1)
             if val.shape != d.shape or not np.isfinite(val).all():

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from router_models.design import Design, build_design, truncate
+from router_models.design import Design, build_design, prior_of, truncate
 from router_models.heads import Heads, logistic
 from router_models.signature import Signature, signature
 
@@ -301,7 +301,7 @@ def fold_ids(examples: Sequence[Example], folds: int, seed: int) -> I64:
 
 def prior_subset(prior: PriorLogit, idx: I64) -> PriorLogit:
     def logit(model: str) -> F64 | None:
-        raw = prior.get(model) if isinstance(prior, Mapping) else prior(model)
+        raw = prior_of(prior, model)
         if raw is None:
             return None
         out: F64 = np.asarray(raw, dtype=np.float64).reshape(-1)[idx]
