@@ -36,9 +36,9 @@ Serving cost: one cluster assignment (and a dict lookup for a tag) per request.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +58,7 @@ from router_models.learner import (
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+K = TypeVar("K", bound=Hashable)  # a candidate of the one-standard-error rule
 MIN_PER_CLUSTER = 25  # training prompts per cluster, on average, at the least
 MIN_PER_TAG = 5  # a workflow tag seen less often gets no shift
 
@@ -192,19 +193,38 @@ def one_standard_error(pair_loss: Mapping[str, F64], size: Mapping[str, int]) ->
     """The smallest candidate (fewest parameters per model) whose held-out loss is within
     one standard error of the best's (the paired difference over the same labelled pairs):
     a richer stage has to earn its place by more than noise."""
-    best = min(pair_loss, key=lambda c: float(pair_loss[c].mean()))
-    for c in sorted(pair_loss, key=lambda c: (size[c], float(pair_loss[c].mean()))):
-        diff = pair_loss[c] - pair_loss[best]
+    mean = {c: float(v.mean()) for c, v in pair_loss.items()}
+    return within_one_standard_error(mean, size, pair_loss.__getitem__)
+
+
+def within_one_standard_error(
+    mean: Mapping[K, float], size: Mapping[K, int], loss: Callable[[K], F64]
+) -> K:
+    """`one_standard_error`'s rule over candidates with these mean losses, each candidate's
+    losses per labelled pair made by ``loss`` when the rule needs them (one at a time in
+    memory): the smallest (then the least loss) within one standard error of the best."""
+    best_key = min(mean, key=mean.__getitem__)
+    best = loss(best_key)
+    for c in sorted(mean, key=lambda c: (size[c], mean[c])):
+        diff = loss(c) - best
         se = float(diff.std()) / math.sqrt(max(diff.size, 1))
         if float(diff.mean()) <= se:
             return c
-    return best
+    return best_key
 
 
 def _split(r: F64) -> tuple[F64, F64]:
     """(the part shared by every model: each row's mean over the models, the rest)."""
     shared = r.mean(axis=-1, keepdims=True)
     return shared, r - shared
+
+
+def _scaled(r: F64, betas: tuple[float, float]) -> F64:
+    """A departure from the prior (rows of per-model values) with its shared part scaled by
+    betas[0] and each model's own part by betas[1]."""
+    shared, own = _split(r)
+    out: F64 = betas[0] * shared + betas[1] * own
+    return out
 
 
 def shrink_to_prior(
@@ -248,38 +268,26 @@ def shrink_to_prior(
     losses = {f"{a},{b}": round(v, 6) for (a, b), v in mean.items()}
     if mean[(1.0, 1.0)] <= mean[(0.0, 0.0)]:
         return (1.0, 1.0), losses  # the heads as they are beat the prior
-    # `one_standard_error`'s rule: the fewest betas below 1 (then the least loss) within one
-    # standard error of the best, paired over the same labelled pairs
-    best = pair_loss(*min(candidates, key=lambda c: mean[c]))
-    for c in sorted(candidates, key=lambda c: ((c[0] != 1.0) + (c[1] != 1.0), mean[c])):
-        diff = pair_loss(*c) - best
-        if float(diff.mean()) <= float(diff.std()) / math.sqrt(max(diff.size, 1)):
-            # one model: it has no part of its own, and its beta is the shared one
-            return (c[0], c[0]) if z.shape[1] == 1 else c, losses
-    raise AssertionError("the best candidate is within one standard error of itself")
+    size = {c: (c[0] != 1.0) + (c[1] != 1.0) for c in candidates}  # betas below 1
+    a, b = within_one_standard_error(mean, size, lambda c: pair_loss(*c))
+    # one model: it has no part of its own, and its beta is the shared one
+    return ((a, a) if z.shape[1] == 1 else (a, b)), losses
 
 
 def shrunk_heads(heads: Heads, betas: tuple[float, float], off_c: F64, off_g: F64) -> Heads:
     """``heads`` whose logit is ``prior + a * shared + b * own`` (`shrink_to_prior`), the
     prior's logit being ``off_c + off_g * d`` per model (heads before any calibration
     stage): every array of the departure split and scaled alike, the split being linear."""
-    a, b = betas
-    if a == 1.0 and b == 1.0:
+    if betas == (1.0, 1.0):
         return heads
     if heads.clusters is not None or heads.tags or heads.neighbours is not None:
         raise ValueError("shrunk_heads takes heads before the calibration and neighbour stages")
-
-    def scaled(r: F64) -> F64:
-        shared, own = _split(r)
-        out: F64 = a * shared + b * own
-        return out
-
     return replace(
         heads,
-        sparse_w=scaled(heads.sparse_w),
-        dense_w=scaled(heads.dense_w),
-        intercept=off_c + scaled(heads.intercept - off_c),
-        d_coef=off_g + scaled(heads.d_coef - off_g),
+        sparse_w=_scaled(heads.sparse_w, betas),
+        dense_w=_scaled(heads.dense_w, betas),
+        intercept=off_c + _scaled(heads.intercept - off_c, betas),
+        d_coef=off_g + _scaled(heads.d_coef - off_g, betas),
     )
 
 
@@ -334,8 +342,7 @@ def calibrate_heads(
     pz = _oof_prior(models, pz, y, mask, fold, prior_logit)
     beta, beta_loss = shrink_to_prior(z, pz, y, w, int(params.prior_shrink))
     if beta != (1.0, 1.0):
-        shared, own = _split(z - pz)
-        z = pz + beta[0] * shared + beta[1] * own
+        z = pz + _scaled(z - pz, beta)
         heads = shrunk_heads(heads, beta, off_c, off_g)
     inner = digest_folds(examples, max(2, int(params.calibrate)), seed + 1)
     labelled = max(float(w.sum()), 1.0)
