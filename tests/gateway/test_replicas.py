@@ -86,9 +86,13 @@ class Replica:
         self.up = True
 
     def signal(self, sig: signal.Signals) -> None:
+        """Marked down and signalled, without waiting for it to exit (`wait`)."""
         assert self.proc is not None
         self.up = False
         os.killpg(self.proc.pid, sig)
+
+    def wait(self) -> None:
+        assert self.proc is not None
         self.proc.popen.wait(timeout=30)
 
     def record_ids(self) -> dict[str, dict[str, Any]]:
@@ -399,8 +403,11 @@ async def _drive(
         # polled: a test helper, the counter moves on every request
         while in_flight[victim.name] < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.005)  # stop it with requests in flight
+        # signalled in this step of the event loop, right after seeing requests in flight (from
+        # a thread, on a loaded machine, they could all be answered before the signal landed)
         out.stop_at = time.monotonic()
-        await asyncio.to_thread(victim.signal, sig)
+        victim.signal(sig)
+        await asyncio.to_thread(victim.wait)
         out.kill_at = time.monotonic()
         await asyncio.sleep(0.3)  # traffic goes to the other two meanwhile
         await asyncio.to_thread(victim.start)
