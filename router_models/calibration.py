@@ -44,7 +44,13 @@ import numpy as np
 import numpy.typing as npt
 
 from router_models.clusters import ClusterMap, fit_clusters
-from router_models.design import build_design, example_labels, prior_of, prior_offsets
+from router_models.design import (
+    build_design,
+    example_labels,
+    prior_of,
+    prior_offsets,
+    unknown_offsets,
+)
 from router_models.heads import Heads
 from router_models.irt import sigmoid
 from router_models.learner import (
@@ -296,21 +302,25 @@ def _oof_prior(
     pz: F64,
     y: F64,
     mask: npt.NDArray[np.bool_],
+    d: F64,
     fold: I64,
     prior_logit: PriorLogit,
+    off_g: F64,
 ) -> F64:
     """``pz`` (the prior's logits of every example, (n, M)) out of fold: a model the prior
-    does not know starts from the smoothed mean of its labels (`design.prior_offsets`),
-    which in each fold's fit is the mean of the other folds' labels, as in the heads'
-    out-of-fold logits."""
+    does not know gets `design.unknown_offsets` of the other folds' labels (the known
+    models' mean slope ``off_g``, or none known, the slope pooled over those labels), as in
+    the heads' out-of-fold logits."""
     out = pz.copy()
-    for j, m in enumerate(models):
-        if prior_of(prior_logit, m) is not None:
-            continue
-        for k in np.unique(fold):
-            tr = (fold != k) & mask[:, j]
-            mean = (float(y[tr, j].sum()) + 1.0) / (float(tr.sum()) + 2.0)
-            out[fold == k, j] = math.log(mean / (1.0 - mean))
+    known = np.array([prior_of(prior_logit, m) is not None for m in models], dtype=bool)
+    if known.all():
+        return out
+    cols = (~known).nonzero()[0]
+    slope = float(off_g[known].mean()) if known.any() else None
+    for k in np.unique(fold):
+        tr, te = fold != k, fold == k
+        c, g = unknown_offsets(y[tr][:, cols], mask[tr][:, cols], d[tr], slope)
+        out[np.ix_(te, cols)] = c[None, :] + d[te, None] * g[None, :]
     return out
 
 
@@ -339,7 +349,7 @@ def calibrate_heads(
     d = np.asarray(prior_difficulty, dtype=np.float64).reshape(-1)
     off_c, off_g = prior_offsets(models, y, mask, d, prior_logit)
     pz = off_c[None, :] + d[:, None] * off_g[None, :]
-    pz = _oof_prior(models, pz, y, mask, fold, prior_logit)
+    pz = _oof_prior(models, pz, y, mask, d, fold, prior_logit, off_g)
     beta, beta_loss = shrink_to_prior(z, pz, y, w, int(params.prior_shrink))
     if beta != (1.0, 1.0):
         z = pz + _scaled(z - pz, beta)

@@ -87,23 +87,88 @@ def prior_of(prior: PriorLogit, model: str) -> Any:
 def prior_offsets(
     models: tuple[str, ...], y: F64, mask: npt.NDArray[np.bool_], d: F64, prior: PriorLogit
 ) -> tuple[F64, F64]:
-    """Per model (c, g) with prior logit ~= c + g d (least squares; exact for IRT)."""
+    """Per model (c, g) with prior logit ~= c + g d (least squares; exact for IRT).
+
+    A model the prior does not know gets the known models' mean slope (none known: one
+    slope fitted on these models' labels, `pooled_slope`), and the intercept at which its
+    mean P over its labelled prompts is the smoothed mean of its labels
+    (`unknown_offsets`): the IRT form the prior would give it with a skill fitted to its
+    labels, so that a model with a handful of labels still ranks prompts by difficulty."""
     c = np.zeros(len(models))
     g = np.zeros(len(models))
     design = np.column_stack([np.ones_like(d), d])
+    known = np.zeros(len(models), dtype=bool)
     for j, m in enumerate(models):
         raw = prior_of(prior, m)
-        if raw is not None:
-            val = np.asarray(raw, dtype=np.float64).reshape(-1)
-            if val.shape != d.shape or not np.isfinite(val).all():
-                raise ValueError(f"prior logit for {m!r} must be finite, one per example")
-            coef = np.linalg.lstsq(design, val, rcond=None)[0]
-            c[j], g[j] = float(coef[0]), float(coef[1])
-        else:
-            seen = mask[:, j]
-            mean = (float(y[seen, j].sum()) + 1.0) / (float(seen.sum()) + 2.0)
-            c[j] = math.log(mean / (1.0 - mean))
+        if raw is None:
+            continue
+        val = np.asarray(raw, dtype=np.float64).reshape(-1)
+        if val.shape != d.shape or not np.isfinite(val).all():
+            raise ValueError(f"prior logit for {m!r} must be finite, one per example")
+        coef = np.linalg.lstsq(design, val, rcond=None)[0]
+        c[j], g[j] = float(coef[0]), float(coef[1])
+        known[j] = True
+    if not known.all():
+        cols = (~known).nonzero()[0]
+        slope = float(g[known].mean()) if known.any() else None
+        c[cols], g[cols] = unknown_offsets(y[:, cols], mask[:, cols], d, slope)
     return c, g
+
+
+def pooled_slope(y: F64, mask: npt.NDArray[np.bool_], d: F64) -> float:
+    """The slope g of logit P = c_m + g d, one per model c_m and one g for all, fitted on
+    every labelled pair of these models (soft-label log loss, a unit ridge on the c_m
+    against separation); 0 where the labelled prompts have no spread in d."""
+    from scipy.optimize import minimize
+
+    rows, cols = mask.nonzero()
+    if rows.size == 0:
+        return 0.0
+    dd = d[rows]
+    scale = float(dd.std())
+    if not scale > 1e-12:
+        return 0.0
+    x = (dd - float(dd.mean())) / scale
+    yy, m = y[rows, cols], y.shape[1]
+
+    def loss(theta: F64) -> tuple[float, F64]:
+        z = theta[cols] + theta[m] * x
+        r = 1.0 / (1.0 + np.exp(-z)) - yy
+        f = float((np.logaddexp(0.0, z) - yy * z).sum()) + 0.5 * float(theta[:m] @ theta[:m])
+        grad = np.empty(m + 1)
+        grad[:m] = np.bincount(cols, weights=r, minlength=m) + theta[:m]
+        grad[m] = float(r @ x)
+        return f, grad
+
+    res = minimize(loss, np.zeros(m + 1), jac=True, method="L-BFGS-B")
+    return float(res.x[m]) / scale
+
+
+def unknown_offsets(
+    y: F64, mask: npt.NDArray[np.bool_], d: F64, slope: float | None
+) -> tuple[F64, F64]:
+    """(c, g) for models the prior does not know (columns of y and mask): g = ``slope``
+    (None: `pooled_slope` of these labels), and each model's c where its mean P over its
+    labelled prompts (every prompt where it has none) is (sum of its labels + 1) / (their
+    count + 2), by bisection."""
+    g = pooled_slope(y, mask, d) if slope is None else float(slope)
+    c = np.zeros(y.shape[1])
+    for j in range(y.shape[1]):
+        seen = mask[:, j]
+        target = (float(y[seen, j].sum()) + 1.0) / (float(seen.sum()) + 2.0)
+        gd = g * (d[seen] if seen.any() else d)
+        if gd.size == 0:
+            c[j] = math.log(target / (1.0 - target))
+            continue
+        lo, hi = -40.0 - float(gd.max()), 40.0 - float(gd.min())
+        for _ in range(64):
+            mid = 0.5 * (lo + hi)
+            if float((1.0 / (1.0 + np.exp(-(mid + gd)))).mean()) < target:
+                lo = mid
+            else:
+                hi = mid
+        c[j] = 0.5 * (lo + hi)
+    return c, np.full(y.shape[1], g)
 
 
 def build_design(

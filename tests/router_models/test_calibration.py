@@ -20,7 +20,7 @@ from router_models.calibration import (
     shrunk_heads,
 )
 from router_models.clusters import fit_clusters
-from router_models.design import example_labels, prior_offsets
+from router_models.design import example_labels, prior_offsets, unknown_offsets
 from router_models.heads import Heads
 from router_models.learner import Example, LearnerParams, fit_heads
 from router_models.signature import signature
@@ -393,9 +393,34 @@ def test_a_model_the_prior_does_not_know_starts_from_its_other_folds_mean() -> N
     mask[5, 1] = False  # unlabelled: does not count
     fold = np.array([0, 0, 1, 1, 2, 2])
     pz = np.full((6, 2), 0.25)
-    out = _oof_prior(("A", "B"), pz, y, mask, fold, {"A": np.zeros(6)})
+    d = np.zeros(6)
+    out = _oof_prior(("A", "B"), pz, y, mask, d, fold, {"A": np.zeros(6)}, np.zeros(2))
     assert (out[:, 0] == 0.25).all()  # known to the prior: as it was
     # fold 0: B's labels in folds 1 and 2 are 1, 1, 0 (row 5 unlabelled): (2 + 1) / (3 + 2)
     for k, (ones, seen) in enumerate([(2, 3), (1, 3), (3, 4)]):
         mean = (ones + 1) / (seen + 2)
         assert np.allclose(out[fold == k, 1], np.log(mean / (1 - mean)))
+
+
+def test_models_the_prior_does_not_know_get_the_other_folds_offsets_with_a_slope() -> None:
+    rng = np.random.default_rng(11)
+    n = 600
+    d = rng.normal(0.0, 1.5, n)
+    z = np.array([0.8, -0.4])[None, :] - 0.9 * d[:, None]
+    y = (rng.random((n, 2)) < 1.0 / (1.0 + np.exp(-z))).astype(np.float64)
+    mask = rng.random((n, 2)) < 0.7
+    fold = np.arange(n) % 3
+    pz = np.zeros((n, 2))
+    # neither known: each fold's offsets are those of the other folds' labels, one pooled slope
+    out = _oof_prior(("U", "V"), pz, y, mask, d, fold, {}, np.zeros(2))
+    for k in range(3):
+        tr, te = fold != k, fold == k
+        c, g = unknown_offsets(y[tr], mask[tr], d[tr], None)
+        assert np.allclose(out[te], c[None, :] + d[te, None] * g[None, :])
+        assert -1.2 < g[0] < -0.6 and g[0] == g[1]
+    # one known (slope -0.5): the unknown one takes the known slope in every fold
+    out = _oof_prior(("K", "V"), pz, y, mask, d, fold, {"K": -0.5 * d}, np.array([-0.5, 0.0]))
+    assert (out[:, 0] == 0.0).all()
+    for k in range(3):
+        te = fold == k
+        assert np.allclose(np.diff(out[te, 1]) / np.diff(d[te]), -0.5)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from router_models.design import pooled_slope, prior_offsets, unknown_offsets
 from router_models.heads import Heads
 from router_models.learner import (
     SELECT_GRID,
@@ -112,6 +113,70 @@ def test_unknown_model_gets_its_mean_and_arrays_round_trip() -> None:
     back = Heads.from_arrays(arrays, meta)
     assert np.allclose(back.logits(sig, 0.3), heads.logits(sig, 0.3), atol=1e-5)
     assert heads.index("nope") is None
+
+
+def _irt_labels(
+    n: int, c: dict[str, float], g: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(d, labels (n, M), all True mask) drawn from logit P = c_m + g d."""
+    rng = np.random.default_rng(seed)
+    d = rng.normal(0.0, 1.5, n)
+    z = np.array(list(c.values()))[None, :] + g * d[:, None]
+    y = (rng.random(z.shape) < 1.0 / (1.0 + np.exp(-z))).astype(float)
+    return d, y, np.ones_like(y, dtype=bool)
+
+
+def test_pooled_slope_recovers_the_labels_slope() -> None:
+    d, y, mask = _irt_labels(4000, {"S": 1.0, "W": -1.0, "M": 0.0}, -0.8, 0)
+    mask[:, 1:] = np.random.default_rng(1).random((4000, 2)) < 0.05  # two with few labels
+    assert abs(pooled_slope(y, mask, d) + 0.8) < 0.08
+    assert pooled_slope(y, mask, np.full(4000, 0.3)) == 0.0  # no spread in d
+    assert pooled_slope(y, np.zeros_like(mask), d) == 0.0  # no labels
+
+
+def test_unknown_offsets_match_each_models_smoothed_mean() -> None:
+    d, y, mask = _irt_labels(500, {"S": 1.0, "W": -1.0}, -0.8, 2)
+    mask[::2, 1] = False
+    mask[:, 1] &= d > 0  # W labelled on the harder prompts only
+    c, g = unknown_offsets(y, mask, d, -0.7)
+    assert np.allclose(g, -0.7)
+    for j in range(2):
+        seen = mask[:, j]
+        target = (y[seen, j].sum() + 1) / (seen.sum() + 2)
+        assert abs(np.mean(1 / (1 + np.exp(-(c[j] + g[j] * d[seen])))) - target) < 1e-9
+    # the hard prompts' low mean does not make W look weak on every prompt: c is above the
+    # constant logit of its mean
+    w_mean = (y[mask[:, 1], 1].sum() + 1) / (mask[:, 1].sum() + 2)
+    assert c[1] > np.log(w_mean / (1 - w_mean))
+    # no labels: P 0.5 on average over every prompt
+    c0, _ = unknown_offsets(y[:, :1], np.zeros((500, 1), dtype=bool), d, -0.7)
+    assert abs(np.mean(1 / (1 + np.exp(-(c0[0] - 0.7 * d)))) - 0.5) < 1e-9
+
+
+def test_a_model_the_prior_does_not_know_takes_the_known_slope() -> None:
+    d, y, mask = _irt_labels(300, {"K": 0.5, "U": 0.0}, -0.8, 3)
+    c, g = prior_offsets(("K", "U"), y, mask, d, {"K": 0.5 - 1.1 * d})
+    assert np.allclose([c[0], g[0]], [0.5, -1.1]) and np.isclose(g[1], -1.1)
+    # no model known: the pooled slope of their labels
+    _, g2 = prior_offsets(("K", "U"), y, mask, d, {})
+    assert -1.1 < g2[0] < -0.5 and g2[0] == g2[1]
+
+
+def test_a_rarely_labelled_unknown_model_still_ranks_prompts_by_difficulty() -> None:
+    """Bandit-like labels over models the prior does not know: the cheap model labelled on
+    most prompts, the strong one on a few; the strong one's P still falls with d."""
+    texts, _ = _prompts(400, 6)
+    d, y, _ = _irt_labels(400, {"cheap": -0.5, "strong": 1.5}, -1.0, 4)
+    rng = np.random.default_rng(5)
+    labels = [
+        {"strong": y[i, 1]} if rng.random() < 0.05 else {"cheap": y[i, 0]} for i in range(400)
+    ]
+    heads = fit_heads(_examples(texts, labels), d, {}, LearnerParams(calibrate=0))
+    j = heads.index("strong")
+    assert j is not None and heads.label_counts[j] < 40
+    sig = signature([{"role": "user", "content": texts[0]}])
+    p_easy, p_hard = heads.p(sig, -2.0)[j], heads.p(sig, 2.0)[j]
+    assert p_easy - p_hard > 0.3
 
 
 def _corrupt(heads: Heads) -> list[tuple[dict[str, np.ndarray], dict[str, object]]]:
