@@ -67,12 +67,14 @@ def fit_for(base: Estimator, params: LearnerParams, seed: int) -> Any:
     return fit
 
 
-def scorer(est: Estimator, heads: Heads | None) -> Any:
-    """examples -> {model: P}: the heads where they have the model, else the IRT prior."""
+def scorer(est: Estimator, heads: Heads | None, skills: Mapping[str, float] | None = None) -> Any:
+    """examples -> {model: P}: the heads where they have the model, else the IRT prior (with
+    ``skills`` for models the estimator has no skill for)."""
+    known = {**(skills or {}), **est.skills}
 
     def score(examples: Sequence[Example]) -> Mapping[str, F64]:
         d = _difficulty(est, examples)
-        out: dict[str, F64] = {m: irt_p(est.discrimination, s, d) for m, s in est.skills.items()}
+        out: dict[str, F64] = {m: irt_p(est.discrimination, s, d) for m, s in known.items()}
         if heads is not None and examples:
             p = heads.p_many([e.sig for e in examples], d, [e.tag for e in examples])
             for j, m in enumerate(heads.models):
@@ -84,15 +86,39 @@ def scorer(est: Estimator, heads: Heads | None) -> Any:
 
 def _skills(base: Estimator, heads: Heads, examples: Sequence[Example]) -> dict[str, float]:
     """The base's skills, plus one per head model it lacks (fitted to its label mean)."""
-    skills = dict(base.skills)
+    return {**base.skills, **fitted_skills(base, heads.models, examples)}
+
+
+def fitted_skills(
+    base: Estimator, models: Sequence[str], examples: Sequence[Example]
+) -> dict[str, float]:
+    """A skill for each of ``models`` that the base has none for and ``examples`` label:
+    the one at which the base's mean P over the prompts labelling it is its label mean."""
+    out: dict[str, float] = {}
     d = _difficulty(base, examples)
-    for m in heads.models:
-        if m in skills:
+    for m in models:
+        if m in base.skills:
             continue
         rows = [i for i, e in enumerate(examples) if m in e.labels]
-        mean = float(np.mean([examples[i].labels[m] for i in rows]))
-        skills[m] = skill_from_mean(d[rows], base.discrimination, mean)
-    return skills
+        if rows:
+            mean = float(np.mean([examples[i].labels[m] for i in rows]))
+            out[m] = skill_from_mean(d[rows], base.discrimination, mean)
+    return out
+
+
+def fit_base_for(base: Estimator, heads: Heads | None) -> Any:
+    """A gate ``fit_base``: the base router for one fold, a model it knows nothing of (no
+    skill, no head) routed by the IRT prior with a skill fitted to the fold's labels, as
+    the written artifact gives it one (`fitted_skills`); without it such a model has no
+    base P, no pair or Brier score compares the routers on it, and a deployment whose
+    models the shipped prior does not know could never pass the gate."""
+    have = set(heads.models) if heads is not None else set()
+
+    def fit(train: Sequence[Example]) -> Any:
+        models = sorted({m for e in train for m in e.labels} - have)
+        return scorer(base, heads, fitted_skills(base, models, train))
+
+    return fit
 
 
 def _prices(rows: Sequence[Any], prices: Mapping[str, Any]) -> dict[str, float]:
@@ -214,6 +240,7 @@ def main(args: argparse.Namespace) -> int:
         folds=args.folds,
         seed=args.seed,
         prices=prices or None,
+        fit_base=fit_base_for(base, base_heads),
     )
     report["group_by"] = args.group_by
     print(format_comparison(report))

@@ -51,10 +51,14 @@ def compare(
     min_gap: float = 0.05,
     apgr_tol: float = 0.005,
     brier_tol: float = 0.002,
+    fit_base: Callable[[Sequence[Example]], Scorer] | None = None,
 ) -> dict[str, Any]:
     """Grouped k-fold comparison of `fit` against `base`; see the module docstring.
 
-    `prices`: USD per request (or any cost unit) per model, for the many-model block."""
+    `prices`: USD per request (or any cost unit) per model, for the many-model block.
+    `fit_base`: when given, each fold's base scorer is made from that fold's training
+    examples (e.g. skills fitted to their labels for models `base` does not know) instead
+    of `base` itself."""
     n = len(examples)
     models = sorted({m for e in examples for m in e.labels})
     mi = {m: j for j, m in enumerate(models)}
@@ -70,9 +74,11 @@ def compare(
         train = np.flatnonzero(fold != k)
         if test.size == 0 or train.size == 0:
             continue
-        scorer = fit([examples[int(i)] for i in train])
+        tr = [examples[int(i)] for i in train]
+        scorer = fit(tr)
+        base_k = base if fit_base is None else fit_base(tr)
         tex = [examples[int(i)] for i in test]
-        for target, sc in ((p_new, scorer), (p_base, base)):
+        for target, sc in ((p_new, scorer), (p_base, base_k)):
             out = sc(tex)
             for m, p in out.items():
                 if m in mi:

@@ -63,3 +63,24 @@ def test_same_or_better_scorer_is_better() -> None:
     assert rep["better"] is True
     assert rep["many"] is not None and rep["many"]["new"] is not None
     assert "better" in format_comparison(rep)
+
+
+def test_a_base_fitted_per_fold_sees_only_that_folds_training_examples() -> None:
+    exs = _examples()
+    seen: list[set[int]] = []
+
+    def fit_base(train: Sequence[Example]):
+        ids = {id(e) for e in train}
+        seen.append(ids)
+
+        def score(test: Sequence[Example]) -> dict[str, np.ndarray]:
+            assert not ids & {id(e) for e in test}  # never scores what it was made from
+            return _constant(test)
+
+        return score
+
+    rep = compare(exs, lambda train: _oracle, _inverted, folds=4, fit_base=fit_base)
+    assert len(seen) == 4 and sum(len(s) for s in seen) == 3 * len(exs)
+    # the per-fold base replaced `base` (_inverted): the base's figures are _constant's
+    ref = compare(exs, lambda train: _oracle, _constant, folds=4)
+    assert rep["mean_brier"] == ref["mean_brier"] and rep["pairs"] == ref["pairs"]

@@ -292,10 +292,11 @@ def test_select_compares_recipes_leave_task_out(tmp_path, capsys):
     assert "2 task folds" in out and "ridge+trees+len0.5" in out and "oracle IRT" in out
 
 
-def _workflow_file(path: Path, per_task: int = 40) -> Path:
+def _workflow_file(path: Path, per_task: int = 40, suffix: str = "") -> Path:
     """A shared-format file of six workflows, each its own template; in even ones "small"
     succeeds and "big" fails, in odd ones the other way round: which model wins is a
-    property of the workflow, which no other workflow tells."""
+    property of the workflow, which no other workflow tells. ``suffix`` is added to both
+    names (models the base does not know)."""
     rng = np.random.default_rng(4)
     topics = ["invoice", "weather", "poem", "contract", "recipe", "bugfix"]
     with path.open("w", encoding="utf-8") as fh:
@@ -305,7 +306,7 @@ def _workflow_file(path: Path, per_task: int = 40) -> Path:
                 models = {}
                 for m in ("small", "big"):
                     good = (m == "small") == (t % 2 == 0)
-                    models[m] = {
+                    models[m + suffix] = {
                         "score": float(rng.random() < (0.9 if good else 0.1)),
                         "cost_usd": None,
                         "input_tokens": None,
@@ -315,7 +316,7 @@ def _workflow_file(path: Path, per_task: int = 40) -> Path:
                 row = {"id": f"wf:{t}:{i}", "source": "wf", "task": topic, "prompt": prompt}
                 fh.write(json.dumps({**row, "models": models}) + "\n")
     prices = {
-        m: {"input_usd_per_mtok": a, "output_usd_per_mtok": b, "source": "test"}
+        m + suffix: {"input_usd_per_mtok": a, "output_usd_per_mtok": b, "source": "test"}
         for m, (a, b) in {"small": (0.1, 0.2), "big": (5.0, 15.0)}.items()
     }
     path.with_name(path.stem + ".models.json").write_text(json.dumps(prices), encoding="utf-8")
@@ -345,6 +346,28 @@ def test_the_gate_groups_by_prompt_by_default_and_by_task_on_request(
     with pytest.raises(SystemExit) as exc:
         train_main([*base, "--out", str(tmp_path / "x"), "--group-by", "tenant"])
     assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_models_the_base_does_not_know_are_compared_with_skills_from_their_labels(
+    tmp_path, synth_artifact, capsys
+):
+    """The base knows neither model: each fold's base routes them by the IRT prior with a
+    skill fitted to that fold's labels (as the written artifact gives them one), so the
+    comparison has pairs and Brier scores and the adapted router can pass it."""
+    data = _workflow_file(tmp_path / "wf.jsonl", suffix="-new")
+    assert not {"small-new", "big-new"} & set(load_estimator(synth_artifact).skills)
+    args = ["--data", str(data), "--base", str(synth_artifact), "--folds", "3"]
+    args += ["--learner", "calibrate=0", "--out", str(tmp_path / "a")]
+    assert train_main(args) == 0
+    assert "verdict: better" in capsys.readouterr().out
+    adapted = load_estimator(tmp_path / "a")
+    report = adapted.metadata["adapted"]["comparison"]
+    assert set(report["brier"]) == {"big-new", "small-new"}
+    # the base has a P for both: its Brier is its labels' spread around their mean, about
+    # 0.25 here (each model is right on half the workflows), the new router's far below
+    assert 0.2 < report["mean_brier"]["base"] < 0.3
+    assert report["mean_brier"]["new"] < 0.15
+    assert {"small-new", "big-new"} <= set(adapted.skills)
 
 
 def test_regroup() -> None:
