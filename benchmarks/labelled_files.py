@@ -54,6 +54,7 @@ class FileData:
         self.strong, self.weak = routing.default_pair(self.labels, self.prices)
         self.partners = routing.pair_candidates(self.labels, self.strong, self.prices)
         self.table = routing.cost_table(self.rows, self.labels, self.prices)
+        self.policy_skills = policy_skills(self.labels, self.d, self.est)
 
     def prior_logit(self, model: str, idx: npt.NDArray[np.intp]) -> F64 | None:
         s = self.est.skills.get(model)
@@ -151,6 +152,22 @@ def row_tags(path: Path, rows: Sequence[Any], field: str) -> list[str]:
     return [meta.get(r.id, "") for r in rows]
 
 
+def policy_skills(labels: Any, d: F64, est: Any) -> dict[str, float]:
+    """The skills the bandit regime's policy routes by: the prior's, and for a model it does
+    not know, what an operator would configure from the model's published quality: the
+    skill at which the prior's mean P over the file's prompts is the model's mean score."""
+    from router_models.routing import skill_from_mean
+
+    out = {}
+    for j, m in enumerate(labels.models):
+        s = est.skills.get(m)
+        if s is None:
+            seen = labels.mask[:, j]
+            s = skill_from_mean(d[seen], est.discrimination, float(labels.scores[seen, j].mean()))
+        out[m] = float(s)
+    return out
+
+
 def bandit_labels(
     fd: FileData, idx: npt.NDArray[np.intp], rng: np.random.Generator
 ) -> list[dict[str, float]]:
@@ -163,7 +180,7 @@ def bandit_labels(
     )
     order = np.argsort(price, kind="stable")
     a = fd.est.discrimination
-    skills = fd.est.skills
+    skills = fd.policy_skills
     out = []
     for i in idx:
         row = fd.rows[int(i)]
@@ -178,7 +195,7 @@ def bandit_labels(
                 m = priced[int(j)]
                 if m not in row.results:
                     continue
-                p = float(irt_p(a, skills.get(m, 0.0), float(fd.d[int(i)])))
+                p = float(irt_p(a, skills[m], float(fd.d[int(i)])))
                 if p >= bar:
                     pick = m
                     break

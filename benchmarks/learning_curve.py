@@ -8,12 +8,18 @@ Protocol, per file, K and seed: draw K labelled prompts at random (seeded), trai
 evaluate on the rest. Regimes: `full` (every model's label of the K prompts) and `bandit`
 (per prompt only the model the current policy would serve: the prior's cheapest priced
 model with P >= bar, bar drawn uniformly from 0.05..0.95 per prompt, and with probability
-0.1 a model drawn uniformly from all of them instead). Reported on the rest:
+0.1 a model drawn uniformly from all of them instead; a model the prior does not know is
+routed by the skill an operator would configure from its published quality, here the skill
+at which the prior's mean P over the file is the model's mean score,
+`labelled_files.policy_skills`). Reported on the rest:
 
 - APGR of the default strong/weak pair (`routing.default_pair` on the whole file) and the
   mean over the pair table (`routing.pair_candidates`);
 - the many-model cost to reach the best single model's quality (cheapest model with
-  P >= bar, bars 0.05..0.95, on the upper hull), as a share of that model's cost.
+  P >= bar, bars 0.05..0.95, on the upper hull), as a share of that model's cost;
+- the Brier score over every labelled pair, of the learner and of the prior it starts from
+  (the prior's P for a model it knows; for one it does not, the fallback fitted on the
+  model's training labels, `design.prior_offsets`).
 
 Routers: the learner (P(strong ok) - P(weak ok) from its heads), the prior (the shipped
 estimator's raw difficulty, and its IRT gain), length, random, and the TF-IDF logistic
@@ -76,31 +82,59 @@ def _quiet_threads() -> None:
         os.environ.setdefault(var, "1")
 
 
-def fit_learner(
-    fd: FileData, train: npt.NDArray[np.intp], regime: str, seed: int, params: Any = None
-) -> tuple[Any, dict[str, Any]]:
-    """(heads, what the fit chose: rank and lam_model (selected with select=1), the share
-    of the heads' departure from the prior kept (beta), the calibration stage's candidate,
-    the neighbour count; `router_models.learner.fit_heads_reported`)."""
-    from router_models.learner import Example, LearnerParams, fit_heads_reported
+def training_examples(
+    fd: FileData, train: npt.NDArray[np.intp], regime: str, seed: int
+) -> list[Any]:
+    """The examples the learner fits on: every label of the drawn rows (full), or the one
+    label per row of the bandit regime (`labelled_files.bandit_labels`)."""
+    from router_models.learner import Example
 
-    if regime == "bandit":
-        labs = bandit_labels(fd, train, np.random.default_rng(1000 + seed))
-        exs = [
-            Example(
-                fd.examples[int(i)].sig, lab, fd.examples[int(i)].group, fd.examples[int(i)].tag
-            )
-            for i, lab in zip(train, labs, strict=True)
-        ]
-    else:
-        exs = [fd.examples[int(i)] for i in train]
+    if regime != "bandit":
+        return [fd.examples[int(i)] for i in train]
+    labs = bandit_labels(fd, train, np.random.default_rng(1000 + seed))
+    return [
+        Example(fd.examples[int(i)].sig, lab, fd.examples[int(i)].group, fd.examples[int(i)].tag)
+        for i, lab in zip(train, labs, strict=True)
+    ]
+
+
+def fit_learner(
+    fd: FileData, train: npt.NDArray[np.intp], exs: Sequence[Any], seed: int, params: Any = None
+) -> tuple[Any, dict[str, Any]]:
+    """(heads fitted on ``exs``, the examples of the drawn rows ``train``; what the fit chose:
+    rank and lam_model (selected with select=1), the share of the heads' departure from the
+    prior kept (beta), the calibration stage's candidate, the neighbour count;
+    `router_models.learner.fit_heads_reported`)."""
+    from router_models.learner import LearnerParams, fit_heads_reported
+
     params = params or LearnerParams()
-    d = fd.d[train]
 
     def prior(m: str) -> F64 | None:
         return fd.prior_logit(m, train)
 
-    return fit_heads_reported(exs, d, prior, params, seed=seed)
+    return fit_heads_reported(exs, fd.d[train], prior, params, seed=seed)
+
+
+def prior_p(
+    fd: FileData, train: npt.NDArray[np.intp], exs: Sequence[Any], idx: npt.NDArray[np.intp]
+) -> F64:
+    """(len(idx), models) P of the prior the learner starts from (`design.prior_offsets`
+    on the training labels): the IRT P of a model the prior knows, and for one it does not,
+    the fallback fitted on its training labels; NaN for a model without training labels
+    that the prior does not know."""
+    from router_models.design import example_labels, prior_offsets
+    from router_models.irt import sigmoid
+
+    models, y, mask = example_labels(exs)
+    c, g = prior_offsets(models, y, mask, fd.d[train], lambda m: fd.prior_logit(m, train))
+    at = {m: j for j, m in enumerate(models)}
+    out = np.full((idx.size, len(fd.labels.models)), np.nan)
+    for j, m in enumerate(fd.labels.models):
+        if m in at:
+            out[:, j] = sigmoid(c[at[m]] + g[at[m]] * fd.d[idx])
+        elif (lg := fd.prior_logit(m, idx)) is not None:
+            out[:, j] = sigmoid(lg)
+    return out
 
 
 def learner_p(fd: FileData, heads: Any, idx: npt.NDArray[np.intp], models: Sequence[str]) -> F64:
@@ -166,7 +200,8 @@ def evaluate(
 
     train, rest = draw(fd, k, seed)
     t0 = time.perf_counter()
-    heads, used = fit_learner(fd, train, regime, seed, params)
+    exs = training_examples(fd, train, regime, seed)
+    heads, used = fit_learner(fd, train, exs, seed, params)
     fit_s = time.perf_counter() - t0
     lab = fd.labels
     rest_labels = LabelMatrix(lab.models, lab.scores[rest], lab.mask[rest])
@@ -234,19 +269,13 @@ def evaluate(
         res = routing.multi_result(dd, fd.est.discrimination, sub_tab)
         m = res.cost_to_match_best
         many[name] = None if m is None else round(m / float(mc[best]), 4)
-    # calibration on the rest (every labelled pair)
-    mask = rest_labels.mask
-    y = rest_labels.scores[mask]
-    from router_models.irt import irt_p
-
-    skills = np.array([fd.est.skills.get(m, np.nan) for m in all_models])
-    p_prior = irt_p(fd.est.discrimination, skills[None, :], d_rest[:, None])
-    known = np.isfinite(p_prior) & mask
+    # calibration on the rest: every labelled pair, against the prior the learner started from
+    p_prior = prior_p(fd, train, exs, rest)
+    known = np.isfinite(p_prior) & rest_labels.mask
     brier = {
         "learner": round(metrics.brier(p_rest[known], rest_labels.scores[known]), 4),
         "prior": round(metrics.brier(p_prior[known], rest_labels.scores[known]), 4),
     }
-    del y
     return {
         "file": fd.name,
         "k": k,
@@ -272,7 +301,8 @@ def latency(fd_list: Sequence[FileData], n: int = 2000, params: Any = None) -> d
     train, _ = draw(fd, min(2000, len(fd.rows) // 2), 0)
     # serving cost does not depend on rank or lam_model: no selection here
     base = params or LearnerParams()
-    heads, _ = fit_learner(fd, train, "full", 0, dataclasses.replace(base, select=0))
+    exs = training_examples(fd, train, "full", 0)
+    heads, _ = fit_learner(fd, train, exs, 0, dataclasses.replace(base, select=0))
     # what a route's scorer holds: its 8 candidates' heads (router_models.estimator.Scorer)
     route = heads.subset(np.arange(min(8, len(heads.models)), dtype=np.intp))
     prompts = typical_prompts([r for f in fd_list for r in f.rows])

@@ -132,3 +132,58 @@ def test_cli_refuses_both_tag_options(tmp_path: Path, capsys: pytest.CaptureFixt
         )
     assert exc.value.code == 2
     assert "give one of them" in capsys.readouterr().err
+
+
+def _unknown_models_file(tmp_path: Path, n: int = 90) -> Path:
+    """A labelled file whose models the shipped prior does not know: 'big-x' succeeds on
+    the long, hard prompts where 'small-x' fails; both succeed on short ones."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows: list[dict[str, object]] = []
+    for i in range(n):
+        hard = i % 3 == 0
+        words = rng.choice(["apple", "river", "stone", "cloud", "lamp"], 40 if hard else 6)
+        prompt = ("Prove that the integral converges: " if hard else "Name a fruit: ") + " ".join(
+            words
+        )
+        big = float(rng.random() < (0.8 if hard else 0.95))
+        small = float(rng.random() < (0.2 if hard else 0.9))
+        model = {"cost_usd": None, "input_tokens": 50, "output_tokens": 50, "output_chars": 200}
+        rows.append(
+            {
+                "id": f"syn:{i}",
+                "source": "syn",
+                "task": "hard" if hard else "easy",
+                "prompt": prompt,
+                "models": {"big-x": {"score": big, **model}, "small-x": {"score": small, **model}},
+            }
+        )
+    data = tmp_path / "syn.jsonl"
+    _write(data, rows)
+    prices = {
+        "big-x": {"input_usd_per_mtok": 10.0, "output_usd_per_mtok": 30.0, "source": "test"},
+        "small-x": {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.3, "source": "test"},
+    }
+    (tmp_path / "syn.models.json").write_text(json.dumps(prices), encoding="utf-8")
+    return data
+
+
+def test_models_the_prior_does_not_know_are_evaluated_and_routed(tmp_path: Path) -> None:
+    import numpy as np
+
+    fd = labelled_files.FileData(_unknown_models_file(tmp_path))
+    assert not set(fd.labels.models) & set(fd.est.skills)
+    # the simulated policy routes them by the skill of their mean score, not one skill for all
+    skills = fd.policy_skills
+    assert skills["big-x"] > skills["small-x"] + 0.5
+    for j, m in enumerate(fd.labels.models):
+        mean_p = 1 / (1 + np.exp(-fd.est.discrimination * (skills[m] - fd.d)))
+        assert abs(mean_p.mean() - fd.labels.scores[:, j].mean()) < 1e-6
+    labs = labelled_files.bandit_labels(fd, np.arange(len(fd.rows)), np.random.default_rng(0))
+    assert {m for lab in labs for m in lab} == {"big-x", "small-x"}
+    for regime in ("full", "bandit"):
+        res = learning_curve.evaluate(fd, 60, regime, 0, tfidf=False)
+        # a Brier score for the learner and for the prior it starts from, over every pair
+        assert 0.0 < res["brier"]["learner"] < 0.5 and 0.0 < res["brier"]["prior"] < 0.5
+    assert res["labels"] == 60
