@@ -192,6 +192,38 @@ def _apgr(score: F64, ys: F64, yw: F64) -> float:
     return routing.pair_result(score, ys, yw).apgr
 
 
+def many_models(
+    fd: FileData, rest: npt.NDArray[np.intp], p_rest: F64, d_rest: F64, rand: F64
+) -> dict[str, float | None]:
+    """Per router, the many-model cost to reach the best single model's quality on the rest,
+    as a share of its cost (None where no bar reaches it, and for every router where the
+    file has fewer than two priced models scored on the same prompts)."""
+    from router_models import metrics, routing
+
+    names = ("learner", "prior", "length", "random")
+    tab = fd.table
+    used_rest = tab.used[rest]
+    if len(tab.models) < 2 or not used_rest.any():
+        return dict.fromkeys(names)
+    pos = np.cumsum(tab.used) - 1  # row -> position in the table
+    trows = pos[rest[used_rest]]
+    cost, score = tab.cost[trows], tab.score[trows]
+    mc, mq = cost.mean(axis=0), score.mean(axis=0)
+    best = int(np.argmax(mq))
+    cols = [list(fd.labels.models).index(m) for m in tab.models]
+    hit = metrics.cost_share_to_match_best(p_rest[used_rest][:, cols], cost, score)
+    many: dict[str, float | None] = {"learner": None if hit is None else round(hit, 4)}
+    sub_tab = routing.CostTable(tab.models, cost, score, tab.left_out, np.ones(len(trows), bool))
+    for name, dd in (
+        ("prior", d_rest[used_rest]),
+        ("length", routing.standardise(fd.length[rest][used_rest])),
+        ("random", routing.standardise(rand[used_rest])),
+    ):
+        m = routing.multi_result(dd, fd.est.discrimination, sub_tab).cost_to_match_best
+        many[name] = None if m is None else round(m / float(mc[best]), 4)
+    return many
+
+
 def evaluate(
     fd: FileData, k: int, regime: str, seed: int, tfidf: bool, params: Any = None
 ) -> dict[str, Any]:
@@ -244,31 +276,7 @@ def evaluate(
         for name in default
         if any(name in t for t in table)
     }
-    # many models
-    tab = fd.table
-    used_rest = tab.used[rest]
-    pos = np.cumsum(tab.used) - 1  # row -> position in the table
-    trows = pos[rest[used_rest]]
-    cost, score = tab.cost[trows], tab.score[trows]
-    mc, mq = cost.mean(axis=0), score.mean(axis=0)
-    best = int(np.argmax(mq))
-    cols = [all_models.index(m) for m in tab.models]
-    p_many = p_rest[used_rest][:, cols]
-
-    def share(p: F64) -> float | None:
-        hit = metrics.cost_share_to_match_best(p, cost, score)
-        return None if hit is None else round(hit, 4)
-
-    sub_tab = routing.CostTable(tab.models, cost, score, tab.left_out, np.ones(len(trows), bool))
-    many = {"learner": share(p_many)}
-    for name, dd in (
-        ("prior", d_rest[used_rest]),
-        ("length", routing.standardise(fd.length[rest][used_rest])),
-        ("random", routing.standardise(rand[used_rest])),
-    ):
-        res = routing.multi_result(dd, fd.est.discrimination, sub_tab)
-        m = res.cost_to_match_best
-        many[name] = None if m is None else round(m / float(mc[best]), 4)
+    many = many_models(fd, rest, p_rest, d_rest, rand)
     # calibration on the rest: every labelled pair, against the prior the learner started from
     p_prior = prior_p(fd, train, exs, rest)
     known = np.isfinite(p_prior) & rest_labels.mask

@@ -187,3 +187,12 @@ def test_models_the_prior_does_not_know_are_evaluated_and_routed(tmp_path: Path)
         # a Brier score for the learner and for the prior it starts from, over every pair
         assert 0.0 < res["brier"]["learner"] < 0.5 and 0.0 < res["brier"]["prior"] < 0.5
     assert res["labels"] == 60
+
+
+def test_a_file_without_prices_has_no_many_model_figure(tmp_path: Path) -> None:
+    data = _unknown_models_file(tmp_path)
+    (tmp_path / "syn.models.json").unlink()
+    fd = labelled_files.FileData(data)
+    res = learning_curve.evaluate(fd, 60, "full", 0, tfidf=False)
+    assert res["many_cost_share"] == dict.fromkeys(("learner", "prior", "length", "random"))
+    assert 0.0 <= res["pair"]["learner"] and 0.0 < res["brier"]["learner"] < 0.5
