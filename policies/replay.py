@@ -54,6 +54,9 @@ class Estimator(Protocol):
 
 EstimatorLoader = Callable[[str | None], Estimator]
 PromptText = Callable[[Sequence[Any]], str]
+# (messages, task) -> (difficulty, P by catalog id or None): a route's scorer, as the gateway
+# runs it (`router_models.Estimator.scorer`: learned heads where the artifact has them)
+RouteScore = Callable[[Sequence[Any], str | None], tuple[float, Mapping[str, float] | None]]
 
 
 class ReplayError(ValueError):
@@ -68,6 +71,25 @@ def shipped_estimator(artifact: str | None) -> Estimator:
         return load_estimator(artifact)
     except ArtifactError as exc:
         raise ReplayError(f"estimator: {exc}") from None
+
+
+def route_scorer(
+    est: Estimator, scored: Sequence[ModelEntry]
+) -> tuple[RouteScore | None, tuple[str, ...]]:
+    """The route's scorer as the gateway builds it (`gateway.scoring`), and the catalog ids
+    it has learned heads for; (None, ()) for an estimator without heads for any of them."""
+    make = getattr(est, "scorer", None)
+    if make is None:
+        return None, ()
+    scorer = make([(m.id, m.upstream_model) for m in scored])
+    heads = tuple(scorer.learned)
+    if not heads:
+        return None, ()
+
+    def score(messages: Sequence[Any], task: str | None) -> tuple[float, Any]:
+        return scorer(messages, None, task)  # type: ignore[no-any-return]
+
+    return score, heads
 
 
 def rules_text(messages: Sequence[Any]) -> str:
@@ -185,11 +207,16 @@ def replay(
     difficulty: Callable[[Sequence[Any]], float],
     prompt_text: PromptText,
     bars: Sequence[float] = (),
+    score: RouteScore | None = None,
+    heads: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Replay ``prompts`` through ``route``; returns the report (see ``main`` for the format).
 
     Each of ``bars`` adds a ``policy (bar X)`` row: the route with its quality bar (and its
-    rules' bars) replaced by X, as an ``x-effgate-quality-bar: X`` header would.
+    rules' bars) replaced by X, as an ``x-effgate-quality-bar: X`` header would. ``score``:
+    the route's scorer (difficulty and each candidate's P, the row's task as the workflow
+    tag), where the estimator has learned heads (``heads``: the catalog ids they cover);
+    otherwise ``difficulty`` alone, every P from the IRT formula.
     """
     entry = policy.routes[policy.targets[route].name]
     stats = DataStats(prompts, mapping)
@@ -199,10 +226,14 @@ def replay(
     tallies = {name: Tally(name) for name in variants}
     tallies |= {m: Tally(f"always {m}", model=m) for m in singles}
     for prompt in prompts:
-        d = difficulty(prompt.messages)
+        if score is not None:
+            d, p_by_id = score(prompt.messages, prompt.task)
+        else:
+            d, p_by_id = difficulty(prompt.messages), None
         inp = RouteInput(
             model=entry.name,
             difficulty=d,
+            p=p_by_id,
             prompt_text=prompt_text(prompt.messages),
             prompt_tokens=estimate_tokens(prompt.chars),
             task=prompt.task,
@@ -221,7 +252,9 @@ def replay(
         for m in singles:
             model = policy.models[m]
             label = _label(prompt, mapping, m)
-            p = None if model.skill is None else p_acceptable(policy.discrimination, model.skill, d)
+            p = p_by_id.get(m) if p_by_id is not None else None
+            if p is None and model.skill is not None:
+                p = p_acceptable(policy.discrimination, model.skill, d)
             tallies[m].add(m, label, _cost(policy, model, prompt, label, stats), p)
     reference_cost = tallies[entry.reference_model].cost_usd
     return {
@@ -232,6 +265,8 @@ def replay(
         "reference_model": entry.reference_model,
         "prompts": len(prompts),
         "mapping": dict(mapping),
+        "learned_heads": list(heads),
+        "irt_models": [m.id for m in entry.scored if m.id not in heads],
         "strategies": [t.summary(reference_cost) for t in tallies.values()],
     }
 
@@ -272,6 +307,17 @@ def render(report: Mapping[str, Any]) -> str:
         f"policy {report['policy']} (sha256 {report['sha256'][:12]}), route {report['route']}"
         f" (quality bar {bar if bar is not None else 'none'}), {report['prompts']} prompts",
         "mapping: " + (", ".join(f"{c}={d}" for c, d in report["mapping"].items()) or "none"),
+        "P(acceptable): "
+        + (
+            f"the artifact's learned heads for {', '.join(report['learned_heads'])}"
+            + (
+                f"; the IRT formula for {', '.join(report['irt_models'])}"
+                if report.get("irt_models")
+                else ""
+            )
+            if report.get("learned_heads")
+            else "the IRT formula (difficulty and skills)"
+        ),
         f"{'strategy':<28} {'quality':>8} {'predicted':>9} {'cost_usd':>11} {'saved':>8}"
         f" {'unlabeled':>9}  model mix",
     ]
@@ -340,6 +386,7 @@ def main(
     except (PolicyLoadError, DatasetError, ReplayError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    score, heads = route_scorer(est, policy.routes[target.name].scored)
     report = replay(
         policy,
         prompts,
@@ -348,6 +395,8 @@ def main(
         difficulty=est.difficulty,
         prompt_text=prompt_text,
         bars=args.quality_bar,
+        score=score,
+        heads=heads,
     )
     print(render(report))
     if args.json:

@@ -198,6 +198,12 @@ class Scorer:
             # this route's candidates only: the per-request gather is (buckets x candidates)
             self._heads = heads.subset([k for _, k in hits])
 
+    @property
+    def learned(self) -> tuple[str, ...]:
+        """The ids of the models this scorer has learned heads for (their P come from the
+        heads; the rest take the IRT formula)."""
+        return self._head_ids
+
     def __call__(
         self, messages: Sequence[Any], tools: Sequence[Any] | None = None, task: str | None = None
     ) -> tuple[float, dict[str, float] | None]:

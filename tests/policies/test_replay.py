@@ -250,8 +250,9 @@ def test_with_the_shipped_estimator(files, tmp_path, capsys):
     assert main(["--policy", str(with_skills(tmp_path)), "--data", str(data)]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = ["strategy", "quality", "predicted", "cost_usd", "saved", "unlabeled", "model", "mix"]
-    assert lines[2].split() == header
-    assert lines[3].startswith("policy ")
+    assert lines[2] == "P(acceptable): the IRT formula (difficulty and skills)"  # no heads
+    assert lines[3].split() == header
+    assert lines[4].startswith("policy ")
     assert rules_text([{"role": "user", "content": "hi"}]) == "hi"
     with pytest.raises(ReplayError, match="estimator"):
         shipped_estimator(str(tmp_path))
@@ -335,3 +336,58 @@ def test_quality_bar_outside_the_route_bounds_is_refused(files, tmp_path, capsys
         == 1
     )
     assert "route 'plain' has no quality bar" in capsys.readouterr().err
+
+
+class LearnedScorer:
+    """A route scorer with a learned head for ``small`` (as `router_models.Estimator.scorer`
+    makes one): P 0.95 where the row's task is "x", else 0.1, whatever the difficulty."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self.learned = tuple(i for i in ids if i == "small")
+        self.tasks: list[str | None] = []
+
+    def __call__(
+        self, messages: Sequence[Any], tools: Any, task: str | None
+    ) -> tuple[float, dict[str, float]]:
+        self.tasks.append(task)
+        return FakeEstimator().difficulty(messages), {"small": 0.95 if task == "x" else 0.1}
+
+
+class LearnedEstimator(FakeEstimator):
+    def __init__(self, with_heads: bool = True) -> None:
+        self.with_heads = with_heads
+        self.made: list[LearnedScorer] = []
+
+    def scorer(self, models: Sequence[tuple[str, str]]) -> LearnedScorer:
+        sc = LearnedScorer([i for i, _ in models] if self.with_heads else [])
+        self.made.append(sc)
+        return sc
+
+
+def test_learned_heads_give_the_candidates_p_as_in_the_gateway(files, capsys):
+    """With an artifact that has learned heads, the replay routes by each candidate's P from
+    them (the row's task as the workflow tag), as the gateway does, not by the IRT formula."""
+    policy, data, out = files
+    est = LearnedEstimator()
+    argv = ["--policy", str(policy), "--data", str(data), "--json", str(out)]
+    assert main(argv, estimator_loader=lambda _: est, prompt_text=plain_text) == 0
+    report = json.loads(out.read_text())
+    assert report["learned_heads"] == ["small"]
+    by_name = {s["strategy"]: s for s in report["strategies"]}
+    # small's head clears the 0.7 bar on every row (task x): the cheaper model everywhere,
+    # where the IRT formula sent three of the four rows to big (test_replay_report)
+    assert by_name["policy"]["model_mix"] == {"small": 1.0}
+    assert by_name["always small"]["predicted_quality"] == pytest.approx(0.95)
+    # big has no head: the IRT formula, as before
+    assert by_name["always big"]["predicted_quality"] == pytest.approx(
+        sum(1 / (1 + 2.718281828459045 ** (d - 2.0)) for d in (-2, 1, 0.5, 2)) / 4, rel=1e-6
+    )
+    assert est.made[0].tasks == ["x"] * 4
+    text = capsys.readouterr().out
+    assert "P(acceptable): the artifact's learned heads for small; the IRT formula for big" in text
+    assert report["irt_models"] == ["big"]
+    # heads for none of the route's models: the IRT formula throughout, and said so
+    est = LearnedEstimator(with_heads=False)
+    assert main(argv, estimator_loader=lambda _: est, prompt_text=plain_text) == 0
+    assert json.loads(out.read_text())["learned_heads"] == []
+    assert "P(acceptable): the IRT formula" in capsys.readouterr().out
