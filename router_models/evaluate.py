@@ -78,7 +78,8 @@ def evaluate_rows(
     if strong is None or weak is None:
         strong, weak = routing.default_pair(labels, prices)
         rule = (
-            f"strong = best mean among models scored on >= {routing.MIN_COVERAGE:.0%} of rows; "
+            f"strong = best mean among models scored on >= {routing.MIN_COVERAGE:.0%} of rows "
+            f"(>= {routing.FALLBACK_COVERAGE:.0%} where fewer than two reach that); "
             f"weak = cheapest priced model >= {routing.PAIR_GAP} below it"
         )
     else:
@@ -196,7 +197,8 @@ def format_report(report: Mapping[str, Any]) -> str:
         best, oracle = multi["best_single"], multi["oracle"]
         lines.append(
             f"many models ({len(multi['models'])} priced, {multi['rows_used']} rows; left out "
-            f"(no price, or scored on < {routing.MIN_COVERAGE:.0%} of rows): "
+            f"(no price, or scored on too few rows: < {routing.MIN_COVERAGE:.0%}, or "
+            f"< {routing.FALLBACK_COVERAGE:.0%} where fewer than two priced models reach that): "
             f"{', '.join(multi['left_out']) or 'none'})"
         )
         lines.append(

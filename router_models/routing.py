@@ -23,6 +23,17 @@ from router_models.irt import irt_p
 F64 = npt.NDArray[np.float64]
 PAIR_GAP = 0.15
 MIN_COVERAGE = 0.99
+# where fewer than two models are scored on MIN_COVERAGE of the rows (a file whose models
+# each label a part of them), models scored on this share of the rows take part instead
+FALLBACK_COVERAGE = 0.5
+
+
+def coverage_floor(coverage: Sequence[float] | F64) -> float:
+    """The share of rows a model must be scored on to take part in the pair and the
+    many-model table: MIN_COVERAGE where at least two models (of ``coverage``, each model's
+    share) reach it, else FALLBACK_COVERAGE."""
+    reach = sum(1 for c in coverage if c >= MIN_COVERAGE - 1e-12)
+    return MIN_COVERAGE if reach >= 2 else FALLBACK_COVERAGE
 
 
 def skill_from_mean(d: F64, a: float | F64, mean: float) -> float:
@@ -41,11 +52,14 @@ def skill_from_mean(d: F64, a: float | F64, mean: float) -> float:
 
 
 def _means(labels: LabelMatrix) -> dict[str, float]:
-    """Mean score of every model scored on >= MIN_COVERAGE of the rows (on its own rows)."""
+    """Mean score of every model scored on enough of the rows (`coverage_floor`), on its
+    own rows."""
+    coverage = labels.mask.mean(axis=0) if labels.mask.size else np.zeros(len(labels.models))
+    floor = coverage_floor(coverage)
     out = {}
     for j, m in enumerate(labels.models):
         seen = labels.mask[:, j]
-        if seen.mean() >= MIN_COVERAGE - 1e-12:
+        if coverage[j] >= floor - 1e-12:
             out[m] = float(labels.scores[seen, j].mean())
     return out
 
@@ -53,14 +67,15 @@ def _means(labels: LabelMatrix) -> dict[str, float]:
 def default_pair(labels: LabelMatrix, prices: Mapping[str, Price]) -> tuple[str, str]:
     """RouteLLM-style pair, by rule and never by router results.
 
-    Strong: the best-mean model among those scored on >= MIN_COVERAGE of rows. Weak: the
+    Strong: the best-mean model among those scored on enough rows (>= MIN_COVERAGE, or
+    FALLBACK_COVERAGE where fewer than two models reach it: `coverage_floor`). Weak: the
     cheapest priced one (input + output USD per Mtok; ties to the higher mean) whose mean
     is at least PAIR_GAP below; if none is priced, the best one at least PAIR_GAP below;
     if none is that far below, the weakest.
     """
     means = _means(labels)
     if len(means) < 2:
-        raise ValueError(f"need two models scored on >= {MIN_COVERAGE:.0%} of rows for a pair")
+        raise ValueError(f"need two models scored on >= {FALLBACK_COVERAGE:.0%} of rows for a pair")
     strong = min(means, key=lambda m: (-means[m], m))
     below = [m for m in means if means[strong] - means[m] >= PAIR_GAP - 1e-12]
     priced = [m for m in below if m in prices]
@@ -141,8 +156,9 @@ def gain_score(d: F64, a: float, labels: LabelMatrix, strong: str, weak: str) ->
 
 @dataclass(frozen=True, slots=True)
 class CostTable:
-    """Per-prompt costs and scores of the priced models scored on >= MIN_COVERAGE of rows,
-    over the rows where all of them are scored (`used`)."""
+    """Per-prompt costs and scores of the priced models scored on enough rows
+    (`coverage_floor` over the priced models), over the rows where all of them are scored
+    (`used`)."""
 
     models: tuple[str, ...]
     cost: F64  # (used prompts, models)
@@ -152,11 +168,10 @@ class CostTable:
 
 
 def cost_table(rows: Sequence[Row], labels: LabelMatrix, prices: Mapping[str, Price]) -> CostTable:
-    kept = [
-        m
-        for j, m in enumerate(labels.models)
-        if m in prices and labels.mask[:, j].mean() >= MIN_COVERAGE
-    ]
+    coverage = labels.mask.mean(axis=0) if len(rows) else np.zeros(len(labels.models))
+    priced = [j for j, m in enumerate(labels.models) if m in prices]
+    floor = coverage_floor([coverage[j] for j in priced])
+    kept = [labels.models[j] for j in priced if coverage[j] >= floor - 1e-12]
     left_out = tuple(m for m in labels.models if m not in kept)
     idx = [labels.models.index(m) for m in kept]
     used: npt.NDArray[np.bool_] = np.asarray(

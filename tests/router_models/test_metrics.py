@@ -140,3 +140,26 @@ def test_default_pair_rule():
     assert default_pair(labels, {}) == ("top", "cheap_hi")
     # nothing 0.15 below: the weakest covered model
     assert default_pair(_labels({"a": 0.9, "b": 0.85, "c": 0.8}), {}) == ("a", "c")
+
+
+def test_files_whose_models_each_label_part_of_the_rows_still_have_a_pair_and_a_table():
+    from router_models.data import Price, Result, Row
+    from router_models.routing import cost_table, coverage_floor, default_pair
+
+    assert coverage_floor([1.0, 0.995, 0.5]) == 0.99
+    assert coverage_floor([1.0, 0.7, 0.6]) == 0.5  # one model at 99%: not enough for a pair
+    # every model scored on 60-80% of the rows: the 50% floor takes them all
+    means = {"top": 0.9, "mid": 0.7, "low": 0.4, "rare": 0.99}
+    labels = _labels(means, missing={"top": 40, "mid": 60, "low": 80, "rare": 120})
+    # "rare" (40% of the rows) takes no part; mid is the best model 0.15 below top
+    assert default_pair(labels, {}) == ("top", "mid")
+    with pytest.raises(ValueError, match="50% of rows"):
+        default_pair(_labels(means, missing=dict.fromkeys(means, 150)), {})
+    msgs = ({"role": "user", "content": "x"},)
+    rows = [
+        Row(f"r:{i}", "r", "t", msgs, {m: Result(1.0, 0.01) for m in means}) for i in range(200)
+    ]
+    prices = {m: Price(1.0, 1.0) for m in means}
+    table = cost_table(rows, labels, prices)
+    assert table.models == ("top", "mid", "low") and table.left_out == ("rare",)
+    assert table.used.sum() == 200 - 80  # the rows where all three are scored
