@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from router_models.clusters import CLIP
+from router_models.irt import sigmoid
 from router_models.signature import N_BUCKETS, WORD_BUCKETS
 
 if TYPE_CHECKING:
@@ -117,8 +118,9 @@ def prior_offsets(
 
 def pooled_slope(y: F64, mask: npt.NDArray[np.bool_], d: F64) -> float:
     """The slope g of logit P = c_m + g d, one per model c_m and one g for all, fitted on
-    every labelled pair of these models (soft-label log loss, a unit ridge on the c_m
-    against separation); 0 where the labelled prompts have no spread in d."""
+    every labelled pair of these models (soft-label log loss; a unit ridge on the c_m and
+    on g per standard deviation of d, so labels that d separates give a finite slope); 0
+    where the labelled prompts have no spread in d."""
     from scipy.optimize import minimize
 
     rows, cols = mask.nonzero()
@@ -133,11 +135,11 @@ def pooled_slope(y: F64, mask: npt.NDArray[np.bool_], d: F64) -> float:
 
     def loss(theta: F64) -> tuple[float, F64]:
         z = theta[cols] + theta[m] * x
-        r = 1.0 / (1.0 + np.exp(-z)) - yy
-        f = float((np.logaddexp(0.0, z) - yy * z).sum()) + 0.5 * float(theta[:m] @ theta[:m])
+        r = sigmoid(z) - yy
+        f = float((np.logaddexp(0.0, z) - yy * z).sum()) + 0.5 * float(theta @ theta)
         grad = np.empty(m + 1)
         grad[:m] = np.bincount(cols, weights=r, minlength=m) + theta[:m]
-        grad[m] = float(r @ x)
+        grad[m] = float(r @ x) + theta[m]
         return f, grad
 
     res = minimize(loss, np.zeros(m + 1), jac=True, method="L-BFGS-B")
@@ -163,7 +165,7 @@ def unknown_offsets(
         lo, hi = -40.0 - float(gd.max()), 40.0 - float(gd.min())
         for _ in range(64):
             mid = 0.5 * (lo + hi)
-            if float((1.0 / (1.0 + np.exp(-(mid + gd)))).mean()) < target:
+            if float(sigmoid(mid + gd).mean()) < target:
                 lo = mid
             else:
                 hi = mid

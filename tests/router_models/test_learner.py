@@ -132,6 +132,10 @@ def test_pooled_slope_recovers_the_labels_slope() -> None:
     assert abs(pooled_slope(y, mask, d) + 0.8) < 0.08
     assert pooled_slope(y, mask, np.full(4000, 0.3)) == 0.0  # no spread in d
     assert pooled_slope(y, np.zeros_like(mask), d) == 0.0  # no labels
+    # labels that d separates: a finite slope, not one that grows with the optimiser's steps
+    line = np.linspace(-3.0, 3.0, 50)
+    sep = pooled_slope((line < 0).astype(float)[:, None], np.ones((50, 1), dtype=bool), line)
+    assert -5.0 < sep < -0.5
 
 
 def test_unknown_offsets_match_each_models_smoothed_mean() -> None:
