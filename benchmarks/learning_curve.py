@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -203,7 +204,7 @@ def many_models(
     names = ("learner", "prior", "length", "random")
     tab = fd.table
     used_rest = tab.used[rest]
-    if len(tab.models) < 2 or not used_rest.any():
+    if len(tab.models) < 2 or int(used_rest.sum()) < 2:
         return dict.fromkeys(names)
     pos = np.cumsum(tab.used) - 1  # row -> position in the table
     trows = pos[rest[used_rest]]
@@ -245,8 +246,12 @@ def evaluate(
     x_eval = tf.transform([fd.texts[int(i)] for i in rest]) if tf is not None else None
 
     def pair(weak: str) -> dict[str, float]:
+        """APGR per router on the rest's rows that score both (NaN for each where fewer
+        than routing.MIN_PAIR_ROWS do)."""
         js, jw = all_models.index(fd.strong), all_models.index(weak)
         sel = rest_labels.mask[:, js] & rest_labels.mask[:, jw]
+        if int(sel.sum()) < routing.MIN_PAIR_ROWS:
+            return dict.fromkeys(("learner", "prior", "prior_gain", "length", "random"), math.nan)
         sub = LabelMatrix(lab.models, rest_labels.scores[sel], rest_labels.mask[sel])
         ys, yw = sub.scores[:, js], sub.scores[:, jw]
         res = {
@@ -270,7 +275,7 @@ def evaluate(
         return {kk: round(v, 4) for kk, v in res.items()}
 
     default = pair(fd.weak)
-    table = [pair(w) for w in fd.partners]
+    table = [t for t in (pair(w) for w in fd.partners) if not math.isnan(t["learner"])]
     mean_table = {
         name: round(float(np.mean([t[name] for t in table if name in t])), 4)
         for name in default

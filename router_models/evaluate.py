@@ -88,7 +88,7 @@ def evaluate_rows(
         if m not in labels.models:
             raise DataError(f"model {m!r} is not scored in this file")
     sel = routing.both_scored(labels, strong, weak)
-    if sel.sum() < 10:
+    if sel.sum() < routing.MIN_PAIR_ROWS:
         raise DataError(f"only {int(sel.sum())} rows score both {strong!r} and {weak!r}")
 
     def on(rows_sel: npt.NDArray[np.bool_]) -> tuple[LabelMatrix, dict[str, F64]]:
@@ -143,8 +143,8 @@ def _multi_block(
         "left_out": list(table.left_out),
         "rows_used": int(table.used.sum()),
     }
-    if len(table.models) < 2:
-        block["note"] = "fewer than two priced models scored on every row"
+    if len(table.models) < 2 or table.used.sum() < 2:
+        block["note"] = "fewer than two priced models scored on the same rows"
         return block
     mc, mq = table.cost.mean(axis=0), table.score.mean(axis=0)
     singles = [

@@ -26,6 +26,7 @@ MIN_COVERAGE = 0.99
 # where fewer than two models are scored on MIN_COVERAGE of the rows (a file whose models
 # each label a part of them), models scored on this share of the rows take part instead
 FALLBACK_COVERAGE = 0.5
+MIN_PAIR_ROWS = 10  # a pair's two models are both scored on at least this many rows
 
 
 def coverage_floor(coverage: Sequence[float] | F64) -> float:
@@ -71,12 +72,16 @@ def default_pair(labels: LabelMatrix, prices: Mapping[str, Price]) -> tuple[str,
     FALLBACK_COVERAGE where fewer than two models reach it: `coverage_floor`). Weak: the
     cheapest priced one (input + output USD per Mtok; ties to the higher mean) whose mean
     is at least PAIR_GAP below; if none is priced, the best one at least PAIR_GAP below;
-    if none is that far below, the weakest.
+    if none is that far below, the weakest. Only models scored with the strong one on at
+    least MIN_PAIR_ROWS rows can be its weak model.
     """
     means = _means(labels)
     if len(means) < 2:
         raise ValueError(f"need two models scored on >= {FALLBACK_COVERAGE:.0%} of rows for a pair")
     strong = min(means, key=lambda m: (-means[m], m))
+    means = {m: v for m, v in means.items() if m == strong or _shared(labels, strong, m)}
+    if len(means) < 2:
+        raise ValueError(f"no model shares {MIN_PAIR_ROWS} scored rows with {strong!r}")
     below = [m for m in means if means[strong] - means[m] >= PAIR_GAP - 1e-12]
     priced = [m for m in below if m in prices]
     if priced:
@@ -95,10 +100,15 @@ def pair_candidates(
     labels: LabelMatrix, strong: str, prices: Mapping[str, Price], limit: int = 8
 ) -> list[str]:
     """Weak partners for the pair table: every priced covered model >= 0.05 below
-    `strong`; if none is priced, at most `limit` spread evenly over the mean-score range."""
+    `strong` and scored with it on MIN_PAIR_ROWS rows; if none is priced, at most `limit`
+    spread evenly over the mean-score range."""
     means = _means(labels)
     below = sorted(
-        (m for m in means if means.get(strong, 0.0) - means[m] >= 0.05 - 1e-12),
+        (
+            m
+            for m in means
+            if means.get(strong, 0.0) - means[m] >= 0.05 - 1e-12 and _shared(labels, strong, m)
+        ),
         key=lambda m: (-means[m], m),
     )
     priced = [m for m in below if m in prices]
@@ -108,6 +118,10 @@ def pair_candidates(
         return below
     picks = np.unique(np.round(np.linspace(0, len(below) - 1, limit)).astype(np.int64))
     return [below[int(k)] for k in picks]
+
+
+def _shared(labels: LabelMatrix, a: str, b: str) -> bool:
+    return int(both_scored(labels, a, b).sum()) >= MIN_PAIR_ROWS
 
 
 def both_scored(labels: LabelMatrix, strong: str, weak: str) -> npt.NDArray[np.bool_]:

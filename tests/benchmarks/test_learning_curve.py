@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -195,4 +196,12 @@ def test_a_file_without_prices_has_no_many_model_figure(tmp_path: Path) -> None:
     fd = labelled_files.FileData(data)
     res = learning_curve.evaluate(fd, 60, "full", 0, tfidf=False)
     assert res["many_cost_share"] == dict.fromkeys(("learner", "prior", "length", "random"))
-    assert 0.0 <= res["pair"]["learner"] and 0.0 < res["brier"]["learner"] < 0.5
+    assert math.isfinite(res["pair"]["learner"]) and 0.0 < res["brier"]["learner"] < 0.5
+
+
+def test_too_few_rest_rows_scoring_a_pair_give_nan_not_a_failure(tmp_path: Path) -> None:
+    fd = labelled_files.FileData(_unknown_models_file(tmp_path))
+    res = learning_curve.evaluate(fd, len(fd.rows) - 5, "full", 0, tfidf=False)
+    assert all(math.isnan(res["pair"][k]) for k in ("learner", "prior", "length", "random"))
+    assert res["pair_table_mean"] == {}
+    assert "nan" in learning_curve.format_results([res])

@@ -146,6 +146,54 @@ def test_eval_leaves_out_unpriced_models(tmp_path, synth_artifact):
     assert json.loads(out.read_text())["multi"]["left_out"] == ["mid"]
 
 
+def _partial_file(path: Path, scored: dict[str, range], prices: dict[str, float]) -> Path:
+    """120 rows; each model scored on its own rows only (``scored``), priced per ``prices``
+    (input = output USD per Mtok)."""
+    rng = np.random.default_rng(9)
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(120):
+            models = {
+                m: {"score": float(rng.random() < 0.3 + 0.2 * k), "cost_usd": None,
+                    "input_tokens": 20, "output_tokens": 40, "output_chars": None}
+                for k, (m, rows) in enumerate(scored.items()) if i in rows
+            }  # fmt: skip
+            prompt = f"Question {i}: " + " ".join(["word"] * int(rng.integers(1, 30)))
+            fh.write(json.dumps({"id": f"p:{i}", "source": "p", "task": "t", "prompt": prompt,
+                                 "models": models}) + "\n")  # fmt: skip
+    table = {m: {"input_usd_per_mtok": c, "output_usd_per_mtok": c, "source": "test"}
+             for m, c in prices.items()}  # fmt: skip
+    path.with_name(path.stem + ".models.json").write_text(json.dumps(table), encoding="utf-8")
+    return path
+
+
+def test_eval_pairs_only_models_scored_on_the_same_rows(tmp_path, synth_artifact):
+    """Models that each label part of the rows: a pair (and a pair-table partner) must share
+    rows with the strong model, and a many-model table whose models share no row is a
+    note, not a failure."""
+    # S (the best) on rows 0-59, W on every row, X (no row with S) on rows 60-119
+    path = _partial_file(
+        tmp_path / "d.jsonl",
+        {"W": range(120), "X": range(60, 120), "S": range(60)},
+        {"W": 0.1, "X": 0.5, "S": 5.0},
+    )
+    out = tmp_path / "r.json"
+    args = ["--data", str(path), "--artifact", str(synth_artifact), "--json", str(out)]
+    assert eval_main(args) == 0
+    report = json.loads(out.read_text())
+    assert (report["pair"]["strong"], report["pair"]["weak"]) == ("S", "W")
+    assert [t["weak"] for t in report["pair_table"]] == ["W"]  # X never scored with S
+    # three models on two thirds of the rows each, no row with all three
+    path = _partial_file(
+        tmp_path / "e.jsonl",
+        {"A": range(80), "B": range(40, 120), "C": [*range(40), *range(80, 120)]},
+        {"A": 0.1, "B": 1.0, "C": 5.0},
+    )
+    args = ["--data", str(path), "--artifact", str(synth_artifact), "--json", str(out)]
+    assert eval_main(args) == 0
+    multi = json.loads(out.read_text())["multi"]
+    assert multi["rows_used"] == 0 and "same rows" in multi["note"]
+
+
 def _records(path: Path, n: int, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     lines = []
