@@ -146,7 +146,9 @@ def test_eval_leaves_out_unpriced_models(tmp_path, synth_artifact):
     assert json.loads(out.read_text())["multi"]["left_out"] == ["mid"]
 
 
-def _partial_file(path: Path, scored: dict[str, range], prices: dict[str, float]) -> Path:
+def _partial_file(
+    path: Path, scored: dict[str, range | list[int]], prices: dict[str, float]
+) -> Path:
     """120 rows; each model scored on its own rows only (``scored``), priced per ``prices``
     (input = output USD per Mtok)."""
     rng = np.random.default_rng(9)
