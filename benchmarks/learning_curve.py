@@ -19,7 +19,7 @@ at which the prior's mean P over the file is the model's mean score,
   P >= bar, bars 0.05..0.95, on the upper hull), as a share of that model's cost;
 - the Brier score over every labelled pair, of the learner and of the prior it starts from
   (the prior's P for a model it knows; for one it does not, the fallback fitted on the
-  model's training labels, `design.prior_offsets`).
+  model's training labels, `design.prior_offsets`; a model with neither is left out).
 
 Routers: the learner (P(strong ok) - P(weak ok) from its heads), the prior (the shipped
 estimator's raw difficulty, and its IRT gain), length, random, and the TF-IDF logistic

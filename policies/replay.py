@@ -266,7 +266,7 @@ def replay(
         "prompts": len(prompts),
         "mapping": dict(mapping),
         "learned_heads": list(heads),
-        "irt_models": [m.id for m in entry.scored if m.id not in heads],
+        "irt_models": [m.id for m in entry.scored if m.id not in heads and m.skill is not None],
         "strategies": [t.summary(reference_cost) for t in tallies.values()],
     }
 

@@ -93,7 +93,9 @@ def fitted_skills(
     base: Estimator, models: Sequence[str], examples: Sequence[Example]
 ) -> dict[str, float]:
     """A skill for each of ``models`` that the base has none for and ``examples`` label:
-    the one at which the base's mean P over the prompts labelling it is its label mean."""
+    the one at which the base's mean P over the prompts labelling it is its smoothed label
+    mean, (sum + 1) / (count + 2), as the learner starts such a model
+    (`design.unknown_offsets`): three labels all 1 do not make a certainty."""
     out: dict[str, float] = {}
     d = _difficulty(base, examples)
     for m in models:
@@ -101,7 +103,7 @@ def fitted_skills(
             continue
         rows = [i for i, e in enumerate(examples) if m in e.labels]
         if rows:
-            mean = float(np.mean([examples[i].labels[m] for i in rows]))
+            mean = (sum(float(examples[i].labels[m]) for i in rows) + 1.0) / (len(rows) + 2.0)
             out[m] = skill_from_mean(d[rows], base.discrimination, mean)
     return out
 

@@ -6,8 +6,9 @@ From labelled requests (a `Signature`, and scores in [0, 1] for whichever models
     logit_m(x) = prior_m(d) + b_m + phi(x) . (u + v_m)
 
 - `prior_m(d)`: the shipped estimator's logit a * (s_m - d), refitted exactly as an affine
-  function of the prior difficulty d (a model the prior does not know gets the logit of
-  its own smoothed label mean): the offset every head starts from;
+  function of the prior difficulty d (a model the prior does not know gets the same form,
+  the known models' slope and the intercept of its smoothed label mean,
+  `design.prior_offsets`): the offset every head starts from;
 - `phi(x)`: the signature's hashed word and character n-grams (sublinear tf times idf,
   each block l2-normalised) and its standardised dense features plus d;
 - `u` is shared by all models (what makes a prompt harder or easier for everyone), taken
