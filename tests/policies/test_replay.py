@@ -350,7 +350,9 @@ class LearnedScorer:
         self, messages: Sequence[Any], tools: Any, task: str | None
     ) -> tuple[float, dict[str, float]]:
         self.tasks.append(task)
-        return FakeEstimator().difficulty(messages), {"small": 0.95 if task == "x" else 0.1}
+        # its own difficulty (the estimator's + 1): the replay must use the scorer's
+        d = FakeEstimator().difficulty(messages) + 1.0
+        return d, {"small": 0.95 if task == "x" else 0.1}
 
 
 class LearnedEstimator(FakeEstimator):
@@ -378,9 +380,10 @@ def test_learned_heads_give_the_candidates_p_as_in_the_gateway(files, capsys):
     # where the IRT formula sent three of the four rows to big (test_replay_report)
     assert by_name["policy"]["model_mix"] == {"small": 1.0}
     assert by_name["always small"]["predicted_quality"] == pytest.approx(0.95)
-    # big has no head: the IRT formula, as before
+    # big has no head: the IRT formula at the scorer's difficulty
     assert by_name["always big"]["predicted_quality"] == pytest.approx(
-        sum(1 / (1 + 2.718281828459045 ** (d - 2.0)) for d in (-2, 1, 0.5, 2)) / 4, rel=1e-6
+        sum(1 / (1 + 2.718281828459045 ** (d + 1.0 - 2.0)) for d in (-2, 1, 0.5, 2)) / 4,
+        rel=1e-6,
     )
     assert est.made[0].tasks == ["x"] * 4
     text = capsys.readouterr().out

@@ -138,6 +138,31 @@ def test_pooled_slope_recovers_the_labels_slope() -> None:
     assert -5.0 < sep < -0.5
 
 
+def test_pooled_slope_is_the_optimum_of_its_objective() -> None:
+    """The fitted slope against a derivative-free minimisation of the same objective (soft
+    log loss, unit ridge on the intercepts and on the slope per standard deviation of d):
+    a loss and a gradient that disagree would stop the fit elsewhere."""
+    from scipy.optimize import minimize
+
+    d, y, mask = _irt_labels(300, {"S": 1.0, "W": -1.0}, -0.8, 7)
+    mask[:, 1] = np.random.default_rng(8).random(300) < 0.3
+    rows, cols = mask.nonzero()
+    x = (d[rows] - d[rows].mean()) / d[rows].std()
+    yy = y[rows, cols]
+
+    def objective(theta: np.ndarray) -> float:
+        z = theta[cols] + theta[2] * x
+        return float((np.logaddexp(0.0, z) - yy * z).sum() + 0.5 * theta @ theta)
+
+    best = minimize(
+        objective,
+        np.zeros(3),
+        method="Nelder-Mead",
+        options={"xatol": 1e-7, "fatol": 1e-9, "maxiter": 20000},
+    )
+    assert pooled_slope(y, mask, d) == pytest.approx(best.x[2] / d[rows].std(), abs=1e-3)
+
+
 def test_unknown_offsets_match_each_models_smoothed_mean() -> None:
     d, y, mask = _irt_labels(500, {"S": 1.0, "W": -1.0}, -0.8, 2)
     mask[::2, 1] = False

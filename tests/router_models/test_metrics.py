@@ -163,3 +163,14 @@ def test_files_whose_models_each_label_part_of_the_rows_still_have_a_pair_and_a_
     table = cost_table(rows, labels, prices)
     assert table.models == ("top", "mid", "low") and table.left_out == ("rare",)
     assert table.used.sum() == 200 - 80  # the rows where all three are scored
+    # the floor is taken over the priced models: two unpriced ones on every row do not make
+    # the 99% floor apply to the priced ones, which each label part of the rows
+    labels = _labels(
+        {**means, "free1": 0.5, "free2": 0.5}, missing={"top": 40, "mid": 60, "low": 80}
+    )
+    rows = [
+        Row(r.id, r.source, r.task, msgs, {**r.results, "free1": Result(1.0), "free2": Result(1.0)})
+        for r in rows
+    ]
+    table = cost_table(rows, labels, {m: Price(1.0, 1.0) for m in ("top", "mid", "low")})
+    assert table.models == ("top", "mid", "low")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from policies.replay import main as replay_main
 from router_models import load_estimator
 from router_models.data import LabelMatrix
 from router_models.evaluate import main as eval_main
@@ -418,6 +419,51 @@ def test_models_the_base_does_not_know_are_compared_with_skills_from_their_label
     assert 0.2 < report["mean_brier"]["base"] < 0.3
     assert report["mean_brier"]["new"] < 0.15
     assert {"small-new", "big-new"} <= set(adapted.skills)
+    # effgate eval --policy with that artifact routes by its heads, as the gateway would
+    policy = tmp_path / "p.yaml"
+    model = "provider: openai, base_url: 'http://127.0.0.1:9/v1', context_window: 100000"
+    prices = {"s": ("small-new", 0.1, 0.2), "b": ("big-new", 5.0, 15.0)}
+    lines = ["version: 1", "models:"]
+    for i, (up, a, b) in prices.items():
+        lines.append(f"  - {{id: {i}, upstream_model: {up}, input_usd_per_mtok: {a},")
+        lines.append(f"     output_usd_per_mtok: {b}, {model}}}")
+    lines += ["routes:", "  - {name: auto, candidates: [s, b], quality_bar: 0.6}"]
+    policy.write_text("\n".join([*lines, "default_route: auto", ""]), encoding="utf-8")
+    out = tmp_path / "replay.json"
+    argv = ["--policy", str(policy), "--data", str(data), "--json", str(out)]
+    assert replay_main([*argv, "--artifact", str(tmp_path / "a")]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["learned_heads"] == ["s", "b"] and rep["irt_models"] == []
+    by = {x["strategy"]: x for x in rep["strategies"]}
+    # each workflow's winner, which only the heads know: far above either model alone
+    assert by["policy"]["quality"] > 0.8 > 0.6 > by["always s"]["quality"]
+    assert by["always b"]["quality"] < 0.6
+
+
+def test_fitted_skills_match_the_smoothed_mean_on_the_labelled_prompts(synth_artifact) -> None:
+    from router_models.adapt import fitted_skills
+    from router_models.learner import Example
+    from router_models.routing import skill_from_mean
+
+    base = load_estimator(synth_artifact)
+    texts = [f"Question {i}: " + "combine 7 " * (i % 9) for i in range(60)]
+    sigs = [signature([{"role": "user", "content": t}]) for t in texts]
+    d = np.array([base.difficulty_of_dense(s.dense) for s in sigs])
+    hard = d > np.median(d)
+    # "new" labelled on the harder half only, all 1s; "big" is known to the base
+    exs = [
+        Example(sig, {"new": 1.0, "big": 0.0} if h else {"big": 1.0})
+        for sig, h in zip(sigs, hard, strict=True)
+    ]
+    skills = fitted_skills(base, ["new", "big", "absent"], exs)
+    assert set(skills) == {"new"}  # known to the base, or with no label: none
+    n = int(hard.sum())
+    want = skill_from_mean(d[hard], base.discrimination, (n + 1) / (n + 2))
+    assert skills["new"] == pytest.approx(want)
+    # the prompts it was labelled on, not all of them
+    assert skills["new"] != pytest.approx(
+        skill_from_mean(d, base.discrimination, (n + 1) / (n + 2))
+    )
 
 
 def test_regroup() -> None:
