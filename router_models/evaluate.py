@@ -60,8 +60,12 @@ def evaluate_rows(
     strong: str | None = None,
     weak: str | None = None,
     seed: int = 0,
+    learned: Mapping[str, F64] | None = None,
 ) -> dict[str, Any]:
-    """Both evaluations for one set of rows; `difficulty` is the estimator's, per row."""
+    """Both evaluations for one set of rows; `difficulty` is the estimator's, per row.
+    ``learned``: P per row of each model the artifact has learned heads for; where both
+    models of a pair (or every model of the many-model table) have one, the learned router
+    (P(strong) - P(weak); the cheapest model with P >= bar) is reported beside the rest."""
     labels = label_matrix(rows)
     a = discrimination
     length = np.log1p(np.array([r.prompt_chars for r in rows], dtype=np.float64))
@@ -91,11 +95,14 @@ def evaluate_rows(
     if sel.sum() < routing.MIN_PAIR_ROWS:
         raise DataError(f"only {int(sel.sum())} rows score both {strong!r} and {weak!r}")
 
-    def on(rows_sel: npt.NDArray[np.bool_]) -> tuple[LabelMatrix, dict[str, F64]]:
+    def on(rows_sel: npt.NDArray[np.bool_], s: str, w: str) -> tuple[LabelMatrix, dict[str, F64]]:
         sub = LabelMatrix(labels.models, labels.scores[rows_sel], labels.mask[rows_sel])
-        return sub, {k: v[rows_sel] for k, v in raw.items()}
+        scores = {k: v[rows_sel] for k, v in raw.items()}
+        if learned is not None and s in learned and w in learned:
+            scores["learned"] = learned[s][rows_sel] - learned[w][rows_sel]
+        return sub, scores
 
-    sub, scores = on(sel)
+    sub, scores = on(sel, strong, weak)
     report["pair"] = {
         "strong": strong,
         "weak": weak,
@@ -104,12 +111,13 @@ def evaluate_rows(
         "weak_mean": round(float(sub.scores[:, sub.models.index(weak)].mean()), 4),
         "choice": rule,
         "score": "estimator: raw difficulty; *_gain / length_irt: P(strong ok) - P(weak ok); "
-        "length: log chars; oracle_irt: IRT difficulty fitted on this file's labels",
+        "length: log chars; oracle_irt: IRT difficulty fitted on this file's labels; "
+        "learned: P(strong ok) - P(weak ok) from the artifact's learned heads",
         "routers": _pair_routers(sub, strong, weak, scores, a, oracle.discrimination),
     }
     table = []
     for other in routing.pair_candidates(labels, strong, prices):
-        sub, scores = on(routing.both_scored(labels, strong, other))
+        sub, scores = on(routing.both_scored(labels, strong, other), strong, other)
         res = _pair_routers(sub, strong, other, scores, a, oracle.discrimination)
         table.append(
             {
@@ -127,7 +135,7 @@ def evaluate_rows(
         # the ceiling of one scalar difficulty, at the discrimination it was fitted with
         "oracle_irt": (oracle.difficulty, oracle.discrimination),
     }
-    report["multi"] = _multi_block(rows, labels, prices, routers)
+    report["multi"] = _multi_block(rows, labels, prices, routers, learned)
     return report
 
 
@@ -136,6 +144,7 @@ def _multi_block(
     labels: Any,
     prices: Mapping[str, Price],
     routers: Mapping[str, tuple[F64, float]],
+    learned: Mapping[str, F64] | None = None,
 ) -> dict[str, Any]:
     table = routing.cost_table(rows, labels, prices)
     block: dict[str, Any] = {
@@ -160,8 +169,11 @@ def _multi_block(
         oracle={"cost": float(oracle_cost.mean()), "quality": round(float(top.mean()), 4)},
         routers={},
     )
-    for name, (d, a) in routers.items():
-        res = routing.multi_result(d, a, table)
+    results = {name: routing.multi_result(d, a, table) for name, (d, a) in routers.items()}
+    if learned is not None and all(m in learned for m in table.models):
+        p = np.column_stack([learned[m][table.used] for m in table.models])
+        results["learned"] = routing.multi_result_p(p, table)
+    for name, res in results.items():
         match = res.cost_to_match_best
         block["routers"][name] = {
             "aiq": round(res.aiq, 4),
@@ -172,6 +184,19 @@ def _multi_block(
             ],
         }
     return block
+
+
+def learned_p(est: Any, rows: Sequence[Row], d: F64) -> dict[str, F64] | None:
+    """P per row of every model the estimator has learned heads for (each row's task as
+    its workflow tag, as `effgate eval --policy` passes it); None without heads."""
+    heads = est.heads
+    if heads is None:
+        return None
+    from router_models.signature import signature
+
+    sigs = [signature(list(r.messages), digest=False) for r in rows]
+    p = heads.p_many(sigs, d, [str(r.task) for r in rows])
+    return {m: p[:, j] for j, m in enumerate(heads.models)}
 
 
 def format_report(report: Mapping[str, Any]) -> str:
@@ -186,7 +211,10 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines.append(f"  {name:<22}{r['apgr']:>8.3f}{r['cpt50']:>8.3f}{r['cpt80']:>8.3f}")
     table = report.get("pair_table", [])
     if table:
-        cols = ("estimator", "estimator_gain", "length", "random", "oracle_irt", "oracle_irt_gain")
+        cols: tuple[str, ...] = (
+            "estimator", "estimator_gain", "length", "random", "oracle_irt", "oracle_irt_gain"
+        )  # fmt: skip
+        cols += ("learned",) if all("learned" in t for t in table) else ()
         lines.append(f"pair table (APGR), strong = {pair['strong']}:")
         lines.append(f"  {'weak (mean)':<40}" + "".join(f"{c[:14]:>15}" for c in cols))
         for t in table:
@@ -303,6 +331,7 @@ def main(argv: list[str]) -> int:
             strong=args.strong,
             weak=args.weak,
             seed=args.seed,
+            learned=learned_p(est, rows, d),
         )
     except (ArtifactError, DataError, OSError, ValueError) as exc:
         print(f"effgate eval: {exc}", file=sys.stderr)

@@ -206,11 +206,17 @@ class MultiResult:
 
 
 def multi_result(d: F64, a: float, table: CostTable) -> MultiResult:
+    """The many-model result of routing by the IRT P of difficulty ``d`` (every row), each
+    model's skill fitted to its mean score on the table's rows."""
     d = d[table.used]
     skills = np.array(
         [skill_from_mean(d, a, float(table.score[:, j].mean())) for j in range(len(table.models))]
     )
-    p = irt_p(a, skills[None, :], d[:, None])
+    return multi_result_p(irt_p(a, skills[None, :], d[:, None]), table)
+
+
+def multi_result_p(p: F64, table: CostTable) -> MultiResult:
+    """The many-model result of routing by ``p`` ((table rows, table models) P)."""
     curve = metrics.cost_quality_curve(p, table.cost, table.score, metrics.BARS)
     xs = np.array([c.cost for c in curve])
     ys = np.array([c.quality for c in curve])

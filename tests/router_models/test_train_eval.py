@@ -419,6 +419,18 @@ def test_models_the_base_does_not_know_are_compared_with_skills_from_their_label
     assert 0.2 < report["mean_brier"]["base"] < 0.3
     assert report["mean_brier"]["new"] < 0.15
     assert {"small-new", "big-new"} <= set(adapted.skills)
+    # effgate eval with that artifact reports its learned router beside the prior's
+    ev = tmp_path / "eval.json"
+    assert (
+        eval_main(["--data", str(data), "--artifact", str(tmp_path / "a"), "--json", str(ev)]) == 0
+    )
+    pair = json.loads(ev.read_text())["pair"]["routers"]
+    assert pair["learned"]["apgr"] > pair["estimator"]["apgr"] + 0.2  # in-sample: it saw them
+    assert "learned" in json.loads(ev.read_text())["multi"]["routers"]
+    assert (
+        eval_main(["--data", str(data), "--artifact", str(synth_artifact), "--json", str(ev)]) == 0
+    )
+    assert "learned" not in json.loads(ev.read_text())["pair"]["routers"]  # no heads
     # effgate eval --policy with that artifact routes by its heads, as the gateway would
     policy = tmp_path / "p.yaml"
     model = "provider: openai, base_url: 'http://127.0.0.1:9/v1', context_window: 100000"
