@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks import labelled_files, learning_curve
+from benchmarks import curve_learner, labelled_files, learning_curve
 
 
 def _write(path: Path, rows: list[dict[str, object]]) -> None:
@@ -188,8 +188,8 @@ def test_models_the_prior_does_not_know_are_evaluated_and_routed(tmp_path: Path)
     # the prior the learner starts from ranks prompts by difficulty for a model it does not
     # know (the IRT form, not a constant)
     train, rest = labelled_files.draw(fd, 60, 0)
-    exs = learning_curve.training_examples(fd, train, "bandit", 0)
-    start = learning_curve.prior_p(fd, train, exs, rest)
+    exs = curve_learner.training_examples(fd, train, "bandit", 0)
+    start = curve_learner.prior_p(fd, train, exs, rest)
     for j in range(2):
         assert np.ptp(start[:, j]) > 1e-3 and abs(np.corrcoef(start[:, j], fd.d[rest])[0, 1]) > 0.99
     for regime in ("full", "bandit"):
