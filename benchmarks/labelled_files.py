@@ -27,7 +27,11 @@ class FileData:
     """One labelled file, prepared once: rows, labels, signatures, prior difficulty."""
 
     def __init__(
-        self, path: Path, tag_field: str = "", system_prompts: Mapping[str, str] | None = None
+        self,
+        path: Path,
+        tag_field: str = "",
+        system_prompts: Mapping[str, str] | None = None,
+        policy_prior: bool = False,
     ) -> None:
         from router_models import load_estimator, routing
         from router_models.data import label_matrix, load_dataset
@@ -55,9 +59,15 @@ class FileData:
         self.partners = routing.pair_candidates(self.labels, self.strong, self.prices)
         self.table = routing.cost_table(self.rows, self.labels, self.prices)
         self.policy_skills = policy_skills(self.labels, self.d, self.est)
+        # the learner's prior of a model the shipped prior does not know: none (it starts
+        # from its labels), or with policy_prior the skill the policy routes it by, as
+        # `effgate train --policy` gives it the policy's skill:
+        self.policy_prior = policy_prior
 
     def prior_logit(self, model: str, idx: npt.NDArray[np.intp]) -> F64 | None:
         s = self.est.skills.get(model)
+        if s is None and self.policy_prior:
+            s = self.policy_skills.get(model)
         return None if s is None else self.est.discrimination * (s - self.d[idx])
 
 

@@ -3,6 +3,7 @@
     python -m benchmarks.learning_curve [--data FILE ...] [--k 100 300 1000 3000 2000]
         [--regime full bandit] [--seeds N] [--json OUT] [--no-tfidf] [--latency-only]
         [--learner NAME=VALUE ...] [--task-tags | --tag-field FIELD] [--system-prompts FILE]
+        [--policy-prior]
 
 Protocol, per file, K and seed: draw K labelled prompts at random (seeded), train on them,
 evaluate on the rest. Regimes: `full` (every model's label of the K prompts) and `bandit`
@@ -44,6 +45,12 @@ of task -> text; `"*"` for every other task, with `{task}` filled in), as a depl
 workflows each have their own system prompt would send it; every router sees it (the length
 router and the cost estimate still read the user prompt's length). `benchmarks/system_prompts/`
 holds one file per shared data file.
+
+`--policy-prior`: a model the shipped prior does not know starts, in the learner and in the
+prior's Brier score, from the skill the bandit policy routes it by (`policy_skills`) instead of
+its training labels, as `effgate train --policy` starts it from the skill: an operator set in
+the policy. That skill comes from the model's mean score over the whole file, the rest
+included: it stands for an operator's published-quality figure, and is off by default.
 """
 
 from __future__ import annotations
@@ -370,6 +377,12 @@ def main(argv: list[str]) -> int:
     )
     add_system_prompts_option(parser)
     parser.add_argument(
+        "--policy-prior",
+        action="store_true",
+        help="a model the shipped prior does not know starts from the skill the bandit "
+        "policy routes it by, as `effgate train --policy` starts it from the policy's skill:",
+    )
+    parser.add_argument(
         "--learner",
         action="append",
         default=[],
@@ -393,7 +406,9 @@ def main(argv: list[str]) -> int:
     except ValueError:
         parser.error(f"--tag-field must be task or meta.KEY, not {tag_field!r}")
     system = system_prompts_from(parser, args.system_prompts)
-    files = [FileData(p, tag_field, system) for p in (args.data or list(DEFAULT_DATA))]
+    files = [
+        FileData(p, tag_field, system, args.policy_prior) for p in (args.data or list(DEFAULT_DATA))
+    ]
     print(f"prepared {len(files)} files in {time.perf_counter() - start:.1f}s", flush=True)
     results: list[dict[str, Any]] = []
     if not args.latency_only:
@@ -419,6 +434,7 @@ def main(argv: list[str]) -> int:
         out["task_tags"] = args.task_tags
         out["tag_field"] = tag_field
         out["system_prompts"] = str(args.system_prompts or "")
+        out["policy_prior"] = args.policy_prior
         args.json.write_text(
             json.dumps(out, indent=1),
             encoding="utf-8",

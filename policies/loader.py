@@ -164,6 +164,21 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
         raise PolicyLoadError([f"{os.fspath(path)}:1: cannot read: {exc.strerror}"]) from None
 
 
+def configured_skills(path: str | os.PathLike[str]) -> dict[str, float]:
+    """The ``skill:`` that each model of the policy at ``path`` sets, under its catalog id
+    and under its upstream model name (the names labels carry: records use the id, labelled
+    files the upstream name), an id winning over another entry's upstream name; models
+    without one are left out. Only the file's schema is checked (``effgate policy check``
+    checks the rest); ``PolicyLoadError`` names the file when it cannot be read or is
+    invalid."""
+    spec, _ = parse_policy(read_bytes(path), filename=os.fspath(path))
+    out = {m.id: float(m.skill) for m in spec.models if m.skill is not None}
+    for m in spec.models:
+        if m.skill is not None and m.upstream_model:
+            out.setdefault(m.upstream_model, float(m.skill))
+    return out
+
+
 def load_policy(
     path: str | os.PathLike[str],
     *,

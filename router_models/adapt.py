@@ -10,6 +10,12 @@ the artifact is written only when the new router is at least as good as the base
 base's difficulty weights and discrimination (the prior stays one input of every head), adds
 `heads.npz`, and gives every head model a skill (the base's, or one fitted to the model's
 label mean) so policies compile and the IRT fallback still works.
+
+With `--policy FILE` (`effgate train`), the `skill:` that the policy gives a model is that
+model's prior, winning over the base's as it does when the gateway compiles the policy: the
+learner starts the model from it, the compared base routes it by it (what the gateway serves
+until the model has a head), and the written artifact keeps it for a head model. Without
+it, a model the base does not know starts from the smoothed mean of its labels.
 """
 
 from __future__ import annotations
@@ -84,9 +90,24 @@ def scorer(est: Estimator, heads: Heads | None, skills: Mapping[str, float] | No
     return score
 
 
-def _skills(base: Estimator, heads: Heads, examples: Sequence[Example]) -> dict[str, float]:
-    """The base's skills, plus one per head model it lacks (fitted to its label mean)."""
-    return {**base.skills, **fitted_skills(base, heads.models, examples)}
+def with_skills(base: Estimator, configured: Mapping[str, float]) -> Estimator:
+    """``base`` with ``configured`` skills (a policy's), each winning over the base's."""
+    return Estimator(
+        base.weights,
+        skills={**base.skills, **configured},
+        discrimination=base.discrimination,
+        metadata=base.metadata,
+        heads=base.heads,
+    )
+
+
+def _skills(
+    original: Mapping[str, float], base: Estimator, heads: Heads, examples: Sequence[Example]
+) -> dict[str, float]:
+    """The base artifact's ``original`` skills; each head model's skill in ``base`` (a
+    policy's where it set one), else one fitted to its label mean."""
+    learnt = {m: s for m, s in base.skills.items() if heads.index(m) is not None}
+    return {**original, **learnt, **fitted_skills(base, heads.models, examples)}
 
 
 def fitted_skills(
@@ -197,9 +218,13 @@ def learner_params(pairs: Sequence[str]) -> LearnerParams:
     return params
 
 
-def main(args: argparse.Namespace) -> int:
-    """Adapt ``args.base`` (None: the shipped artifact) to ``args.records`` / ``args.data``."""
+def main(args: argparse.Namespace, configured: Mapping[str, float] | None = None) -> int:
+    """Adapt ``args.base`` (None: the shipped artifact) to ``args.records`` / ``args.data``;
+    ``configured``: the skills of ``args.policy``'s models (`with_skills`)."""
     base = load_estimator(args.base)
+    original = base.skills
+    if configured:
+        base = with_skills(base, configured)
     examples: list[Example] = []
     prices: dict[str, float] = {}
     sources: dict[str, Any] = {}
@@ -233,6 +258,18 @@ def main(args: argparse.Namespace) -> int:
             f"only {len(examples)} labelled requests; adapting needs at least {MIN_EXAMPLES}"
         )
     params = learner_params(args.learner)
+    policy: dict[str, Any] = {}
+    if configured:
+        labelled = sorted({m for e in examples for m in e.labels} & set(configured))
+        policy = {
+            "file": Path(args.policy).name,
+            "sha256": sha256_file(Path(args.policy)),
+            "skills": {m: configured[m] for m in labelled},
+        }
+        print(
+            f"policy {policy['file']}: the skill: it sets is the prior of {len(labelled)} "
+            f"labelled model(s){': ' + ', '.join(labelled) if labelled else ''}"
+        )
     base_heads = base.heads
     grouped = regroup(examples, args.group_by)
     report = compare(
@@ -267,6 +304,7 @@ def main(args: argparse.Namespace) -> int:
         "base": str(args.base) if args.base is not None else "default",
         "base_weights_sha256": base.metadata.get("weights_sha256"),
         "sources": sources,
+        **({"policy": policy} if policy else {}),
         "examples": len(examples),
         "seed": args.seed,
         "params": asdict(params),
@@ -277,7 +315,7 @@ def main(args: argparse.Namespace) -> int:
     save_artifact(
         args.out,
         base.weights,
-        skills=_skills(base, heads, examples),
+        skills=_skills(original, base, heads, examples),
         discrimination=base.discrimination,
         metadata=meta,
         heads=heads,

@@ -6,6 +6,9 @@
     effgate train --data F.jsonl --base DIR --out DIR [--force]
         adapt a base artifact (default: the shipped one) to these labels: learned per-model
         heads, written only when they beat the base on held-out labels (router_models.adapt)
+    ... --policy FILE
+        when adapting: the skills the policy's models set are the prior of those models, as
+        the gateway routes by them (effgate train only: the policies package reads the file)
 
 Deterministic for a fixed seed.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument(
+        "--policy",
+        type=Path,
+        help="when adapting: the policy the gateway serves with; the skill: of its models is "
+        "their prior (the IRT P the gateway routes them by until they have heads), in the "
+        "learner's start and in the compared base, winning over the base artifact's skill",
+    )
     adapt.add_arguments(p)
     return p
 
@@ -94,19 +104,41 @@ def progress_bar() -> Any:
     return tqdm
 
 
-def main(argv: list[str]) -> int:
+PolicySkills = Callable[[Path], Mapping[str, float]]
+"""A policy file -> the skill each of its models sets (`policies.loader.configured_skills`,
+which `effgate train` passes in: router_models does not import policies)."""
+
+
+def main(argv: list[str], *, policy_skills: PolicySkills | None = None) -> int:
     args = _parser().parse_args(argv)
     if not args.data and args.records is None:
         print("effgate train: give --data FILE (repeatable) and/or --records PATH", file=sys.stderr)
         return 2
-    if args.records is not None or args.base is not None:
+    adapting = args.records is not None or args.base is not None
+    if args.policy is not None and not adapting:
+        print(
+            "effgate train: --policy is for adapting (--records, or --data with --base); "
+            "training a prior from scratch fits every model's skill",
+            file=sys.stderr,
+        )
+        return 2
+    if args.policy is not None and policy_skills is None:
+        print(
+            "effgate train: --policy needs the policies package: run `effgate train`",
+            file=sys.stderr,
+        )
+        return 2
+    if adapting:
         try:  # before reading any data: the learner needs scipy
             require_scipy()
         except MissingExtra as exc:
             print(f"effgate train: {exc}", file=sys.stderr)
             return 2
         try:
-            return adapt.main(args)
+            configured = None
+            if args.policy is not None and policy_skills is not None:
+                configured = dict(policy_skills(args.policy))
+            return adapt.main(args, configured)
         except (ArtifactError, DataError, OSError, ValueError) as exc:
             print(f"effgate train: {exc}", file=sys.stderr)
             return 1

@@ -8,6 +8,7 @@ the others are ``policies.check``, ``router_models.train``, ``router_models.eval
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 
@@ -19,7 +20,8 @@ commands:
   fake-upstream   run an OpenAI-compatible fake model server (tests, benchmarks, demo)
   policy check    validate policy files offline
   keys            tenants' keys: new --tenant T (print a key once), hash, check FILE
-  train           train a difficulty estimator (--data FILE.jsonl | --records PATH)
+  train           train a difficulty estimator (--data FILE.jsonl | --records PATH),
+                  or adapt one to labels (--records PATH | --data F --base DIR) [--policy FILE]
   eval            evaluate an estimator (--data), or replay a policy (--policy --data)
   report          efficiency report from request records (--records PATH --out DIR)
 
@@ -50,9 +52,10 @@ def _command(argv: list[str]) -> tuple[Callable[[list[str]], int], list[str]] | 
 
         return keys, rest
     if cmd == "train":
+        from policies.loader import configured_skills
         from router_models.train import main as train
 
-        return train, rest
+        return functools.partial(train, policy_skills=configured_skills), rest
     if cmd == "eval":
         if "--policy" in rest or any(a.startswith("--policy=") for a in rest):
             from policies.replay import main as replay

@@ -199,6 +199,36 @@ def test_models_the_prior_does_not_know_are_evaluated_and_routed(tmp_path: Path)
     assert res["labels"] == 60
 
 
+def test_the_policy_prior_starts_unknown_models_from_the_policy_s_skill(tmp_path: Path) -> None:
+    """--policy-prior: a model the shipped prior does not know starts from the skill the
+    bandit policy routes it by (as `effgate train --policy` starts it from the policy's
+    skill:), not from its training labels; the default is unchanged."""
+    import numpy as np
+
+    from router_models.irt import irt_p
+
+    data = _unknown_models_file(tmp_path)
+    plain, pol = labelled_files.FileData(data), labelled_files.FileData(data, policy_prior=True)
+    idx = np.arange(len(pol.rows))
+    assert plain.prior_logit("big-x", idx) is None
+    lg = pol.prior_logit("big-x", idx)
+    assert lg is not None
+    want = pol.est.discrimination * (pol.policy_skills["big-x"] - pol.d)
+    assert np.allclose(lg, want)
+    # the prior the learner starts from on a tiny bandit draw: the policy's IRT P
+    train, rest = labelled_files.draw(pol, 12, 0)
+    exs = curve_learner.training_examples(pol, train, "bandit", 0)
+    start = curve_learner.prior_p(pol, train, exs, rest)
+    j = list(pol.labels.models).index("big-x")
+    p_pol = irt_p(pol.est.discrimination, pol.policy_skills["big-x"], pol.d[rest])
+    assert np.allclose(start[:, j], p_pol, atol=1e-6)
+    assert not np.allclose(curve_learner.prior_p(plain, train, exs, rest)[:, j], p_pol, atol=1e-3)
+    out = tmp_path / "r.json"
+    args = ["--data", str(data), "--k", "60", "--regime", "bandit", "--no-tfidf"]
+    assert learning_curve.main([*args, "--policy-prior", "--json", str(out)]) == 0
+    assert json.loads(out.read_text(encoding="utf-8"))["policy_prior"] is True
+
+
 def test_a_file_without_prices_has_no_many_model_figure(tmp_path: Path) -> None:
     data = _unknown_models_file(tmp_path)
     (tmp_path / "syn.models.json").unlink()

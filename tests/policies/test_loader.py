@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from policies.errors import PolicyLoadError
-from policies.loader import build_policy, line_of, load_policy, parse_yaml
+from policies.loader import build_policy, configured_skills, line_of, load_policy, parse_yaml
 from tests.policies.conftest import MINIMAL
 
 
@@ -196,3 +196,23 @@ def test_a_rule_must_set_something():
         "policy.yaml:9: routes[0].rules[0]: a rule must set at least one of quality_bar, "
         "candidates, model"
     ]
+
+
+def test_configured_skills_by_id_and_upstream_name(tmp_path):
+    """What `effgate train --policy` takes as the prior of the policy's models: each skill
+    under the model's id (records' names) and its upstream name (labelled files'), an id
+    winning over another entry's upstream name; models without a skill left out."""
+    text = MINIMAL.replace("context_window: 128000}", "context_window: 128000, skill: SKILL}")
+    text = text.replace("SKILL", "0.25", 1).replace("SKILL", "1.5", 1)
+    text = text.replace("upstream_model: mock-big", "upstream_model: small")
+    extra = '  - {id: third, provider: openai, base_url: "http://t/v1", upstream_model: mock-3}\n'
+    text = text.replace("routes:\n", extra + "routes:\n")
+    path = tmp_path / "p.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert configured_skills(path) == {"small": 0.25, "big": 1.5, "mock-small": 0.25}
+    path.write_text(MINIMAL.replace("version: 1", "version: 2"), encoding="utf-8")
+    with pytest.raises(PolicyLoadError) as info:
+        configured_skills(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(PolicyLoadError, match="cannot read"):
+        configured_skills(tmp_path / "none.yaml")

@@ -452,6 +452,88 @@ def test_models_the_base_does_not_know_are_compared_with_skills_from_their_label
     assert by["always b"]["quality"] < 0.6
 
 
+def _with_rare_model(data: Path, name: str, rows: int) -> None:
+    """Label ``name`` as failing on the first ``rows`` rows of ``data`` (priced)."""
+    lines = data.read_text(encoding="utf-8").splitlines()
+    for i in range(rows):
+        row = json.loads(lines[i])
+        row["models"][name] = {**next(iter(row["models"].values())), "score": 0.0}
+        lines[i] = json.dumps(row)
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    prices = data.with_name(data.stem + ".models.json")
+    table = json.loads(prices.read_text(encoding="utf-8"))
+    table[name] = {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0, "source": "test"}
+    prices.write_text(json.dumps(table), encoding="utf-8")
+
+
+def test_a_policy_s_skills_are_the_prior_of_its_models(tmp_path, synth_artifact, capsys):
+    """`effgate train --policy`: the skill: a policy gives a model is that model's prior,
+    as the gateway routes it by that skill until it has a head. The compared base routes
+    it by that skill, the learner starts it there (a model with three labels stays near
+    it, where without the policy it starts from the mean of its labels), and the written
+    artifact keeps it. Through `effgate`, which reads the policy with `policies`."""
+    from gateway.cli import main as effgate
+    from router_models.data import load_dataset
+    from router_models.irt import irt_p
+    from router_models.learner import examples_from_rows
+
+    data = _workflow_file(tmp_path / "wf.jsonl", suffix="-new")
+    _with_rare_model(data, "rare-new", 3)
+    policy = tmp_path / "p.yaml"
+    model = "provider: openai, base_url: 'http://127.0.0.1:9/v1', context_window: 100000"
+    policy.write_text(
+        "version: 1\nmodels:\n"
+        f"  - {{id: b, upstream_model: big-new, skill: 2.0, {model}}}\n"
+        f"  - {{id: r, upstream_model: rare-new, skill: 3.0, {model}}}\n"
+        f"  - {{id: s, upstream_model: small-new, {model}}}\n"
+        "routes:\n  - {name: auto, candidates: [s, b]}\ndefault_route: auto\n",
+        encoding="utf-8",
+    )
+    args = ["train", "--data", str(data), "--base", str(synth_artifact), "--folds", "3"]
+    args += ["--learner", "calibrate=0", "--force"]
+    assert effgate([*args, "--policy", str(policy), "--out", str(tmp_path / "a")]) == 0
+    assert "the skill: it sets is the prior of 2 labelled model(s)" in capsys.readouterr().out
+    adapted = load_estimator(tmp_path / "a")
+    meta = adapted.metadata["adapted"]["policy"]
+    assert meta["file"] == "p.yaml" and meta["skills"] == {"big-new": 2.0, "rare-new": 3.0}
+    assert adapted.skills["big-new"] == 2.0 and adapted.skills["rare-new"] == 3.0
+    assert "small-new" in adapted.skills  # no skill: in the policy: fitted to its labels
+    # the compared base routes big-new by the policy's skill, on every held-out label
+    base = load_estimator(synth_artifact)
+    exs = examples_from_rows(load_dataset([data]).rows)
+    d = np.array([base.difficulty_of_dense(e.sig.dense) for e in exs])
+    y = np.array([e.labels["big-new"] for e in exs])
+    want = float(np.mean((irt_p(base.discrimination, 2.0, d) - y) ** 2))
+    report = adapted.metadata["adapted"]["comparison"]
+    assert report["brier"]["big-new"]["base"] == pytest.approx(want, abs=1e-4)
+    # three failures move rare-new's P only a little from the policy's skill ...
+    rare = [e for e in exs if "rare-new" in e.labels]
+    dr = np.array([base.difficulty_of_dense(e.sig.dense) for e in rare])
+    assert adapted.heads is not None
+    k = adapted.heads.index("rare-new")
+    p_policy = adapted.heads.p_many([e.sig for e in rare], dr)[:, k]
+    prior = irt_p(base.discrimination, 3.0, dr)
+    assert float(np.abs(p_policy - prior).max()) < 0.15 and float(p_policy.min()) > 0.6
+    # ... where without the policy it starts from their smoothed mean, (0 + 1) / (3 + 2)
+    assert effgate([*args, "--out", str(tmp_path / "b")]) == 0
+    plain = load_estimator(tmp_path / "b")
+    assert "policy" not in plain.metadata["adapted"]
+    assert plain.heads is not None
+    k = plain.heads.index("rare-new")
+    assert float(plain.heads.p_many([e.sig for e in rare], dr)[:, k].max()) < 0.4
+    # a policy that is not one is an error naming it; --policy is for adapting only
+    policy.write_text("version: 3\n", encoding="utf-8")
+    assert effgate([*args, "--policy", str(policy), "--out", str(tmp_path / "c")]) == 1
+    assert f"effgate train: {policy}:1" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+    argv = ["train", "--data", str(data), "--policy", str(policy), "--out", str(tmp_path / "c")]
+    assert effgate(argv) == 2 and "--policy is for adapting" in capsys.readouterr().err
+    # router_models alone cannot read a policy (it does not import policies)
+    argv = ["--data", str(data), "--base", str(synth_artifact), "--policy", str(policy)]
+    assert train_main([*argv, "--out", str(tmp_path / "c")]) == 2
+    assert "run `effgate train`" in capsys.readouterr().err
+
+
 def test_fitted_skills_match_the_smoothed_mean_on_the_labelled_prompts(synth_artifact) -> None:
     from router_models.adapt import fitted_skills
     from router_models.learner import Example
