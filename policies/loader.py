@@ -167,15 +167,20 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
 def configured_skills(path: str | os.PathLike[str]) -> dict[str, float]:
     """The ``skill:`` that each model of the policy at ``path`` sets, under its catalog id
     and under its upstream model name (the names labels carry: records use the id, labelled
-    files the upstream name), an id winning over another entry's upstream name; models
-    without one are left out. Only the file's schema is checked (``effgate policy check``
-    checks the rest); ``PolicyLoadError`` names the file when it cannot be read or is
-    invalid."""
+    files the upstream name). An id wins over another entry's upstream name; an upstream
+    name that entries with different skills share is left out (its labels say not which
+    entry they are), as are models without a skill. Only the file's schema is checked
+    (``effgate policy check`` checks the rest); ``PolicyLoadError`` names the file when it
+    cannot be read or is invalid."""
     spec, _ = parse_policy(read_bytes(path), filename=os.fspath(path))
     out = {m.id: float(m.skill) for m in spec.models if m.skill is not None}
+    upstream: dict[str, set[float]] = {}
     for m in spec.models:
         if m.skill is not None and m.upstream_model:
-            out.setdefault(m.upstream_model, float(m.skill))
+            upstream.setdefault(m.upstream_model, set()).add(float(m.skill))
+    for name, values in upstream.items():
+        if len(values) == 1:
+            out.setdefault(name, values.pop())
     return out
 
 

@@ -8,8 +8,9 @@ new router, the base, length and random on labels none of them trained on (group
 the artifact is written only when the new router is at least as good as the base, unless
 `--force`, and the comparison is stored in its metadata.json. The written artifact keeps the
 base's difficulty weights and discrimination (the prior stays one input of every head), adds
-`heads.npz`, and gives every head model a skill (the base's, or one fitted to the model's
-label mean) so policies compile and the IRT fallback still works.
+`heads.npz`, and gives every head model a skill (the policy's with `--policy`, else the
+base's, else one fitted to the model's label mean) so policies compile and the IRT fallback
+still works.
 
 With `--policy FILE` (`effgate train`), the `skill:` that the policy gives a model is that
 model's prior, winning over the base's as it does when the gateway compiles the policy: the
@@ -223,7 +224,7 @@ def main(args: argparse.Namespace, configured: Mapping[str, float] | None = None
     ``configured``: the skills of ``args.policy``'s models (`with_skills`)."""
     base = load_estimator(args.base)
     original = base.skills
-    if configured:
+    if configured is not None:
         base = with_skills(base, configured)
     examples: list[Example] = []
     prices: dict[str, float] = {}
@@ -259,17 +260,23 @@ def main(args: argparse.Namespace, configured: Mapping[str, float] | None = None
         )
     params = learner_params(args.learner)
     policy: dict[str, Any] = {}
-    if configured:
+    if configured is not None:
         labelled = sorted({m for e in examples for m in e.labels} & set(configured))
         policy = {
             "file": Path(args.policy).name,
             "sha256": sha256_file(Path(args.policy)),
             "skills": {m: configured[m] for m in labelled},
         }
-        print(
-            f"policy {policy['file']}: the skill: it sets is the prior of {len(labelled)} "
-            f"labelled model(s){': ' + ', '.join(labelled) if labelled else ''}"
-        )
+        if labelled:
+            print(
+                f"policy {policy['file']}: the skill: it sets is the prior of "
+                f"{len(labelled)} labelled model(s): {', '.join(labelled)}"
+            )
+        else:
+            print(
+                f"policy {policy['file']}: sets no skill: for any labelled model (matched by "
+                "catalog id or upstream_model); they start from the base or their labels"
+            )
     base_heads = base.heads
     grouped = regroup(examples, args.group_by)
     report = compare(
@@ -304,7 +311,7 @@ def main(args: argparse.Namespace, configured: Mapping[str, float] | None = None
         "base": str(args.base) if args.base is not None else "default",
         "base_weights_sha256": base.metadata.get("weights_sha256"),
         "sources": sources,
-        **({"policy": policy} if policy else {}),
+        **({"policy": policy} if configured is not None else {}),
         "examples": len(examples),
         "seed": args.seed,
         "params": asdict(params),

@@ -207,7 +207,7 @@ def test_the_policy_prior_starts_unknown_models_from_the_policy_s_skill(tmp_path
 
     from router_models.irt import irt_p
 
-    data = _unknown_models_file(tmp_path)
+    data = _unknown_models_file(tmp_path, n=200)
     plain, pol = labelled_files.FileData(data), labelled_files.FileData(data, policy_prior=True)
     idx = np.arange(len(pol.rows))
     assert plain.prior_logit("big-x", idx) is None
@@ -223,10 +223,21 @@ def test_the_policy_prior_starts_unknown_models_from_the_policy_s_skill(tmp_path
     p_pol = irt_p(pol.est.discrimination, pol.policy_skills["big-x"], pol.d[rest])
     assert np.allclose(start[:, j], p_pol, atol=1e-6)
     assert not np.allclose(curve_learner.prior_p(plain, train, exs, rest)[:, j], p_pol, atol=1e-3)
-    out = tmp_path / "r.json"
-    args = ["--data", str(data), "--k", "60", "--regime", "bandit", "--no-tfidf"]
-    assert learning_curve.main([*args, "--policy-prior", "--json", str(out)]) == 0
-    assert json.loads(out.read_text(encoding="utf-8"))["policy_prior"] is True
+    # the command passes it on: the prior's Brier score is the policy skills' own
+    args = ["--data", str(data), "--k", "60", "--regime", "bandit", "--no-tfidf", "--json"]
+    runs = {}
+    for flag in ([], ["--policy-prior"]):
+        out = tmp_path / f"r{len(flag)}.json"
+        assert learning_curve.main([*args, str(out), *flag]) == 0
+        runs[bool(flag)] = json.loads(out.read_text(encoding="utf-8"))
+        assert runs[bool(flag)]["policy_prior"] is bool(flag)
+    _, rest = labelled_files.draw(pol, 60, 0)
+    skills = np.array([pol.policy_skills[m] for m in pol.labels.models])
+    p = irt_p(pol.est.discrimination, skills[None, :], pol.d[rest][:, None])
+    mask = pol.labels.mask[rest]
+    brier = float(((p - pol.labels.scores[rest]) ** 2)[mask].mean())
+    assert runs[True]["runs"][0]["brier"]["prior"] == pytest.approx(brier, abs=1e-4)
+    assert runs[False]["runs"][0]["brier"]["prior"] != pytest.approx(brier, abs=1e-3)
 
 
 def test_a_file_without_prices_has_no_many_model_figure(tmp_path: Path) -> None:

@@ -206,10 +206,25 @@ def test_configured_skills_by_id_and_upstream_name(tmp_path):
     text = text.replace("SKILL", "0.25", 1).replace("SKILL", "1.5", 1)
     text = text.replace("upstream_model: mock-big", "upstream_model: small")
     extra = '  - {id: third, provider: openai, base_url: "http://t/v1", upstream_model: mock-3}\n'
+    extra += (
+        '  - {id: a1, provider: openai, base_url: "http://t/v1", upstream_model: dup, skill: 1}\n'
+    )
+    extra += (
+        '  - {id: a2, provider: openai, base_url: "http://u/v1", upstream_model: dup, skill: 2}\n'
+    )
+    extra += (
+        '  - {id: a3, provider: openai, base_url: "http://t/v1", upstream_model: same, skill: 1}\n'
+    )
+    extra += (
+        '  - {id: a4, provider: openai, base_url: "http://u/v1", upstream_model: same, skill: 1}\n'
+    )
     text = text.replace("routes:\n", extra + "routes:\n")
     path = tmp_path / "p.yaml"
     path.write_text(text, encoding="utf-8")
-    assert configured_skills(path) == {"small": 0.25, "big": 1.5, "mock-small": 0.25}
+    got = configured_skills(path)
+    assert {k: got.pop(k) for k in ("a1", "a2", "a3", "a4")} == {"a1": 1, "a2": 2, "a3": 1, "a4": 1}
+    # "dup" names two entries with different skills: its labels cannot say which
+    assert got == {"small": 0.25, "big": 1.5, "mock-small": 0.25, "same": 1.0}
     path.write_text(MINIMAL.replace("version: 1", "version: 2"), encoding="utf-8")
     with pytest.raises(PolicyLoadError) as info:
         configured_skills(path)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -468,23 +469,30 @@ def _with_rare_model(data: Path, name: str, rows: int) -> None:
 
 def test_a_policy_s_skills_are_the_prior_of_its_models(tmp_path, synth_artifact, capsys):
     """`effgate train --policy`: the skill: a policy gives a model is that model's prior,
-    as the gateway routes it by that skill until it has a head. The compared base routes
-    it by that skill, the learner starts it there (a model with three labels stays near
-    it, where without the policy it starts from the mean of its labels), and the written
-    artifact keeps it. Through `effgate`, which reads the policy with `policies`."""
+    as the gateway routes it by that skill until it has a head, winning over the base's.
+    The compared base and the new router start it there (a model with three labels stays
+    near it, where without the policy it starts from the mean of its labels), and the
+    written artifact keeps it for a labelled model, the base's skill for the others.
+    Through `effgate`, which reads the policy with `policies`."""
     from gateway.cli import main as effgate
     from router_models.data import load_dataset
     from router_models.irt import irt_p
     from router_models.learner import examples_from_rows
 
     data = _workflow_file(tmp_path / "wf.jsonl", suffix="-new")
-    _with_rare_model(data, "rare-new", 3)
+    _with_rare_model(data, "mid", 3)  # a model the base knows, labelled three times
+    _with_rare_model(data, "rare-new", 3)  # and one it does not
+    base = load_estimator(synth_artifact)
+    assert {"mid", "small", "big"} <= set(base.skills)
+    assert not {"small-new", "big-new"} & set(base.skills)
     policy = tmp_path / "p.yaml"
     model = "provider: openai, base_url: 'http://127.0.0.1:9/v1', context_window: 100000"
     policy.write_text(
         "version: 1\nmodels:\n"
         f"  - {{id: b, upstream_model: big-new, skill: 2.0, {model}}}\n"
-        f"  - {{id: r, upstream_model: rare-new, skill: 3.0, {model}}}\n"
+        f"  - {{id: r, upstream_model: mid, skill: 3.0, {model}}}\n"
+        f"  - {{id: sm, upstream_model: small, skill: -2.0, {model}}}\n"
+        f"  - {{id: n, upstream_model: rare-new, skill: 3.0, {model}}}\n"
         f"  - {{id: s, upstream_model: small-new, {model}}}\n"
         "routes:\n  - {name: auto, candidates: [s, b]}\ndefault_route: auto\n",
         encoding="utf-8",
@@ -492,35 +500,54 @@ def test_a_policy_s_skills_are_the_prior_of_its_models(tmp_path, synth_artifact,
     args = ["train", "--data", str(data), "--base", str(synth_artifact), "--folds", "3"]
     args += ["--learner", "calibrate=0", "--force"]
     assert effgate([*args, "--policy", str(policy), "--out", str(tmp_path / "a")]) == 0
-    assert "the skill: it sets is the prior of 2 labelled model(s)" in capsys.readouterr().out
+    assert "the skill: it sets is the prior of 3 labelled model(s)" in capsys.readouterr().out
     adapted = load_estimator(tmp_path / "a")
     meta = adapted.metadata["adapted"]["policy"]
-    assert meta["file"] == "p.yaml" and meta["skills"] == {"big-new": 2.0, "rare-new": 3.0}
-    assert adapted.skills["big-new"] == 2.0 and adapted.skills["rare-new"] == 3.0
-    assert "small-new" in adapted.skills  # no skill: in the policy: fitted to its labels
+    assert meta["file"] == "p.yaml"
+    assert meta["skills"] == {"big-new": 2.0, "mid": 3.0, "rare-new": 3.0}
+    # labelled: the policy's skill, over the base's for mid; small-new (no skill: in the
+    # policy) fitted to its labels; unlabelled: the base's, whatever the policy says
+    assert adapted.skills["big-new"] == 2.0 and adapted.skills["mid"] == 3.0
+    assert "small-new" in adapted.skills
+    assert adapted.skills["small"] == base.skills["small"]
+    assert adapted.skills["big"] == base.skills["big"]
+    assert not {"b", "r", "sm", "s", "n"} & set(adapted.skills)
     # the compared base routes big-new by the policy's skill, on every held-out label
-    base = load_estimator(synth_artifact)
     exs = examples_from_rows(load_dataset([data]).rows)
     d = np.array([base.difficulty_of_dense(e.sig.dense) for e in exs])
     y = np.array([e.labels["big-new"] for e in exs])
     want = float(np.mean((irt_p(base.discrimination, 2.0, d) - y) ** 2))
     report = adapted.metadata["adapted"]["comparison"]
     assert report["brier"]["big-new"]["base"] == pytest.approx(want, abs=1e-4)
-    # three failures move rare-new's P only a little from the policy's skill ...
-    rare = [e for e in exs if "rare-new" in e.labels]
+    # rare-new failed its three prompts: the new router, started from the policy's skill,
+    # still gives it a high P there (a large held-out Brier score; from its labels' mean,
+    # (0 + 1) / (3 + 2), it would be small) ...
+    assert report["brier"]["rare-new"]["new"] > 0.5, report["brier"]["rare-new"]
+    # ... and so do the written heads: three failures move P only a little from it
+    rare = [e for e in exs if "mid" in e.labels]
     dr = np.array([base.difficulty_of_dense(e.sig.dense) for e in rare])
     assert adapted.heads is not None
-    k = adapted.heads.index("rare-new")
+    k = adapted.heads.index("mid")
     p_policy = adapted.heads.p_many([e.sig for e in rare], dr)[:, k]
     prior = irt_p(base.discrimination, 3.0, dr)
     assert float(np.abs(p_policy - prior).max()) < 0.15 and float(p_policy.min()) > 0.6
-    # ... where without the policy it starts from their smoothed mean, (0 + 1) / (3 + 2)
+    # without the policy mid starts from the base's skill, and its failures take it below
     assert effgate([*args, "--out", str(tmp_path / "b")]) == 0
     plain = load_estimator(tmp_path / "b")
     assert "policy" not in plain.metadata["adapted"]
+    assert plain.skills["mid"] == base.skills["mid"]
     assert plain.heads is not None
-    k = plain.heads.index("rare-new")
-    assert float(plain.heads.p_many([e.sig for e in rare], dr)[:, k].max()) < 0.4
+    k = plain.heads.index("mid")
+    p_plain = plain.heads.p_many([e.sig for e in rare], dr)[:, k]
+    p_base = irt_p(base.discrimination, base.skills["mid"], dr)
+    assert float((p_base - p_plain).min()) > 0.0
+    assert float((p_policy - p_plain).min()) > 0.2, (p_policy, p_plain)
+    # a policy that sets no skill for a labelled model says so
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(re.sub(r"skill: [-0-9.]+, ", "", policy.read_text(encoding="utf-8")))
+    assert effgate([*args, "--policy", str(bare), "--out", str(tmp_path / "d")]) == 0
+    assert "sets no skill: for any labelled model" in capsys.readouterr().out
+    assert load_estimator(tmp_path / "d").metadata["adapted"]["policy"]["skills"] == {}
     # a policy that is not one is an error naming it; --policy is for adapting only
     policy.write_text("version: 3\n", encoding="utf-8")
     assert effgate([*args, "--policy", str(policy), "--out", str(tmp_path / "c")]) == 1
