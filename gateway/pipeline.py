@@ -62,7 +62,7 @@ async def chat(state: AppState, ex: Exchange, call: Call) -> Reply | RelayRespon
     mine = ex.principal.input_limits
     if ex.policy.any_limits or mine is not None:
         check_limits(request_limits(ex, req, call.headers).tighter(mine), call.body)
-    inp = route_input(state, ex, req, call.body, call.headers)
+    inp = await route_input(state, ex, req, call.body, call.headers)
     if ex.principal.restricts:
         inp = await for_tenant(state, ex, inp, call.body)
     decision = make_decision(state, ex, inp)
@@ -104,7 +104,7 @@ async def explain(state: AppState, ex: Exchange, call: Call) -> Reply:
     mine = ex.principal.input_limits
     if ex.policy.any_limits or mine is not None:
         check_limits(request_limits(ex, req, call.headers).tighter(mine), call.body)
-    inp = route_input(state, ex, req, call.body, call.headers)
+    inp = await route_input(state, ex, req, call.body, call.headers)
     if ex.principal.restricts:
         inp = await for_tenant(state, ex, inp, call.body)
     decision = make_decision(state, ex, inp)
@@ -380,7 +380,7 @@ def _float_header(headers: Mapping[str, str], name: str) -> float | None:
     return value
 
 
-def route_input(
+async def route_input(
     state: AppState,
     ex: Exchange,
     req: ChatCompletionRequest,
@@ -409,7 +409,9 @@ def route_input(
     ex.task = task
     ex.messages = messages
     ex.tools = body.get("tools")
-    ex.prompt_tokens = state.tokens.estimate_prompt(text, messages, policy.smallest_context_window)
+    ex.prompt_tokens = await state.tokens.estimate_prompt_threaded(
+        text, messages, policy.smallest_context_window
+    )
     if policy.log_prompts:
         ex.prompt = text
     return RouteInput(

@@ -11,8 +11,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
+
+import anyio.to_thread
 
 log = logging.getLogger("effgate.tokens")
 
@@ -47,6 +50,7 @@ class TokenCounter:
     def __init__(self, encoding: Any | None = None, *, lazy: bool = False) -> None:
         self._enc = encoding
         self._pending = lazy and encoding is None
+        self._loading = threading.Lock()  # exact counts run in worker threads
 
     @classmethod
     def load(cls) -> TokenCounter:
@@ -54,8 +58,10 @@ class TokenCounter:
 
     def _encoding(self) -> Any | None:
         if self._pending:
-            self._pending = False
-            self._enc = _load_encoding()
+            with self._loading:
+                if self._pending:
+                    self._enc = _load_encoding()
+                    self._pending = False
         return self._enc
 
     def count(self, text: str) -> int:
@@ -71,13 +77,30 @@ class TokenCounter:
 
         Exact counting costs about 0.1 ms per KB, too much for every request, so it runs only
         when the cheap estimate comes near ``exact_above`` (the smallest context window in
-        play), where being wrong would send a prompt to a model it does not fit.
+        play), where being wrong would send a prompt to a model it does not fit. It runs on
+        this thread; the gateway uses `estimate_prompt_threaded`.
         """
+        rough, framing = self._rough(text, messages, exact_above)
+        return rough if rough is not None else self.count(text) + framing
+
+    async def estimate_prompt_threaded(
+        self, text: str, messages: list[Any], exact_above: int
+    ) -> int:
+        """`estimate_prompt` with the exact count in a worker thread (tiktoken releases the
+        GIL while it encodes; the first count also loads the encoding, 0.4 s): a prompt of a
+        megabyte takes about 100 ms to count, which on the event loop would hold up every
+        other request (`python -m benchmarks.long_prompts`)."""
+        rough, framing = self._rough(text, messages, exact_above)
+        if rough is not None:
+            return rough
+        return await anyio.to_thread.run_sync(self.count, text) + framing
+
+    @staticmethod
+    def _rough(text: str, messages: list[Any], exact_above: int) -> tuple[int | None, int]:
+        """(the cheap estimate, or None where it comes near ``exact_above``; the framing)."""
         framing = 4 * len(messages) + 3
         rough = estimate(text) + framing
-        if rough * 4 < exact_above * 3:
-            return rough
-        return self.count(text) + framing
+        return (rough if rough * 4 < exact_above * 3 else None), framing
 
 
 def estimate(text: str) -> int:

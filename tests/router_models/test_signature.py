@@ -60,12 +60,13 @@ def test_deterministic_across_processes() -> None:
     "mutate",
     [
         lambda o: o.pop("ids"),
-        lambda o: o.update(v=3),
+        lambda o: o.update(v=4),
         lambda o: o.update(v=0),
         lambda o: o.update(v=True),
         lambda o: o.update(v="2"),
         lambda o: o.update(v=1.0),
         lambda o: o.update(v=2.0),
+        lambda o: o.update(v=3.0),
         lambda o: o.update(ids="***"),
         lambda o: o.update(ids="gA=="),  # truncated varint
         lambda o: o.update(dense=o["dense"][:-1]),
@@ -168,15 +169,18 @@ PINNED: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None, str]] = [
 
 def test_version_2_mapping_is_pinned() -> None:
     """A request maps to the same signature as version 2 always did: records and trained
-    heads depend on it. A change that fails this needs a new SIGNATURE_VERSION."""
+    heads depend on it. A change that fails this needs a new SIGNATURE_VERSION. (Version 3
+    differs only in the digest of a text segment over DIGEST_CAP characters, which no
+    pinned case has: the hashes are taken with the version field set back to 2.)"""
     import hashlib
 
-    from router_models.signature import SIGNATURE_VERSION
+    from router_models.signature import DIGEST_CAP, SIGNATURE_VERSION
 
-    assert SIGNATURE_VERSION == 2
+    assert SIGNATURE_VERSION == 3
     for k, (messages, tools, want) in enumerate(PINNED):
+        assert all(len(str(m.get("content"))) <= DIGEST_CAP for m in messages)
         sig = signature(messages, tools)
-        blob = json.dumps(sig.to_json(), sort_keys=True).encode()
+        blob = json.dumps({**sig.to_json(), "v": 2}, sort_keys=True).encode()
         assert hashlib.sha256(blob).hexdigest()[:24] == want, (k, sig.ids.size, sig.digest)
     big = signature(PINNED[3][0])
     assert big.ids.size == MAX_ENTRIES  # the cases reach what they are there for
@@ -187,9 +191,43 @@ def test_version_1_records_still_load() -> None:
     """Stored version-1 signatures keep their labels: they parse as they were written, dense
     part included (feature version 5's, which differs only where a system prompt was sent)."""
     obj = signature(PINNED[0][0]).to_json()  # it has a system prompt
-    assert obj["v"] == 2
+    assert obj["v"] == 3
     obj["v"] = 1
     obj["dense"] = [round(x + 0.5, 6) for x in obj["dense"]]  # as version 5 might have read it
     back = Signature.from_json(obj)
     assert np.array_equal(back.ids, signature(PINNED[0][0]).ids)
     assert back.dense.tolist() == obj["dense"]
+
+
+def test_the_digest_of_a_long_text_normalises_its_first_digest_cap_characters() -> None:
+    """Version 3: past DIGEST_CAP characters a segment is hashed as it is (normalising a
+    megabyte took 20-30 ms on the event loop). Identical prompts still share a digest, a
+    difference anywhere still tells them apart, and the n-grams and dense part are the
+    ones the whole text gives (the digest is the only thing the cap touches)."""
+    import hashlib
+
+    from router_models.signature import DIGEST_CAP, _segments
+
+    head = "Word  TEXT\n" * (DIGEST_CAP // 11 + 5)
+    long_text = head + "The   REST\tstays as it is"
+    msgs = [{"role": "system", "content": "Be  brief."}, {"role": "user", "content": long_text}]
+    sig = signature(msgs)
+    segs = _segments(msgs, None)
+    (c0, t0), (c1, t1) = segs
+    assert len(t1) > DIGEST_CAP >= len(t0)
+    text = f"{c0}:{' '.join(t0.lower().split())}\n"
+    text += f"{c1}:{' '.join(t1[:DIGEST_CAP].lower().split())}\x00{t1[DIGEST_CAP:]}"
+    assert sig.digest == hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    assert signature(msgs).digest == sig.digest  # deterministic
+    # a change past the cap still changes it, even one normalising would have hidden
+    other = [msgs[0], {"role": "user", "content": long_text.replace("REST", "rest")}]
+    assert signature(other).digest != sig.digest
+    # everything else is what it was: the digest-free signature of the same request
+    bare = signature(msgs, digest=False)
+    assert np.array_equal(bare.ids, sig.ids) and np.array_equal(bare.dense, sig.dense)
+    assert sig.n_chars == len(t0) + len(t1)
+    # at the cap itself the whole segment is normalised, as version 2 did
+    at_cap = [{"role": "user", "content": ("ab  " * DIGEST_CAP)[:DIGEST_CAP]}]
+    (c, t) = _segments(at_cap, None)[0]
+    want = hashlib.sha256(f"{c}:{' '.join(t.lower().split())}".encode()).hexdigest()[:16]
+    assert signature(at_cap).digest == want
