@@ -146,6 +146,7 @@ def create_app(
         stack.callback(registry.unregister, stores)
 
         tokens = TokenCounter.load()
+        stack.callback(tokens.close)
         policy = store.current
         pool.sync(policy)
         metrics.set_policy(policy.sha256, policy.version, policy.budget_daily_usd)

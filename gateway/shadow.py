@@ -331,8 +331,11 @@ class Evaluator:
         text = answer_from_json(obj)
         usage = usage_from(obj.get("usage")) if isinstance(obj, dict) else None
         if usage is None:
-            prompt = job.prompt_tokens if role == "shadow" else self._tokens.count(str(body))
-            usage = Usage(prompt, self._tokens.count(text), estimated=True)
+            if role == "shadow":
+                prompt = job.prompt_tokens
+            else:  # the judge's body holds the request and the answers: off the loop
+                prompt = await self._tokens.count_threaded(str(body))
+            usage = Usage(prompt, await self._tokens.count_threaded(text), estimated=True)
         return text, usage
 
     def _spend(self, route: str, m: ModelEntry, usage: Usage, role: str) -> float:

@@ -3,21 +3,28 @@
 tiktoken fetches its BPE files from the internet on first use; the litellm wheel bundles the
 cl100k and o200k files, so we point ``TIKTOKEN_CACHE_DIR`` there (without importing litellm)
 and never call out. Counting is done only when an upstream sent no usage, or when a prompt's
-rough size is near a context window.
+rough size is near a context window. On the event loop, a long text is counted in the
+counter's own worker threads (`count_threaded`), at most COUNT_THREADS at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import anyio.to_thread
-
 log = logging.getLogger("effgate.tokens")
+
+# texts longer than this are counted off the event loop (about 1.6 ms of counting)
+THREAD_ABOVE_CHARS = 16_384
+# worker threads counting at once: tiktoken releases the GIL, so each takes a core; one core
+# is left to the event loop, and counts past these wait in the pool's queue
+COUNT_THREADS = max(1, (os.cpu_count() or 2) - 1)
 
 
 def _bundled_tiktoken_dir() -> Path | None:
@@ -51,6 +58,7 @@ class TokenCounter:
         self._enc = encoding
         self._pending = lazy and encoding is None
         self._loading = threading.Lock()  # exact counts run in worker threads
+        self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
     def load(cls) -> TokenCounter:
@@ -83,17 +91,33 @@ class TokenCounter:
         rough, framing = self._rough(text, messages, exact_above)
         return rough if rough is not None else self.count(text) + framing
 
+    async def count_threaded(self, text: str) -> int:
+        """`count`, in one of the counter's worker threads when ``text`` is long: tiktoken
+        releases the GIL while it encodes (the first count also loads the encoding, 0.4 s),
+        and a megabyte takes about 100 ms to count, which on the event loop would hold up
+        every other request (`python -m benchmarks.long_prompts`). At most COUNT_THREADS
+        count at once; a count whose caller went away (a client that disconnected) before it
+        started is dropped, one already running finishes."""
+        if len(text) <= THREAD_ABOVE_CHARS:
+            return self.count(text)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(COUNT_THREADS, thread_name_prefix="effgate-tokens")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.count, text)
+
     async def estimate_prompt_threaded(
         self, text: str, messages: list[Any], exact_above: int
     ) -> int:
-        """`estimate_prompt` with the exact count in a worker thread (tiktoken releases the
-        GIL while it encodes; the first count also loads the encoding, 0.4 s): a prompt of a
-        megabyte takes about 100 ms to count, which on the event loop would hold up every
-        other request (`python -m benchmarks.long_prompts`)."""
+        """`estimate_prompt` with the exact count off the event loop (`count_threaded`)."""
         rough, framing = self._rough(text, messages, exact_above)
         if rough is not None:
             return rough
-        return await anyio.to_thread.run_sync(self.count, text) + framing
+        return await self.count_threaded(text) + framing
+
+    def close(self) -> None:
+        """Stop the worker threads (after the counts already running)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     @staticmethod
     def _rough(text: str, messages: list[Any], exact_above: int) -> tuple[int | None, int]:

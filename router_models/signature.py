@@ -15,8 +15,9 @@ learner (`router_models.learner`) reads only signatures. One signature holds:
   under ~4 KB whatever the prompt length;
 - `n_chars`: the length of all message text; `digest`: 16 hex of sha256 of the
   normalised (lowered, whitespace runs collapsed), role-tagged text, a grouping key for
-  duplicate prompts; past DIGEST_CAP characters a segment is hashed as it is, so a prompt
-  of megabytes costs milliseconds, not the 20-30 ms per MB of normalising it.
+  duplicate prompts; past the request's first DIGEST_CAP characters the text is hashed as
+  it is, so a prompt of megabytes costs milliseconds, not the 20-30 ms per MB of
+  normalising it.
 
 Hashes are polynomial hashes over uint8 arrays with uint64 wraparound (numpy only,
 deterministic across processes; never Python's `hash()`). The text read is capped like the
@@ -40,12 +41,12 @@ import numpy.typing as npt
 from router_models.features import N_DENSE, _content_text, extract
 
 SIGNATURE_VERSION = 3
-# Version 2 differs only in the digest of a request with a text segment over DIGEST_CAP
-# characters (it normalised the whole segment); version 1 also in the dense part of requests
+# Version 2 differs only in the digest of a request with more than DIGEST_CAP characters of
+# text (it normalised all of it); version 1 also in the dense part of requests
 # with a system or developer message (feature version 5 read their text with the user's).
 # Their records still load, so the labels they carry are kept.
 READABLE_SIGNATURE_VERSIONS = (1, 2, 3)
-DIGEST_CAP = 1 << 16  # characters of a segment normalised for the digest
+DIGEST_CAP = 1 << 16  # characters of a request normalised for the digest
 WORD_BUCKETS = 1 << 16
 CHAR_BUCKETS = 1 << 16
 N_BUCKETS = WORD_BUCKETS + CHAR_BUCKETS
@@ -205,13 +206,20 @@ def _capped(segments: list[tuple[int, str]]) -> list[tuple[int, bytes]]:
 
 
 def _normalised(segments: list[tuple[int, str]]) -> str:
-    return "\n".join(_normalised_segment(c, t) for c, t in segments)
-
-
-def _normalised_segment(c: int, t: str) -> str:
-    if len(t) <= DIGEST_CAP:
-        return f"{c}:{' '.join(t.lower().split())}"
-    return f"{c}:{' '.join(t[:DIGEST_CAP].lower().split())}\x00{t[DIGEST_CAP:]}"
+    """Role-tagged segments, lowered and whitespace-collapsed, for the first DIGEST_CAP
+    characters of the request; past them each segment's text as it is, after its length
+    (a request within the cap reads as version 2 read it)."""
+    parts = []
+    budget = DIGEST_CAP
+    for c, t in segments:
+        if len(t) <= budget:
+            parts.append(f"{c}:{' '.join(t.lower().split())}")
+            budget -= len(t)
+        else:
+            head, tail = t[:budget], t[budget:]
+            parts.append(f"{c}:{' '.join(head.lower().split())}\x00{len(tail)}:{tail}")
+            budget = 0
+    return "\n".join(parts)
 
 
 @dataclass(frozen=True, slots=True)

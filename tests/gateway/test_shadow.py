@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.shadow import answer_from_events, judge_messages, parse_grades
@@ -22,6 +23,7 @@ from tests.gateway.conftest import (
     PolicyFactory,
     StubEstimator,
     chat,
+    serve_scripted,
     wait_until,
 )
 
@@ -166,6 +168,37 @@ def test_a_shadowed_request_on_a_route_without_a_bar_keeps_its_signature(
     assert {rec["request_id"] for rec in _labels(gw, 2)} == {rid}
     (req,) = [rec for rec in gw.records() if rec["type"] == "request"]
     assert req["decision"]["difficulty"] is None and req["signature"]["v"] == SIGNATURE_VERSION
+
+
+def test_a_judge_that_sends_no_usage_is_counted_off_the_loop(
+    make_gateway: GatewayFactory,
+    policy: PolicyFactory,
+    small: FakeUpstreamHandle,
+    big: FakeUpstreamHandle,
+) -> None:
+    """A judge without `usage`: its tokens are counted (the request body of a long prompt,
+    ~28 KB here, in the token counter's threads) and its spend is still evaluation spend."""
+    from gateway.tokens import THREAD_ABOVE_CHARS
+
+    message = {"role": "assistant", "content": '{"A": 1, "B": 0}'}
+    body = {
+        "id": "j", "object": "chat.completion", "created": 0, "model": "mock-judge",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+    }  # fmt: skip
+    prompt = "Please review this contract clause for risk. " * 700
+    assert len(prompt) > THREAD_ABOVE_CHARS
+    with serve_scripted(orjson.dumps(body)) as (judge, url):
+        gw = make_gateway(_policy(policy, url), estimator=_easy())
+        with gw.http() as c:
+            r = c.post("/v1/chat/completions", json=chat(prompt, model="routed"))
+        assert r.status_code == 200
+        labels = _labels(gw, 2)
+    assert sorted(rec["score"] for rec in labels) == [0.0, 1.0]
+    spent = gw.metric("effgate_evaluation_cost_usd_total", role="judge", model="judge")
+    # at $1 per million input tokens, the judge's prompt (both answers and the capped
+    # request) is thousands of tokens: more than the grade's few output tokens cost
+    assert spent > 4000 / 1e6
+    assert gw.metric("effgate_cost_usd_total", model="judge") == 0
 
 
 def test_budget_cap_holds(

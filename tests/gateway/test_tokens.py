@@ -28,19 +28,41 @@ def test_an_exact_count_runs_in_a_worker_thread_and_a_far_one_is_not_made() -> N
     framing = 4 * len(messages) + 3
 
     async def main() -> tuple[int, int, int]:
-        near = await counter.estimate_prompt_threaded("x" * 3000, messages, exact_above=1000)
-        far = await counter.estimate_prompt_threaded("x" * 300, messages, exact_above=1000)
+        near = await counter.estimate_prompt_threaded("x" * 30000, messages, exact_above=10000)
+        far = await counter.estimate_prompt_threaded("x" * 3000, messages, exact_above=10000)
         return threading.get_ident(), near, far
 
     loop_thread, near, far = anyio.run(main)
-    # near the window (750 estimated tokens against 1,000): counted exactly, in a worker
-    assert near == 1000 + framing
+    # near the window (7,500 estimated tokens against 10,000): counted exactly, in a worker
+    assert near == 10000 + framing
     assert len(enc.threads) == 1 and enc.threads[0] != loop_thread
     # far below it: the estimate, nothing encoded
-    assert far == estimate("x" * 300) + framing
+    assert far == estimate("x" * 3000) + framing
     assert counter.count("") == 0 and len(enc.threads) == 1
 
     # the blocking form (offline tools, benchmarks) gives the same, counting on its thread
-    assert counter.estimate_prompt("x" * 3000, messages, exact_above=1000) == near
+    assert counter.estimate_prompt("x" * 30000, messages, exact_above=10000) == near
     assert enc.threads[-1] == threading.get_ident()
-    assert counter.estimate_prompt("x" * 300, messages, exact_above=1000) == far
+    assert counter.estimate_prompt("x" * 3000, messages, exact_above=10000) == far
+    counter.close()
+
+
+def test_long_texts_are_counted_in_the_counter_s_threads_short_ones_inline() -> None:
+    from gateway.tokens import THREAD_ABOVE_CHARS
+
+    enc = _Encoding()
+    counter = TokenCounter(enc)
+
+    async def main() -> tuple[int, int, int]:
+        short = await counter.count_threaded("y" * THREAD_ABOVE_CHARS)
+        long = await counter.count_threaded("y" * (THREAD_ABOVE_CHARS + 3))
+        return threading.get_ident(), short, long
+
+    loop_thread, short, long = anyio.run(main)
+    assert (short, long) == (THREAD_ABOVE_CHARS // 3, THREAD_ABOVE_CHARS // 3 + 1)
+    assert enc.threads[0] == loop_thread != enc.threads[1]
+    names = {t.name for t in threading.enumerate() if t.ident == enc.threads[1]}
+    assert names <= {n for n in names if n.startswith("effgate-tokens")}
+    counter.close()
+    counter.close()  # twice is fine
+    assert counter.count("abcdef") == 2  # the blocking count still works after close

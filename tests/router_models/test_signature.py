@@ -174,11 +174,11 @@ def test_version_2_mapping_is_pinned() -> None:
     pinned case has: the hashes are taken with the version field set back to 2.)"""
     import hashlib
 
-    from router_models.signature import DIGEST_CAP, SIGNATURE_VERSION
+    from router_models.signature import DIGEST_CAP, SIGNATURE_VERSION, _segments
 
     assert SIGNATURE_VERSION == 3
     for k, (messages, tools, want) in enumerate(PINNED):
-        assert all(len(str(m.get("content"))) <= DIGEST_CAP for m in messages)
+        assert sum(len(t) for _, t in _segments(messages, tools)) <= DIGEST_CAP
         sig = signature(messages, tools)
         blob = json.dumps({**sig.to_json(), "v": 2}, sort_keys=True).encode()
         assert hashlib.sha256(blob).hexdigest()[:24] == want, (k, sig.ids.size, sig.digest)
@@ -199,25 +199,29 @@ def test_version_1_records_still_load() -> None:
     assert back.dense.tolist() == obj["dense"]
 
 
-def test_the_digest_of_a_long_text_normalises_its_first_digest_cap_characters() -> None:
-    """Version 3: past DIGEST_CAP characters a segment is hashed as it is (normalising a
-    megabyte took 20-30 ms on the event loop). Identical prompts still share a digest, a
-    difference anywhere still tells them apart, and the n-grams and dense part are the
-    ones the whole text gives (the digest is the only thing the cap touches)."""
+def test_the_digest_normalises_a_request_s_first_digest_cap_characters() -> None:
+    """Version 3: past the request's first DIGEST_CAP characters the text is hashed as it
+    is, each segment's rest after its length (normalising a megabyte took 20-30 ms on the
+    event loop). Identical prompts still share a digest, a difference anywhere still tells
+    them apart, and the n-grams and dense part are the ones the whole text gives."""
     import hashlib
 
     from router_models.signature import DIGEST_CAP, _segments
+
+    def want(msgs: list[dict[str, str]]) -> str:
+        parts, budget = [], DIGEST_CAP
+        for c, t in _segments(msgs, None):
+            head, tail = t[:budget], t[budget:]
+            part = f"{c}:{' '.join(head.lower().split())}"
+            parts.append(part + (f"\x00{len(tail)}:{tail}" if tail else ""))
+            budget -= len(head)
+        return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:16]
 
     head = "Word  TEXT\n" * (DIGEST_CAP // 11 + 5)
     long_text = head + "The   REST\tstays as it is"
     msgs = [{"role": "system", "content": "Be  brief."}, {"role": "user", "content": long_text}]
     sig = signature(msgs)
-    segs = _segments(msgs, None)
-    (c0, t0), (c1, t1) = segs
-    assert len(t1) > DIGEST_CAP >= len(t0)
-    text = f"{c0}:{' '.join(t0.lower().split())}\n"
-    text += f"{c1}:{' '.join(t1[:DIGEST_CAP].lower().split())}\x00{t1[DIGEST_CAP:]}"
-    assert sig.digest == hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    assert len(long_text) > DIGEST_CAP and sig.digest == want(msgs)
     assert signature(msgs).digest == sig.digest  # deterministic
     # a change past the cap still changes it, even one normalising would have hidden
     other = [msgs[0], {"role": "user", "content": long_text.replace("REST", "rest")}]
@@ -225,9 +229,20 @@ def test_the_digest_of_a_long_text_normalises_its_first_digest_cap_characters() 
     # everything else is what it was: the digest-free signature of the same request
     bare = signature(msgs, digest=False)
     assert np.array_equal(bare.ids, sig.ids) and np.array_equal(bare.dense, sig.dense)
-    assert sig.n_chars == len(t0) + len(t1)
-    # at the cap itself the whole segment is normalised, as version 2 did
+    assert sig.n_chars == sum(len(t) for _, t in _segments(msgs, None))
+    # the cap is the request's: many segments, each under it, are cut where it runs out
+    turns = [
+        {"role": "user" if k % 2 == 0 else "assistant", "content": f"Turn  {k} " * 3000}
+        for k in range(6)
+    ]
+    assert all(len(t["content"]) < DIGEST_CAP < 6 * len(t["content"]) for t in turns)
+    assert signature(turns).digest == want(turns)
+    # within the cap, the whole request is normalised, as version 2 did
     at_cap = [{"role": "user", "content": ("ab  " * DIGEST_CAP)[:DIGEST_CAP]}]
     (c, t) = _segments(at_cap, None)[0]
-    want = hashlib.sha256(f"{c}:{' '.join(t.lower().split())}".encode()).hexdigest()[:16]
-    assert signature(at_cap).digest == want
+    v2 = hashlib.sha256(f"{c}:{' '.join(t.lower().split())}".encode()).hexdigest()[:16]
+    assert signature(at_cap).digest == want(at_cap) == v2
+    # a short prompt cannot pass for a long one's tail (its length is in the text)
+    assert signature([{"role": "user", "content": " " * DIGEST_CAP + "x"}]).digest != (
+        signature([{"role": "user", "content": "\x00x"}]).digest
+    )
