@@ -24,7 +24,7 @@ log = logging.getLogger("effgate.tokens")
 THREAD_ABOVE_CHARS = 16_384
 # worker threads counting at once: tiktoken releases the GIL, so each takes a core; one core
 # is left to the event loop, and counts past these wait in the pool's queue
-COUNT_THREADS = max(1, (os.cpu_count() or 2) - 1)
+COUNT_THREADS = max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 def _bundled_tiktoken_dir() -> Path | None:
@@ -59,6 +59,7 @@ class TokenCounter:
         self._pending = lazy and encoding is None
         self._loading = threading.Lock()  # exact counts run in worker threads
         self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
 
     @classmethod
     def load(cls) -> TokenCounter:
@@ -98,11 +99,17 @@ class TokenCounter:
         every other request (`python -m benchmarks.long_prompts`). At most COUNT_THREADS
         count at once; a count whose caller went away (a client that disconnected) before it
         started is dropped, one already running finishes."""
-        if len(text) <= THREAD_ABOVE_CHARS:
-            return self.count(text)
+        if len(text) <= THREAD_ABOVE_CHARS or self._closed:
+            return self.count(text)  # short, or shutting down: here
         if self._pool is None:
             self._pool = ThreadPoolExecutor(COUNT_THREADS, thread_name_prefix="effgate-tokens")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.count, text)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self.count, text)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # our caller was cancelled
+            return self.count(text)  # the pool closed before this count started
 
     async def estimate_prompt_threaded(
         self, text: str, messages: list[Any], exact_above: int
@@ -114,7 +121,9 @@ class TokenCounter:
         return await self.count_threaded(text) + framing
 
     def close(self) -> None:
-        """Stop the worker threads (after the counts already running)."""
+        """Stop the worker threads (after the counts already running); counts asked for
+        later, or waiting in the queue, run on their caller's thread."""
+        self._closed = True
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

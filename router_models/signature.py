@@ -217,7 +217,9 @@ def _normalised(segments: list[tuple[int, str]]) -> str:
             budget -= len(t)
         else:
             head, tail = t[:budget], t[budget:]
-            parts.append(f"{c}:{' '.join(head.lower().split())}\x00{len(tail)}:{tail}")
+            # a tab, which normalised text never holds, then the rest's length: no request
+            # within the cap, and no other split of this one, reads the same
+            parts.append(f"{c}:{' '.join(head.lower().split())}\t{len(tail)}:{tail}")
             budget = 0
     return "\n".join(parts)
 

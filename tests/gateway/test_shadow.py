@@ -7,6 +7,7 @@ The route serves ``small`` (the stub difficulty makes it clear the bar), shadows
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -187,12 +188,20 @@ def test_a_judge_that_sends_no_usage_is_counted_off_the_loop(
     }  # fmt: skip
     prompt = "Please review this contract clause for risk. " * 700
     assert len(prompt) > THREAD_ABOVE_CHARS
+
+    def counting_threads() -> set[int | None]:
+        return {t.ident for t in threading.enumerate() if t.name.startswith("effgate-tokens")}
+
     with serve_scripted(orjson.dumps(body)) as (judge, url):
         gw = make_gateway(_policy(policy, url), estimator=_easy())
+        before = counting_threads()
         with gw.http() as c:
             r = c.post("/v1/chat/completions", json=chat(prompt, model="routed"))
         assert r.status_code == 200
         labels = _labels(gw, 2)
+        # the prompt is far from the window: only the judge's body went to the counter's
+        # threads (the gateway runs in this process)
+        assert counting_threads() - before
     assert sorted(rec["score"] for rec in labels) == [0.0, 1.0]
     spent = gw.metric("effgate_evaluation_cost_usd_total", role="judge", model="judge")
     # at $1 per million input tokens, the judge's prompt (both answers and the capped

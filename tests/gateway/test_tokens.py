@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 
-from gateway.tokens import TokenCounter, estimate
+from gateway.tokens import COUNT_THREADS, TokenCounter, estimate
 
 
 class _Encoding:
@@ -61,8 +61,43 @@ def test_long_texts_are_counted_in_the_counter_s_threads_short_ones_inline() -> 
     loop_thread, short, long = anyio.run(main)
     assert (short, long) == (THREAD_ABOVE_CHARS // 3, THREAD_ABOVE_CHARS // 3 + 1)
     assert enc.threads[0] == loop_thread != enc.threads[1]
-    names = {t.name for t in threading.enumerate() if t.ident == enc.threads[1]}
-    assert names <= {n for n in names if n.startswith("effgate-tokens")}
+    (name,) = [t.name for t in threading.enumerate() if t.ident == enc.threads[1]]
+    assert name.startswith("effgate-tokens")
     counter.close()
     counter.close()  # twice is fine
     assert counter.count("abcdef") == 2  # the blocking count still works after close
+
+    async def after_close() -> tuple[int, int]:
+        return threading.get_ident(), await counter.count_threaded("z" * 60_000)
+
+    loop_thread, n = anyio.run(after_close)
+    assert n == 20_000 and enc.threads[-1] == loop_thread  # closed: counted in place
+
+
+def test_a_count_the_closing_pool_cancels_is_made_in_place() -> None:
+    """At shutdown the pool drops the counts still queued; their callers, not cancelled
+    themselves, get the count made on their own thread instead of a CancelledError."""
+    release = threading.Event()
+
+    class _Slow(_Encoding):
+        def encode(self, text: str, disallowed_special: Any = ()) -> list[int]:
+            if threading.current_thread().name.startswith("effgate-tokens"):
+                release.wait(5)
+            return super().encode(text, disallowed_special)
+
+    enc = _Slow()
+    counter = TokenCounter(enc)
+
+    async def main() -> tuple[int, list[int]]:
+        import asyncio
+
+        texts = ["q" * 30_000] * (COUNT_THREADS + 1)  # one more than the pool runs at once
+        tasks = [asyncio.ensure_future(counter.count_threaded(t)) for t in texts]
+        await asyncio.sleep(0.2)  # the first ones are running, the last is queued
+        counter.close()
+        release.set()
+        return threading.get_ident(), list(await asyncio.gather(*tasks))
+
+    loop_thread, counts = anyio.run(main)
+    assert counts == [10_000] * (COUNT_THREADS + 1)
+    assert loop_thread in enc.threads  # the queued one, counted in place

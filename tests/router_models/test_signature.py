@@ -213,7 +213,7 @@ def test_the_digest_normalises_a_request_s_first_digest_cap_characters() -> None
         for c, t in _segments(msgs, None):
             head, tail = t[:budget], t[budget:]
             part = f"{c}:{' '.join(head.lower().split())}"
-            parts.append(part + (f"\x00{len(tail)}:{tail}" if tail else ""))
+            parts.append(part + (f"\t{len(tail)}:{tail}" if tail else ""))
             budget -= len(head)
         return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:16]
 
@@ -242,7 +242,8 @@ def test_the_digest_normalises_a_request_s_first_digest_cap_characters() -> None
     (c, t) = _segments(at_cap, None)[0]
     v2 = hashlib.sha256(f"{c}:{' '.join(t.lower().split())}".encode()).hexdigest()[:16]
     assert signature(at_cap).digest == want(at_cap) == v2
-    # a short prompt cannot pass for a long one's tail (its length is in the text)
-    assert signature([{"role": "user", "content": " " * DIGEST_CAP + "x"}]).digest != (
-        signature([{"role": "user", "content": "\x00x"}]).digest
-    )
+    # a short prompt cannot pass for a long one whose normalised head is empty: the tab
+    # before the rest's length is whitespace, which normalising leaves only as single spaces
+    long_blank = signature([{"role": "user", "content": " " * DIGEST_CAP + "x"}]).digest
+    for short in ("\t1:x", "\x001:x", " \t1:x", "1:x"):
+        assert signature([{"role": "user", "content": short}]).digest != long_blank
