@@ -87,7 +87,7 @@ def _headers(ex: Exchange) -> dict[str, str]:
     return h
 
 
-def _json_reply(state: AppState, ex: Exchange, data: bytes) -> Reply:
+async def _json_reply(state: AppState, ex: Exchange, data: bytes) -> Reply:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -101,7 +101,7 @@ def _json_reply(state: AppState, ex: Exchange, data: bytes) -> Reply:
             for c in obj.get("choices") or ()
             if isinstance(c, dict)
         )
-        usage = Usage(ex.prompt_tokens, state.tokens.count(text), estimated=True)
+        usage = Usage(ex.prompt_tokens, await state.tokens.count_threaded(text), estimated=True)
     ex.price(usage)
     if ex.shadow is not None:
         ex.answer = answer_from_json(obj)
@@ -195,7 +195,7 @@ async def _call(
         elapsed = time.perf_counter() - t0
         ex.upstream_s += elapsed
         state.metrics.upstream_duration.observe((entry.id,), elapsed)
-        return _json_reply(state, ex, reply.body)
+        return await _json_reply(state, ex, reply.body)
     stream = await upstream.open_stream(body, t.first_byte_s)
     try:
         remaining = max(0.001, t.first_byte_s - (time.perf_counter() - t0))

@@ -237,6 +237,38 @@ def test_missing_usage_is_estimated_and_marked(
     assert json_rec["cost_usd"] == pytest.approx(small_cost)
 
 
+def test_a_long_answer_without_usage_is_counted_off_the_loop(
+    make_gateway: GatewayFactory, policy: PolicyFactory
+) -> None:
+    """An answer over THREAD_ABOVE_CHARS with no usage is counted in the token counter's
+    threads (the gateway runs in this process), and exactly."""
+    import threading
+
+    from gateway.tokens import THREAD_ABOVE_CHARS, TokenCounter
+
+    answer = "The clause limits liability to direct damages only. " * 400
+    assert len(answer) > THREAD_ABOVE_CHARS
+    body = {
+        "id": "x", "object": "chat.completion", "created": 0, "model": "mock-small",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": answer}}],
+    }  # fmt: skip
+
+    def counting_threads() -> set[int | None]:
+        return {t.ident for t in threading.enumerate() if t.name.startswith("effgate-tokens")}
+
+    with serve_scripted(orjson.dumps(body)) as (_, url):
+        gw = make_gateway(policy(small_url=url))
+        before = counting_threads()
+        with gw.http() as c:
+            r = c.post("/v1/chat/completions", json=chat(model="small"))
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == answer
+        assert counting_threads() - before
+    (rec,) = gw.records(at_least=1)
+    assert rec["tokens"]["estimated"] is True
+    assert rec["tokens"]["output"] == TokenCounter.load().count(answer)
+
+
 @given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
 def test_record_times_format_like_isoformat(ts: float) -> None:
     """iso() caches the date per second; it must write what datetime.isoformat writes."""
