@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 
 from benchmarks.procs import Proc, free_port, spawn
+from benchmarks.report import percentile
 from benchmarks.scenarios import policy_yaml
 
 WORDS = ("the", "model", "returns", "data", "value", "of", "function", "cost", "Σ", "数据")
@@ -52,10 +53,6 @@ def long_text(chars: int, seed: int = 0) -> str:
 
 def _chat(text: str) -> dict[str, Any]:
     return {"model": "auto", "messages": [{"role": "user", "content": text}], "max_tokens": 16}
-
-
-def _quantile(xs: list[float], q: float) -> float:
-    return statistics.quantiles(xs, n=100)[int(q * 100) - 1] if len(xs) >= 2 else float("nan")
 
 
 async def _short_loop(c: httpx.AsyncClient, out: list[float], stop: asyncio.Event) -> None:
@@ -92,8 +89,8 @@ async def _phase(
     await asyncio.gather(*tasks)
     out: dict[str, Any] = {
         "short_n": len(short),
-        "short_p50_ms": round(1000 * statistics.median(short), 2),
-        "short_p99_ms": round(1000 * _quantile(short, 0.99), 2),
+        "short_p50_ms": round(1000 * percentile(short, 50), 2),
+        "short_p99_ms": round(1000 * percentile(short, 99), 2),
     }
     if text is not None:
         out["long_chars"] = len(text)
