@@ -7,9 +7,10 @@ a random score. A Scorer maps examples -> {model: P(acceptable) array}.
 
 Reported (JSON-safe): APGR of P(strong) - P(weak) for every ordered model pair (the
 better-mean model as strong) with at least `min_pair` examples labelling both and a mean
-gap of at least `min_gap`; Brier per model (new vs base); and, where prices are given and
-enough examples label every priced model, the many-model cost to reach the best single
-model's quality (cheapest model with P >= bar) as a share of that model's cost.
+gap of at least `min_gap`; Brier per model (new vs base); and, where prices are given, the
+many-model cost to reach the best single model's quality (cheapest model with P >= bar) as
+a share of that model's cost, over the priced models that label at least half of the
+examples together (`routing.shared_rows_models`) where at least 20 examples label them all.
 
 Verdict (`better`): the new scorer is at least as good as the base when
 - its mean pair APGR is not lower than the base's by more than `apgr_tol` (0.005), and
@@ -30,6 +31,7 @@ import numpy.typing as npt
 
 from router_models import metrics
 from router_models.learner import Example, fold_ids
+from router_models.routing import FALLBACK_COVERAGE, shared_rows_models
 
 F64 = npt.NDArray[np.float64]
 Scorer = Callable[[Sequence[Example]], Mapping[str, F64]]
@@ -164,11 +166,12 @@ def _many(
 ) -> dict[str, Any] | None:
     if not prices:
         return None
-    cols = [j for j, m in enumerate(models) if m in prices]
+    scored = ~np.isnan(y) & ~np.isnan(p_new) & ~np.isnan(p_base)
+    priced = [j for j, m in enumerate(models) if m in prices and scored[:, j].any()]
+    cols = shared_rows_models(scored, priced, FALLBACK_COVERAGE)
     if len(cols) < 2:
         return None
-    sel = ~np.isnan(y[:, cols]).any(axis=1)
-    sel &= ~np.isnan(p_new[:, cols]).any(axis=1) & ~np.isnan(p_base[:, cols]).any(axis=1)
+    sel = scored[:, cols].all(axis=1)
     if sel.sum() < 20:
         return None
     score = y[sel][:, cols]
@@ -219,7 +222,8 @@ def format_comparison(report: Mapping[str, Any]) -> str:
     many = report.get("many")
     if many:
         lines.append(
-            "many models, cost to match the best single model (share of its cost): "
+            f"many models ({len(many['models'])} priced, {many['rows']} examples labelling all), "
+            "cost to match the best single model (share of its cost): "
             + ", ".join(f"{k} {_f(many.get(k))}" for k in ("new", "base", "length", "random"))
         )
     lines.append(f"verdict: {'better' if report['better'] else 'NOT better'} ({report['rule']})")

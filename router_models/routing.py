@@ -24,7 +24,8 @@ F64 = npt.NDArray[np.float64]
 PAIR_GAP = 0.15
 MIN_COVERAGE = 0.99
 # where fewer than two models are scored on MIN_COVERAGE of the rows (a file whose models
-# each label a part of them), models scored on this share of the rows take part instead
+# each label a part of them), models scored on this share of the rows take part instead;
+# the many-model table also keeps at least this share of the rows (`shared_rows_models`)
 FALLBACK_COVERAGE = 0.5
 MIN_PAIR_ROWS = 10  # a pair's two models are both scored on at least this many rows
 
@@ -181,13 +182,38 @@ class CostTable:
     used: npt.NDArray[np.bool_]
 
 
+def shared_rows_models(mask: npt.NDArray[np.bool_], cols: Sequence[int], share: float) -> list[int]:
+    """The columns of ``cols`` kept for a table of the rows they all score: where fewer than
+    ``share`` of the rows are scored by all of them (models that each miss a different part
+    of the rows), the column whose removal adds the most such rows is dropped (ties: the
+    less covered, then the later one), until ``share`` is reached or two are left."""
+    kept = list(cols)
+    n = mask.shape[0]
+    if n == 0:
+        return kept
+    need = share * n - 1e-9
+    coverage = mask.sum(axis=0)
+    while len(kept) > 2:
+        missing = ~mask[:, kept]
+        miss_count = missing.sum(axis=1)
+        if int((miss_count == 0).sum()) >= need:
+            break
+        only = missing[miss_count == 1]
+        gain = only.sum(axis=0)  # rows that dropping each kept column would complete
+        order = sorted(range(len(kept)), key=lambda k: (-int(gain[k]), int(coverage[kept[k]]), -k))
+        del kept[order[0]]
+    return kept
+
+
 def cost_table(rows: Sequence[Row], labels: LabelMatrix, prices: Mapping[str, Price]) -> CostTable:
     coverage = labels.mask.mean(axis=0) if len(rows) else np.zeros(len(labels.models))
     priced = [j for j, m in enumerate(labels.models) if m in prices]
     floor = coverage_floor([coverage[j] for j in priced])
-    kept = [labels.models[j] for j in priced if coverage[j] >= floor - 1e-12]
+    idx = shared_rows_models(
+        labels.mask, [j for j in priced if coverage[j] >= floor - 1e-12], FALLBACK_COVERAGE
+    )
+    kept = [labels.models[j] for j in idx]
     left_out = tuple(m for m in labels.models if m not in kept)
-    idx = [labels.models.index(m) for m in kept]
     used: npt.NDArray[np.bool_] = np.asarray(
         labels.mask[:, idx].all(axis=1) if idx else np.zeros(len(rows)), dtype=bool
     )

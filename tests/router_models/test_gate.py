@@ -84,3 +84,24 @@ def test_a_base_fitted_per_fold_sees_only_that_folds_training_examples() -> None
     # the per-fold base replaced `base` (_inverted): the base's figures are _constant's
     ref = compare(exs, lambda train: _oracle, _constant, folds=4)
     assert rep["mean_brier"] == ref["mean_brier"] and rep["pairs"] == ref["pairs"]
+
+
+def test_many_models_leaves_out_a_priced_model_that_labels_few_examples() -> None:
+    # "R" is priced but labels one example in ten (a model shadow evaluation rarely sends
+    # to): requiring every priced model would leave 30 of 300 examples; without it, S and W
+    # label all 300, and the many-model block is computed on them
+    exs = [
+        Example(e.sig, {**e.labels, **({"R": 1.0} if i % 10 == 0 else {})}, e.group)
+        for i, e in enumerate(_examples())
+    ]
+
+    def oracle3(test: Sequence[Example]) -> dict[str, np.ndarray]:
+        return {**_oracle(test), "R": np.full(len(test), 0.5)}
+
+    rep = compare(
+        exs, lambda train: oracle3, oracle3, folds=3, prices={"S": 10.0, "W": 1.0, "R": 5.0}
+    )
+    many = rep["many"]
+    assert many["models"] == ["S", "W"] and many["rows"] == 300
+    assert many["new"] is not None and many["new"] < 1.0
+    assert "2 priced, 300 examples labelling all" in format_comparison(rep)

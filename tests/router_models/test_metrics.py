@@ -174,3 +174,45 @@ def test_files_whose_models_each_label_part_of_the_rows_still_have_a_pair_and_a_
     ]
     table = cost_table(rows, labels, {m: Price(1.0, 1.0) for m in ("top", "mid", "low")})
     assert table.models == ("top", "mid", "low")
+
+
+def test_shared_rows_models_drops_the_models_that_keep_most_rows_incomplete() -> None:
+    from router_models.routing import shared_rows_models
+
+    n = 200
+    mask = np.ones((n, 6), dtype=bool)
+    for j in range(6):  # each model misses its own 15% of the rows: 10% are complete
+        mask[j * 30 : (j + 1) * 30, j] = False
+    mask[:40, 5] = False  # model 5 misses 10 more (rows model 0 misses too)
+    kept = shared_rows_models(mask, range(6), 0.5)
+    # dropping 5 first completes 30 rows (its own), then 4 and 3 (the later of equals):
+    # 20 + 30 + 30 + 30 = 110 complete rows, 55%
+    assert kept == [0, 1, 2] and int(mask[:, kept].all(axis=1).sum()) == 110
+    assert shared_rows_models(mask, range(6), 0.05) == list(range(6))  # 20 rows: enough
+    assert shared_rows_models(mask, [0, 1], 0.99) == [0, 1]  # never below two
+    # independent gaps in every row (no row misses exactly one model): the least covered go
+    rng = np.random.default_rng(0)
+    gaps = rng.random((400, 40)) > 0.1
+    kept = shared_rows_models(gaps, range(40), 0.5)
+    assert int(gaps[:, kept].all(axis=1).sum()) >= 200 and len(kept) >= 2
+
+
+def test_cost_table_keeps_half_of_the_rows_when_models_miss_different_ones() -> None:
+    from router_models.data import LabelMatrix, Price, Result, Row
+    from router_models.routing import cost_table
+
+    names = ("a", "b", "c", "d")
+    mask = np.ones((200, 4), dtype=bool)
+    for j in range(4):  # each misses its own 20% (80% coverage each): 20% complete
+        mask[j * 40 : (j + 1) * 40, j] = False
+    mask[160:, 3] = False  # "d" misses 40 more: 60% coverage
+    labels = LabelMatrix(names, np.ones((200, 4)), mask)
+    msgs = ({"role": "user", "content": "x"},)
+    rows = [
+        Row(f"r:{i}", "r", "t", msgs, {m: Result(1.0, 0.01) for m in names}) for i in range(200)
+    ]
+    table = cost_table(rows, labels, {m: Price(1.0, 1.0) for m in names})
+    # "d" goes first (80 rows that only it misses), then "c", the later of three equals:
+    # a and b share 120 rows
+    assert table.models == ("a", "b") and table.left_out == ("c", "d")
+    assert int(table.used.sum()) == 120 and table.score.shape == (120, 2)

@@ -168,8 +168,8 @@ def _partial_file(
 
 def test_eval_pairs_only_models_scored_on_the_same_rows(tmp_path, synth_artifact):
     """Models that each label part of the rows: a pair (and a pair-table partner) must share
-    rows with the strong model, and a many-model table whose models share no row is a
-    note, not a failure."""
+    rows with the strong model, the many-model table leaves out models until the rest share
+    rows, and a table of fewer than two priced models is a note, not a failure."""
     # S (the best) on rows 0-59, W on every row, X (no row with S) on rows 60-119
     path = _partial_file(
         tmp_path / "d.jsonl",
@@ -182,7 +182,8 @@ def test_eval_pairs_only_models_scored_on_the_same_rows(tmp_path, synth_artifact
     report = json.loads(out.read_text())
     assert (report["pair"]["strong"], report["pair"]["weak"]) == ("S", "W")
     assert [t["weak"] for t in report["pair_table"]] == ["W"]  # X never scored with S
-    # three models on two thirds of the rows each, no row with all three
+    # three models on two thirds of the rows each, no row with all three: one is left out
+    # (the last of equals), and the other two share a third of the rows
     path = _partial_file(
         tmp_path / "e.jsonl",
         {"A": range(80), "B": range(40, 120), "C": [*range(40), *range(80, 120)]},
@@ -191,7 +192,15 @@ def test_eval_pairs_only_models_scored_on_the_same_rows(tmp_path, synth_artifact
     args = ["--data", str(path), "--artifact", str(synth_artifact), "--json", str(out)]
     assert eval_main(args) == 0
     multi = json.loads(out.read_text())["multi"]
-    assert multi["rows_used"] == 0 and "same rows" in multi["note"]
+    assert (multi["models"], multi["left_out"], multi["rows_used"]) == (["A", "B"], ["C"], 40)
+    assert "routers" in multi
+    # one priced model: a note, not a failure
+    path = _partial_file(tmp_path / "f.jsonl", {"S": range(120), "W": range(120)}, {"W": 0.1})
+    args = ["--data", str(path), "--artifact", str(synth_artifact), "--json", str(out)]
+    assert eval_main(args) == 0
+    multi = json.loads(out.read_text())["multi"]
+    assert multi["models"] == ["W"] and "routers" not in multi
+    assert "fewer than two priced models" in multi["note"]
 
 
 def test_train_usage_errors(tmp_path, capsys):
