@@ -6,8 +6,11 @@ What holds for which signal:
 
 * SIGTERM (graceful): requests in flight finish and are answered; every request the replica
   answered is settled in Redis and has its record on disk (the record log is flushed before
-  the process exits). So tenant spend equals the sum of the records' ``cost_usd`` exactly
-  (to the nano-USD a settle rounds to) and records == answered requests.
+  the process exits). A request written to an idle keep-alive connection just as the
+  replica closed it was never read: the client retries it elsewhere, and it has no record
+  (in Kubernetes a preStop delay keeps traffic off a stopping pod). So tenant spend equals
+  the sum of the records' ``cost_usd`` exactly (to the nano-USD a settle rounds to) and
+  records == answered requests.
 * SIGKILL: requests in flight on the killed replica are lost (the client sees the connection
   drop; the load balancer, here the test, retries elsewhere) and never charged: their holds
   stay in Redis until ``limits_hold_ttl_s``, then the next reservation of that tenant
@@ -54,6 +57,8 @@ pytestmark = pytest.mark.redis
 BUDGET_USD = 2.5e-3
 PACED_RPM = 9
 HOLD_TTL_S = 2.0
+UPSTREAM_LATENCY_MS = 60
+FRESH_S = 0.02  # a request this recent is still waiting on the upstream when signalled
 
 
 @dataclass
@@ -128,8 +133,12 @@ class Traffic:
 def fakes() -> Iterator[tuple[FakeUpstreamHandle, FakeUpstreamHandle]]:
     # a little latency so that a stop finds requests in flight
     with (
-        serve_fake_upstream(models=("mock-small",), latency_ms=60, reply_words=8) as small,
-        serve_fake_upstream(models=("mock-big",), latency_ms=60, reply_words=8) as big,
+        serve_fake_upstream(
+            models=("mock-small",), latency_ms=UPSTREAM_LATENCY_MS, reply_words=8
+        ) as small,
+        serve_fake_upstream(
+            models=("mock-big",), latency_ms=UPSTREAM_LATENCY_MS, reply_words=8
+        ) as big,
     ):
         yield small, big
 
@@ -217,9 +226,19 @@ def _run(
 
     # -- phase 1: mixed traffic, B stopped with SIGTERM mid-run and started again ----------
     one = asyncio.run(_drive(replicas, key, "p1", 60, b, signal.SIGTERM))
-    # SIGTERM with requests in flight: they finish; none goes unanswered
-    assert [x for x in one.attempts if x.status is None] == []
+    # SIGTERM with requests in flight: they finish (answered after the signal). An attempt
+    # may still find its connection closed under it: uvicorn closes idle keep-alive
+    # connections at once, and a request written to one as the replica stopped was never
+    # read (the race a preStop delay covers in Kubernetes, deploy/k8s/base). Such an attempt
+    # went to B before the signal, failed after it, has no record anywhere (checked below)
+    # and was answered on its retry
     assert any(x.started < one.stop_at < x.done_at for x in one.attempts if x.replica == "b")
+    dropped = [x for x in one.attempts if x.status is None]
+    assert all(x.replica == "b" and x.started < one.stop_at <= x.done_at for x in dropped), dropped
+    status_of = {x.id: x.status for x in one.attempts}
+    for x in dropped:
+        phase, i, attempt = x.id.split("-")
+        assert status_of.get(f"{phase}-{i}-{int(attempt) + 1}") == 200, x
     answered = {x.id for x in one.attempts if x.status is not None}
     assert {x.status for x in one.attempts if x.status is not None} == {200}, [
         x.error for x in one.attempts if x.error
@@ -235,6 +254,7 @@ def _run(
     wait_until(lambda: answered <= recorded().keys(), 10, "every answered request recorded")
     records = {i: r for i, r in recorded().items() if i.startswith("p1-")}
     assert records.keys() == answered, "no record lost, none for a request not answered"
+    assert not {x.id for x in dropped} & records.keys(), "a dropped attempt was never read"
     for r in replicas:  # each record is in the log of the replica that answered it
         mine = {x.id for x in one.attempts if x.replica == r.name and x.status is not None}
         assert {i for i in r.record_ids() if i.startswith("p1-")} == mine
@@ -400,9 +420,21 @@ async def _drive(
     async def stop_and_restart() -> None:
         await third.wait()
         deadline = time.monotonic() + 5
+
+        def fresh() -> bool:
+            # a request to the victim started less than FRESH_S ago, under the upstream's
+            # latency: it cannot have been answered yet (one sent earlier may already have
+            # its answer waiting in this client's socket, on a loaded machine, and would
+            # then not be cut off by a kill)
+            now = time.monotonic()
+            return in_flight[victim.name] >= 2 and any(
+                x.replica == victim.name and x.done_at == 0.0 and now - x.started < FRESH_S
+                for x in out.attempts
+            )
+
         # polled: a test helper, the counter moves on every request
-        while in_flight[victim.name] < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)  # stop it with requests in flight
+        while not fresh() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)  # stop it with requests in flight
         # signalled in this step of the event loop, right after seeing requests in flight (from
         # a thread, on a loaded machine, they could all be answered before the signal landed)
         out.stop_at = time.monotonic()
