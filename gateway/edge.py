@@ -61,11 +61,12 @@ async def _healthz(state: AppState) -> tuple[int, bytes, bytes]:
 
 
 async def _readyz(state: AppState) -> tuple[int, bytes, bytes]:
+    ok = state.ready and not state.draining
     body = {
-        "status": "ready" if state.ready else "starting",
+        "status": "ready" if ok else ("draining" if state.draining else "starting"),
         "policy_sha256": state.policies.current.sha256,
     }
-    return (200 if state.ready else 503), orjson.dumps(body), JSON_TYPE
+    return (200 if ok else 503), orjson.dumps(body), JSON_TYPE
 
 
 async def _metrics(state: AppState) -> tuple[int, bytes, bytes]:

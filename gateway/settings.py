@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     # on SIGTERM: stop accepting, then let in-flight requests and streams finish for up to
     # this many seconds; what is still running then is cut (and recorded), records flushed
     shutdown_timeout_s: float = Field(30.0, ge=0)
+    # on SIGTERM, before the above: keep serving for this many seconds while /readyz answers
+    # 503 "draining", so a load balancer that finds stopping replicas by health checks
+    # (HAProxy in deploy/docker-compose.yml) stops sending before connections close. 0: stop
+    # at once (Kubernetes: a preStop sleep does this instead). A second SIGTERM, or SIGINT,
+    # ends the wait
+    shutdown_delay_s: float = Field(0.0, ge=0)
 
     # -- bounded memory (gateway/kv.py, gateway/records.py; docs/operations.md "Memory") ----
     # Every in-process store and buffer is bounded in bytes (estimated: key + value + a fixed

@@ -37,6 +37,7 @@ class AppState:
     plain_keys: dict[str, Tenant]  # EFFGATE_API_KEYS by digest
     default_tenant: Tenant  # the caller when no keys are configured
     ready: bool = False
+    draining: bool = False  # SIGTERM with EFFGATE_SHUTDOWN_DELAY_S: /readyz answers 503
 
     def reload_all(self) -> dict[str, bool]:
         """Re-read the policy, the tenants file and the estimator artifact (SIGHUP, admin

@@ -14,19 +14,62 @@ import gc
 import logging
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
+
+if TYPE_CHECKING:
+    from gateway.edge import GatewayApp
+
+logger = logging.getLogger("effgate.serve")
 
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGINT/SIGTERM after a graceful shutdown; we return normally (exit 0).
 
-    On SIGTERM uvicorn closes the listening socket (new connections are refused), closes idle
+    With EFFGATE_SHUTDOWN_DELAY_S, a first SIGTERM only marks the app draining (/readyz 503)
+    and the server goes on serving for that long (a second SIGTERM, or SIGINT, cuts it short).
+    Then uvicorn closes the listening socket (new connections are refused), closes idle
     connections, lets requests and streams in flight finish for EFFGATE_SHUTDOWN_TIMEOUT_S,
     cancels what is left (cut requests answer 503 / a final error event, and are recorded),
     then runs the lifespan shutdown, which flushes the request records."""
+
+    def __init__(self, config: uvicorn.Config, app: GatewayApp, delay_s: float) -> None:
+        super().__init__(config)
+        self._app = app
+        self._delay_s = delay_s
+        self._drain_since: float | None = None
+        self._drain_logged = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        state = getattr(self._app.state, "effgate", None)
+        if (
+            sig == signal.SIGTERM
+            and self._delay_s > 0
+            and self._drain_since is None
+            and not self.should_exit
+            and state is not None
+        ):
+            # a signal handler: set flags only; on_tick (in the loop) logs and ends the wait
+            state.draining = True
+            self._drain_since = time.monotonic()
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        since = self._drain_since
+        if since is not None and not self.should_exit:
+            if not self._drain_logged:
+                self._drain_logged = True
+                logger.info("SIGTERM: draining for %g s (/readyz answers 503), then stopping",
+                            self._delay_s)  # fmt: skip
+            if time.monotonic() - since >= self._delay_s:
+                self.should_exit = True
+        return await super().on_tick(counter)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -87,7 +130,7 @@ def main(argv: list[str]) -> int:
     # httptools under effgate's header and body deadlines and connection cap, the keep-alive
     # and the graceful-shutdown deadline from settings (gateway/transport.py)
     config = server_config(app, settings)
-    server = _Server(config)
+    server = _Server(config, app, settings.shutdown_delay_s)
     tune_gc()
     server.run()
     return 0 if server.started else 1

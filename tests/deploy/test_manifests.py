@@ -361,7 +361,21 @@ def test_load_balancer_spreads_over_ready_replicas() -> None:
     for side in ("client", "server"):
         assert int(timeouts[side].rstrip("s")) > 300
     # the gateway keeps idle connections open longer than the proxy reuses them
-    assert int(services["gateway"]["environment"]["EFFGATE_KEEP_ALIVE_S"]) > 5
+    env = services["gateway"]["environment"]
+    assert int(env["EFFGATE_KEEP_ALIVE_S"]) > 5
+    # on SIGTERM it serves on (/readyz at 503) until the checks have marked it down: `fall`
+    # failed checks `inter` apart, the first up to `inter` after the signal
+    (defaults,) = [line for line in backend if line.startswith("default-server")]
+    words = defaults.split()
+    inter = int(words[words.index("inter") + 1].rstrip("s"))
+    fall = int(words[words.index("fall") + 1])
+    delay = float(env["EFFGATE_SHUTDOWN_DELAY_S"])
+    assert delay >= inter * fall
+    # and Compose waits out the delay plus the gateway's shutdown deadline before SIGKILL
+    from gateway.settings import Settings
+
+    grace = int(services["gateway"]["stop_grace_period"].rstrip("s"))
+    assert grace > delay + Settings.model_fields["shutdown_timeout_s"].default
 
 
 def test_k8s_tenants_configmap_is_valid(tmp_path: Path) -> None:

@@ -83,10 +83,11 @@ def _start_in_flight(gw: ServeProcess, small: FakeUpstreamHandle, hold_ms: int) 
 
 def _refused(port: int) -> bool:
     """New requests are no longer served: the connection is refused, or (a connection the
-    kernel accepted into the backlog as the listener closed) dropped without a response."""
+    kernel accepted into the backlog as the listener closed) dropped without a response or
+    reset."""
     try:
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-    except (httpx.ConnectError, httpx.RemoteProtocolError):
+    except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
         return True
     return False
 
@@ -156,3 +157,45 @@ def test_past_the_shutdown_deadline_in_flight_work_is_cut_and_recorded(
         log = gw.log_text()
         assert "timeout graceful shutdown exceeded" in log
         assert "Traceback" not in log, log
+
+
+def _readyz(gw: ServeProcess) -> tuple[int, str]:
+    r = httpx.get(gw.origin + "/readyz", timeout=2)
+    return r.status_code, r.json()["status"]
+
+
+def test_a_shutdown_delay_keeps_serving_while_readyz_says_draining(
+    tmp_path: Path, small: FakeUpstreamHandle, big: FakeUpstreamHandle
+) -> None:
+    delay_s = 2.0
+    with serve_process(
+        tmp_path, small, big, EFFGATE_SHUTDOWN_DELAY_S=str(delay_s), EFFGATE_LOG_LEVEL="info"
+    ) as gw:
+        assert _readyz(gw) == (200, "ready")
+        t0 = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: _readyz(gw) == (503, "draining"), 1.5, "/readyz says draining")
+        # still serving, on new connections too, while a load balancer takes it out
+        served = httpx.post(gw.origin + "/v1/chat/completions", json=chat("still here"), timeout=5)
+        assert time.monotonic() - t0 < delay_s, "the check ran after the delay"
+        assert served.status_code == 200, served.text
+        assert httpx.get(gw.origin + "/healthz", timeout=2).status_code == 200
+        rc = gw.proc.wait(timeout=30)
+        took = time.monotonic() - t0
+        print(f"\ndrained for {delay_s:g} s; exited after {took:.2f} s")
+        assert rc == 0 and delay_s <= took < delay_s + 8
+        assert [r["id"] for r in gw.records()] == [served.headers["x-effgate-request-id"]]
+        log = gw.log_text()
+        assert "SIGTERM: draining for 2 s" in log and "Traceback" not in log, log
+
+
+def test_a_second_sigterm_ends_the_shutdown_delay(
+    tmp_path: Path, small: FakeUpstreamHandle, big: FakeUpstreamHandle
+) -> None:
+    with serve_process(tmp_path, small, big, EFFGATE_SHUTDOWN_DELAY_S="60") as gw:
+        t0 = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: _readyz(gw) == (503, "draining"), 1.5, "/readyz says draining")
+        gw.proc.send_signal(signal.SIGTERM)
+        rc = gw.proc.wait(timeout=30)
+        assert rc == 0 and time.monotonic() - t0 < 10, "waited out the 60 s delay"
