@@ -1,17 +1,18 @@
 """What long prompts cost everyone else: short requests' latency while long ones arrive.
 
     python -m benchmarks.long_prompts [--sizes 450000 1000000] [--seconds 8] [--concurrency 4]
-        [--source DIR] [--json OUT]
+        [--long-clients 1] [--source DIR] [--json OUT]
 
 One fake upstream and the gateway (`effgate serve`, the policy of `benchmarks.scenarios`:
 context windows of 128,000 tokens, a route with a quality bar, so requests are scored and
 their records carry signatures) as separate processes. A closed loop of short chat requests
-(`--concurrency` at a time) runs alone for `--seconds`, then again while one more client
-sends a long prompt of each size back to back: ~450 KB is near the window (its tokens are
-counted exactly) and fits, ~1 MB does not (400 context_length_exceeded). Everything the
-gateway does with a request on its event loop (parsing, counting, scoring, the record's
-signature) delays the short requests; the report gives their p50 and p99 alone and during,
-as ratios, and the long requests' own latency and status codes.
+(`--concurrency` at a time) runs alone for `--seconds`, then again while `--long-clients`
+more clients (one by default) send a long prompt of each size back to back: ~450 KB is near
+the window (its tokens are counted exactly) and fits, ~1 MB does not (400
+context_length_exceeded). Everything the gateway does with a request on its event loop
+(parsing, counting, scoring, the record's signature) delays the short requests; the report
+gives their p50 and p99 alone and during, as ratios, and the long requests' own latency and
+status codes.
 
 `--source DIR` runs the gateway from another checkout (a `git worktree` of the commit to
 compare with), so two runs in a row compare before and after on one machine.
@@ -76,14 +77,14 @@ async def _long_loop(
 
 
 async def _phase(
-    c: httpx.AsyncClient, seconds: float, concurrency: int, text: str | None
+    c: httpx.AsyncClient, seconds: float, concurrency: int, text: str | None, long_clients: int = 1
 ) -> dict[str, Any]:
     short: list[float] = []
     long: list[tuple[float, int]] = []
     stop = asyncio.Event()
     tasks = [asyncio.create_task(_short_loop(c, short, stop)) for _ in range(concurrency)]
     if text is not None:
-        tasks.append(asyncio.create_task(_long_loop(c, text, long, stop)))
+        tasks += [asyncio.create_task(_long_loop(c, text, long, stop)) for _ in range(long_clients)]
     await asyncio.sleep(seconds)
     stop.set()
     await asyncio.gather(*tasks)
@@ -94,6 +95,7 @@ async def _phase(
     }
     if text is not None:
         out["long_chars"] = len(text)
+        out["long_clients"] = long_clients
         out["long_n"] = len(long)
         out["long_mean_ms"] = round(1000 * statistics.mean(t for t, _ in long), 1) if long else None
         out["long_status"] = sorted({s for _, s in long})
@@ -138,14 +140,15 @@ def start(args: argparse.Namespace, work: Path) -> tuple[list[Proc], int]:
 
 
 async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=args.concurrency + 2)
+    limits = httpx.Limits(max_connections=args.concurrency + args.long_clients + 1)
     origin = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=origin, timeout=120, limits=limits) as c:
         await _ready(c, 60)
         await _phase(c, 1.0, args.concurrency, None)  # warm-up
         phases = [await _phase(c, args.seconds, args.concurrency, None)]
         for size in args.sizes:
-            phases.append(await _phase(c, args.seconds, args.concurrency, long_text(size)))
+            text = long_text(size)
+            phases.append(await _phase(c, args.seconds, args.concurrency, text, args.long_clients))
     return {"source": str(args.source or "."), "phases": phases}
 
 
@@ -158,10 +161,12 @@ def report(result: dict[str, Any]) -> str:
         f"| none | {alone['short_p50_ms']} ms | {alone['short_p99_ms']} ms | 1 | 1 | |",
     ]
     for ph in result["phases"][1:]:
+        at_once = ph.get("long_clients", 1)
+        what = f"{ph['long_chars']:,} chars" + (f", {at_once} at once" if at_once > 1 else "")
         r50 = ph["short_p50_ms"] / alone["short_p50_ms"]
         r99 = ph["short_p99_ms"] / alone["short_p99_ms"]
         lines.append(
-            f"| {ph['long_chars']:,} chars | {ph['short_p50_ms']} ms | {ph['short_p99_ms']} ms "
+            f"| {what} | {ph['short_p50_ms']} ms | {ph['short_p99_ms']} ms "
             f"| {r50:.2f} | {r99:.2f} | {ph['long_n']}, {ph['long_mean_ms']} ms, "
             f"{ph['long_status']} |"
         )
@@ -177,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[450_000, 1_000_000])
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--long-clients", type=int, default=1, help="long-prompt senders at once")
     p.add_argument("--source", type=Path, help="run the gateway from this checkout")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)

@@ -26,3 +26,13 @@ def test_a_short_run_reports_each_phase(tmp_path: Path, capsys: pytest.CaptureFi
     assert phases[1]["long_status"] == [200] and phases[2]["long_status"] == [400]
     table = capsys.readouterr().out
     assert "| none |" in table and "| 1,000,000 chars |" in table
+
+
+def test_several_long_clients_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.json"
+    argv = ["--seconds", "0.5", "--concurrency", "1", "--sizes", "300000", "--long-clients", "3"]
+    assert main([*argv, "--json", str(out)]) == 0
+    phases = json.loads(out.read_text(encoding="utf-8"))["phases"]
+    assert phases[1]["long_clients"] == 3 and phases[1]["long_status"] == [200]
+    assert phases[1]["long_n"] >= 3  # each of the three had an answer
+    assert "| 300,000 chars, 3 at once |" in capsys.readouterr().out
