@@ -14,7 +14,9 @@ same records in the same order:
   requests from the `explain` endpoint (a routing decision shown, nothing served) are
   skipped and counted. A record without `endpoint` is from an older log: a chat request.
 
-Feedback and judge labels join onto requests by id, and the last one in log order wins.
+Feedback and judge labels join onto requests by id, and the last one in log order wins. A
+repeated request id (a client may reuse `x-request-id`) keeps its last record, as the
+gateway's feedback join and `effgate report` do.
 For training (`load_examples`), a chat request gives one example: its signature (recorded,
 or computed from a logged prompt) and a score per labelled model: feedback's `score` when
 sent, else 1/0 from `accepted`, for the model that served it; the shadow judge's grades for
@@ -218,7 +220,8 @@ def load_examples(path: Path) -> tuple[list[Example], RecordsSummary]:
     served model, the last in log order winning; judge labels per model, the last per
     model winning; feedback, a person's verdict, wins over a judge's grade of the same
     model), the second builds one example per labelled chat request from its signature.
-    Memory holds labels and the labelled requests' signatures, never the whole log."""
+    Memory holds labels, every request id and the labelled requests' signatures, never the
+    whole log."""
     files = record_files(path)
     feedback: dict[str, float] = {}
     judged: dict[str, dict[str, float]] = {}
@@ -232,54 +235,53 @@ def load_examples(path: Path) -> tuple[list[Example], RecordsSummary]:
             if isinstance(score, int | float) and not isinstance(score, bool) and 0 <= score <= 1:
                 judged.setdefault(rec["request_id"], {})[rec["model"]] = float(score)
     stream = RecordStream(files)
-    seen: dict[str, int] = {}
-    examples: list[Example] = []
-    not_chat = no_sig = no_label = n_fb = n_judge = requests = older = 0
+    # per request id, what its last record gave: an example, or why none (a repeated id,
+    # e.g. a client that reuses x-request-id, keeps its last record, as the gateway's
+    # feedback join and `effgate report` do)
+    last: dict[str, tuple[str, Example | None, int, int, int]] = {}
     for kind, rec in stream:
         if kind != "request":
             continue
         rid = rec["id"]
-        if rid in seen:  # a repeated id (a replayed log): the last record counts
-            continue
-        requests += 1
-        seen[rid] = -1
+        last.pop(rid, None)
         if (rec.get("endpoint") or "chat") != "chat":
-            not_chat += 1  # embeddings: real spend, but no prompt to learn from
+            last[rid] = ("not_chat", None, 0, 0, 0)  # embeddings: spend, but no prompt
             continue
         labels = dict(judged.get(rid, {}))
         model = rec.get("model")
         if rid in feedback and isinstance(model, str):
             labels[model] = feedback[rid]
         if not labels:
-            no_label += 1
+            last[rid] = ("no_label", None, 0, 0, 0)
             continue
         try:
             sig = _signature(rec)
         except ValueError as exc:
             stream.malformed(f"signature: {exc}")
+            last[rid] = ("bad", None, 0, 0, 0)
             continue
         if sig is None:
-            no_sig += 1
+            last[rid] = ("no_sig", None, 0, 0, 0)
             continue
         raw = rec.get("signature")
-        if isinstance(raw, dict) and raw.get("v") == 1 and sig.dense[_HAS_SYSTEM] > 0:
-            older += 1
-        n_fb += int(rid in feedback and isinstance(model, str))
-        n_judge += len(judged.get(rid, {}))
-        seen[rid] = len(examples)
+        older = int(isinstance(raw, dict) and raw.get("v") == 1 and sig.dense[_HAS_SYSTEM] > 0)
         task = rec.get("task")
         tag = task if isinstance(task, str) else ""
-        examples.append(Example(sig=sig, labels=labels, group=sig.digest, tag=tag))
+        example = Example(sig=sig, labels=labels, group=sig.digest, tag=tag)
+        n_fb = int(rid in feedback and isinstance(model, str))
+        last[rid] = ("ok", example, n_fb, len(judged.get(rid, {})), older)
+    examples = [e for _, e, _, _, _ in last.values() if e is not None]
+    why = [v[0] for v in last.values()]
     summary = RecordsSummary(
-        requests=requests,
+        requests=len(last),
         labelled=len(examples),
-        labels_feedback=n_fb,
-        labels_judge=n_judge,
-        skipped_no_signature=no_sig,
-        skipped_no_label=no_label,
+        labels_feedback=sum(v[2] for v in last.values()),
+        labels_judge=sum(v[3] for v in last.values()),
+        skipped_no_signature=why.count("no_sig"),
+        skipped_no_label=why.count("no_label"),
         bad_lines=stream.malformed_lines,
-        skipped_not_chat=not_chat,
+        skipped_not_chat=why.count("not_chat"),
         ignored_explain=stream.explain,
-        older_system_dense=older,
+        older_system_dense=sum(v[4] for v in last.values()),
     )
     return examples, summary

@@ -138,3 +138,22 @@ def test_version_1_signatures_with_a_system_prompt_are_used_and_counted(tmp_path
     assert len(examples) == 3 and summary.labelled == 3
     assert summary.older_system_dense == 1  # a: version 1 and a system prompt
     assert summary.bad_lines == 0
+
+
+def test_a_repeated_request_id_keeps_its_last_record(tmp_path: Path) -> None:
+    # a client that reuses x-request-id: the gateway's feedback joins its latest request,
+    # and `effgate report` keeps the last record; training does the same
+    later = signature([{"role": "user", "content": "Q again?"}]).digest
+    path = write(
+        tmp_path / "records.jsonl",
+        request("a"),
+        request("a", prompt="Q again?", model="n"),
+        feedback("a", accepted=True),  # for "n", which served the last request "a"
+        request("b"),
+        request("b", endpoint="embeddings"),  # the last "b" has no prompt to learn from
+        feedback("b", accepted=True),
+    )
+    examples, summary = load_examples(path)
+    assert [(e.group, dict(e.labels)) for e in examples] == [(later, {"n": 1.0})]
+    assert (summary.requests, summary.labelled, summary.labels_feedback) == (2, 1, 1)
+    assert (summary.skipped_not_chat, summary.skipped_no_label) == (1, 0)
