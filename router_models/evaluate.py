@@ -227,7 +227,8 @@ def format_report(report: Mapping[str, Any]) -> str:
             f"many models ({len(multi['models'])} priced, {multi['rows_used']} rows; left out "
             f"(no price, or scored on too few rows: < {routing.MIN_COVERAGE:.0%}, or "
             f"< {routing.FALLBACK_COVERAGE:.0%} where fewer than two priced models reach that, "
-            f"or left out so that the rest all score {routing.FALLBACK_COVERAGE:.0%} of rows): "
+            f"or left out until the rest share {routing.FALLBACK_COVERAGE:.0%} of rows, or "
+            "as many rows as they can): "
             f"{', '.join(multi['left_out']) or 'none'})"
         )
         lines.append(

@@ -9,8 +9,9 @@ Reported (JSON-safe): APGR of P(strong) - P(weak) for every ordered model pair (
 better-mean model as strong) with at least `min_pair` examples labelling both and a mean
 gap of at least `min_gap`; Brier per model (new vs base); and, where prices are given, the
 many-model cost to reach the best single model's quality (cheapest model with P >= bar) as
-a share of that model's cost, over the priced models that label at least half of the
-examples together (`routing.shared_rows_models`) where at least 20 examples label them all.
+a share of that model's cost, over the priced models `routing.shared_rows_models` keeps
+(those that label at least half of the examples together, or as many as they can) where at
+least 20 examples label them all.
 
 Verdict (`better`): the new scorer is at least as good as the base when
 - its mean pair APGR is not lower than the base's by more than `apgr_tol` (0.005), and

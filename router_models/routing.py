@@ -183,26 +183,34 @@ class CostTable:
 
 
 def shared_rows_models(mask: npt.NDArray[np.bool_], cols: Sequence[int], share: float) -> list[int]:
-    """The columns of ``cols`` kept for a table of the rows they all score: where fewer than
+    """The columns of ``cols`` kept for a table of the rows they all score. Where fewer than
     ``share`` of the rows are scored by all of them (models that each miss a different part
     of the rows), the column whose removal adds the most such rows is dropped (ties: the
-    less covered, then the later one), until ``share`` is reached or two are left."""
+    less covered, then the later one), and the next, until ``share`` is reached; where it
+    never is (down to two), the largest set that reached the most complete rows is kept (a
+    judged sample that every model scores, beside rows that one model each scores, keeps
+    every model on that sample)."""
     kept = list(cols)
     n = mask.shape[0]
     if n == 0:
         return kept
     need = share * n - 1e-9
     coverage = mask.sum(axis=0)
-    while len(kept) > 2:
+    best, best_rows = list(kept), -1
+    while True:
         missing = ~mask[:, kept]
         miss_count = missing.sum(axis=1)
-        if int((miss_count == 0).sum()) >= need:
-            break
+        rows = int((miss_count == 0).sum())
+        if rows >= need:
+            return kept
+        if rows > best_rows:
+            best, best_rows = list(kept), rows
+        if len(kept) <= 2:
+            return best
         only = missing[miss_count == 1]
         gain = only.sum(axis=0)  # rows that dropping each kept column would complete
         order = sorted(range(len(kept)), key=lambda k: (-int(gain[k]), int(coverage[kept[k]]), -k))
         del kept[order[0]]
-    return kept
 
 
 def cost_table(rows: Sequence[Row], labels: LabelMatrix, prices: Mapping[str, Price]) -> CostTable:

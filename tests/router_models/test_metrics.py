@@ -190,6 +190,12 @@ def test_shared_rows_models_drops_the_models_that_keep_most_rows_incomplete() ->
     assert kept == [0, 1, 2] and int(mask[:, kept].all(axis=1).sum()) == 110
     assert shared_rows_models(mask, range(6), 0.05) == list(range(6))  # 20 rows: enough
     assert shared_rows_models(mask, [0, 1], 0.99) == [0, 1]  # never below two
+    # a judged sample (every model on 40% of the rows) beside rows that only the model that
+    # served them scores: no drop completes a row, so every model stays, on the sample
+    judged = np.zeros((1000, 5), dtype=bool)
+    judged[:400] = True
+    judged[np.arange(1000), np.arange(1000) % 5] = True
+    assert shared_rows_models(judged, range(5), 0.5) == list(range(5))
     # independent gaps in every row (no row misses exactly one model): the least covered go
     rng = np.random.default_rng(0)
     gaps = rng.random((400, 40)) > 0.1
