@@ -66,25 +66,31 @@ async def _short_loop(c: httpx.AsyncClient, out: list[float], stop: asyncio.Even
 
 
 async def _long_loop(
-    c: httpx.AsyncClient, text: str, out: list[tuple[float, int]], stop: asyncio.Event
+    c: httpx.AsyncClient,
+    text: str,
+    out: list[tuple[float, int, int]],
+    stop: asyncio.Event,
+    client: int = 0,
 ) -> None:
     payload = json.dumps(_chat(text)).encode()
     headers = {"content-type": "application/json"}
     while not stop.is_set():
         t = time.perf_counter()
         r = await c.post("/v1/chat/completions", content=payload, headers=headers)
-        out.append((time.perf_counter() - t, r.status_code))
+        out.append((time.perf_counter() - t, r.status_code, client))
 
 
 async def _phase(
     c: httpx.AsyncClient, seconds: float, concurrency: int, text: str | None, long_clients: int = 1
 ) -> dict[str, Any]:
     short: list[float] = []
-    long: list[tuple[float, int]] = []
+    long: list[tuple[float, int, int]] = []
     stop = asyncio.Event()
     tasks = [asyncio.create_task(_short_loop(c, short, stop)) for _ in range(concurrency)]
     if text is not None:
-        tasks += [asyncio.create_task(_long_loop(c, text, long, stop)) for _ in range(long_clients)]
+        tasks += [
+            asyncio.create_task(_long_loop(c, text, long, stop, k)) for k in range(long_clients)
+        ]
     await asyncio.sleep(seconds)
     stop.set()
     await asyncio.gather(*tasks)
@@ -97,8 +103,11 @@ async def _phase(
         out["long_chars"] = len(text)
         out["long_clients"] = long_clients
         out["long_n"] = len(long)
-        out["long_mean_ms"] = round(1000 * statistics.mean(t for t, _ in long), 1) if long else None
-        out["long_status"] = sorted({s for _, s in long})
+        out["long_mean_ms"] = (
+            round(1000 * statistics.mean(t for t, _, _ in long), 1) if long else None
+        )
+        out["long_status"] = sorted({s for _, s, _ in long})
+        out["long_per_client"] = [sum(1 for *_, k in long if k == i) for i in range(long_clients)]
     return out
 
 

@@ -167,7 +167,7 @@ def _readyz(gw: ServeProcess) -> tuple[int, str]:
 def test_a_shutdown_delay_keeps_serving_while_readyz_says_draining(
     tmp_path: Path, small: FakeUpstreamHandle, big: FakeUpstreamHandle
 ) -> None:
-    delay_s = 2.0
+    delay_s = 4.0
     with serve_process(
         tmp_path, small, big, EFFGATE_SHUTDOWN_DELAY_S=str(delay_s), EFFGATE_LOG_LEVEL="info"
     ) as gw:
@@ -186,7 +186,7 @@ def test_a_shutdown_delay_keeps_serving_while_readyz_says_draining(
         assert rc == 0 and delay_s <= took < delay_s + 8
         assert [r["id"] for r in gw.records()] == [served.headers["x-effgate-request-id"]]
         log = gw.log_text()
-        assert "SIGTERM: draining for 2 s" in log and "Traceback" not in log, log
+        assert "SIGTERM: draining for 4 s" in log and "Traceback" not in log, log
 
 
 def test_a_second_sigterm_ends_the_shutdown_delay(
