@@ -20,7 +20,7 @@ from gateway.metrics import Metrics
 from gateway.records import RECORD_ESTIMATE, RecordLog, iso
 from gateway.shadow import Evaluator, Job, answer_from_events
 from router_models.irt import irt_p
-from router_models.signature import signature, with_digest
+from router_models.signature import Signature, signature, with_digest
 
 _STATUS_CLASS = {200: "2xx", 400: "4xx", 499: "4xx"}
 
@@ -198,11 +198,13 @@ class Accountant:
         if ex.messages is not None and self._wants_signature(ex):
             # what training needs without the text: hashed, not reversible (docs/contracts.md)
             try:
-                sig = ex.signature  # the scorer's, where learned heads needed one
+                # the scorer's signature where learned heads needed one, else the dense
+                # features the prior's difficulty came from (None: no scorer ran)
+                made = ex.signature
                 sig = (
-                    signature(ex.messages, ex.tools)
-                    if sig is None
-                    else with_digest(sig, ex.messages, ex.tools)
+                    with_digest(made, ex.messages, ex.tools)
+                    if isinstance(made, Signature)
+                    else signature(ex.messages, ex.tools, dense=made)
                 )
                 rec["signature"] = sig.to_json()
             except Exception:  # a message shape the hashing does not know: no signature

@@ -55,7 +55,9 @@ class Exchange:
     # sampled this request, what the evaluation needs: the body and the served answer
     messages: list[Any] | None = None
     tools: list[Any] | None = None
-    signature: Any = None  # the scorer's (router_models Signature, no digest), if it made one
+    # the scorer's (router_models Signature, no digest) if it made one, else the dense
+    # features of the prior's difficulty (an array), or None: the record reuses them
+    signature: Any = None
     shadow: ShadowEntry | None = None
     body: dict[str, Any] | None = None
     answer: str | None = None

@@ -31,7 +31,8 @@ from policies.store import PolicyStore
 
 log = logging.getLogger("effgate")
 
-# (difficulty, P by catalog id or None, the request's signature where the scorer made one)
+# (difficulty, P by catalog id or None, what the request's record can reuse: the signature
+# where the scorer made one, else the dense features of the prior's difficulty, or None)
 Scored = tuple[float, Mapping[str, float] | None, Any]
 OnReload = Callable[[Literal["ok", "error"], Any, str | None], None]
 

@@ -212,13 +212,15 @@ class Scorer:
 
     def score(
         self, messages: Sequence[Any], tools: Sequence[Any] | None = None, task: str | None = None
-    ) -> tuple[float, dict[str, float] | None, Signature | None]:
-        """As calling it, plus the request's signature where the heads needed one (made
-        without its digest; `router_models.signature.with_digest` adds it): the request log
-        keeps it rather than computing it again."""
+    ) -> tuple[float, dict[str, float] | None, Signature | F64]:
+        """As calling it, plus what the request log can reuse rather than compute again: the
+        request's signature where the heads needed one (made without its digest;
+        `router_models.signature.with_digest` adds it), else the dense features the
+        difficulty came from (`signature(..., dense=...)` takes them)."""
         est = self._est
         if not self._head_ids:
-            return est._compiled.difficulty(extract(messages).dense), None, None
+            dense = extract(messages).dense
+            return est._compiled.difficulty(dense), None, dense
         # one feature pass: the signature's dense features (as training saw them) give the
         # prior's difficulty, which is one input of the heads
         sig = self._signature(messages, tools, digest=False)

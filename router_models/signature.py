@@ -388,17 +388,24 @@ def hashed_ngrams(segments: list[tuple[int, str]]) -> tuple[I64, I64]:
 
 
 def signature(
-    messages: Sequence[Any], tools: Sequence[Any] | None = None, *, digest: bool = True
+    messages: Sequence[Any],
+    tools: Sequence[Any] | None = None,
+    *,
+    digest: bool = True,
+    dense: F64 | None = None,
 ) -> Signature:
     """The signature of one chat request (OpenAI messages, optional tool definitions).
 
     ``digest=False`` (scoring on the request path: only records need the grouping key)
-    leaves ``digest`` empty and skips normalising and hashing the text."""
+    leaves ``digest`` empty and skips normalising and hashing the text. ``dense``: these
+    messages' ``features.extract(messages).dense``, where the caller already has it (the
+    prior's scorer computed it for the difficulty), so it is not computed again."""
     if not isinstance(messages, Sequence) or isinstance(messages, str | bytes):
         messages = []
+        dense = None
     segments = _segments(messages, tools)
     ids, counts = hashed_ngrams(segments)
-    dense = extract(messages).dense.round(DENSE_DIGITS)
+    dense = (extract(messages).dense if dense is None else dense).round(DENSE_DIGITS)
     key = _digest(segments) if digest else ""
     n_chars = sum(len(t) for _, t in segments)
     return Signature(dense=dense, ids=ids, counts=counts, n_chars=n_chars, digest=key)

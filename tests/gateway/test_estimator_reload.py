@@ -76,3 +76,22 @@ def test_a_new_artifact_goes_live_and_a_bad_one_never_does(
     with gw.http() as c:
         assert c.post("/v1/chat/completions", json=chat(model="routed")).status_code == 200
     assert reloads("ok") == 1
+
+
+def test_a_prior_routed_record_reuses_the_scorers_dense_features(
+    make_gateway: GatewayFactory, policy: PolicyFactory, tmp_path: Path
+) -> None:
+    """The shipped estimator without heads hands the record the dense features it computed
+    the difficulty from; the record's signature is the one computed from scratch."""
+    from router_models.signature import signature
+
+    live = _artifact(tmp_path / "live", small=-3.0, big=4.0)
+    gw = make_gateway(policy(), estimator=load_estimator(live))
+    body = chat("Prove that 2 + 2 = 4.\n- step one\n- step two", model="routed")
+    body["messages"].insert(0, {"role": "system", "content": "You are a careful tutor."})
+    with gw.http() as c:
+        r = c.post("/v1/chat/completions", json=body, headers={"x-request-id": "dense-1"})
+    assert r.status_code == 200, r.text
+    (rec,) = [x for x in gw.records(at_least=1) if x["id"] == "dense-1"]
+    assert rec["decision"]["difficulty"] is not None  # scored by the prior
+    assert rec["signature"] == signature(body["messages"]).to_json()

@@ -247,3 +247,24 @@ def test_the_digest_normalises_a_request_s_first_digest_cap_characters() -> None
     long_blank = signature([{"role": "user", "content": " " * DIGEST_CAP + "x"}]).digest
     for short in ("\t1:x", "\x001:x", " \t1:x", "1:x"):
         assert signature([{"role": "user", "content": short}]).digest != long_blank
+
+
+def test_a_scorer_without_heads_hands_back_the_dense_features_a_signature_takes() -> None:
+    from router_models import load_estimator
+    from router_models.features import extract
+
+    scorer = load_estimator().scorer([("m", "m")])
+    requests = [
+        [{"role": "user", "content": "What is 12 * 7? Show your work."}],
+        [
+            {"role": "system", "content": "Answer in JSON."},
+            {"role": "user", "content": "List three primes:\n1. two\n2. three"},
+        ],
+    ]
+    for m in requests:
+        d, p, dense = scorer.score(m)
+        assert isinstance(dense, np.ndarray), "a Signature: the scorer has heads"
+        assert p is None and np.array_equal(dense, extract(m).dense)
+        assert signature(m, dense=dense).to_json() == signature(m).to_json()
+    # not a message list: the given features are not used (the signature reads none)
+    assert signature("oops", dense=np.ones(3)).to_json() == signature("oops").to_json()
