@@ -128,7 +128,11 @@ async def _run(args: argparse.Namespace, work: Path) -> str:
             )  # fmt: skip
             procs.append(proc)
             servers[kind] = (port, proc.pid)
-        await asyncio.sleep(3)
+        # each app serves once it accepts (a fixed 3 s sleep was too short on a loaded
+        # machine: the next app's first connection was refused)
+        for kind, (port, _) in servers.items():
+            proc = next(p for p in procs if p.name == kind)
+            await asyncio.to_thread(proc.wait_accepting, port, 60)
         for p in procs:
             p.check_alive()
         latency, saturation = [], []

@@ -141,6 +141,19 @@ class Proc:
             time.sleep(0.01)
         raise TimeoutError(f"{self.name} did not report its port in {timeout_s:g} s")
 
+    def wait_accepting(self, port: int, timeout_s: float) -> None:
+        """Until a TCP connection to 127.0.0.1:``port`` (which this process binds) succeeds;
+        RuntimeError if the process exits first, TimeoutError after ``timeout_s``."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            self.check_alive()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise TimeoutError(f"{self.name} did not accept on port {port} in {timeout_s:g} s")
+
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.popen.poll() is not None:
             return
