@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 import uvloop
 
-from benchmarks.procs import free_port, parse_cores, pinned_self
+from benchmarks.procs import Proc, free_port, parse_cores, pinned_self
 from benchmarks.procs import spawn as spawn_proc
 from benchmarks.report import latency_table, saturation_table
 from benchmarks.runner import Budget, measure
@@ -113,6 +113,7 @@ async def _run(args: argparse.Namespace, work: Path) -> str:
         fake_port = fake.wait_port(60)
         upstream = f"http://127.0.0.1:{fake_port}/v1"
         servers: dict[str, tuple[int, int]] = {}
+        apps: list[tuple[Proc, int]] = []
         for kind in KINDS:
             port = free_port()
             proc = spawn_proc(
@@ -128,10 +129,10 @@ async def _run(args: argparse.Namespace, work: Path) -> str:
             )  # fmt: skip
             procs.append(proc)
             servers[kind] = (port, proc.pid)
+            apps.append((proc, port))
         # each app serves once it accepts (a fixed 3 s sleep was too short on a loaded
         # machine: the next app's first connection was refused)
-        for kind, (port, _) in servers.items():
-            proc = next(p for p in procs if p.name == kind)
+        for proc, port in apps:
             await asyncio.to_thread(proc.wait_accepting, port, 60)
         for p in procs:
             p.check_alive()

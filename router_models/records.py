@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -192,6 +192,17 @@ class RecordsSummary:
     older_system_dense: int = 0
 
 
+class _Outcome(NamedTuple):
+    """What one request id's last record gave `load_examples`: ``why`` ("ok", or the skip:
+    "not_chat", "no_label", "no_sig", "bad"), the example, and its label and version counts."""
+
+    why: str
+    example: Example | None = None
+    feedback: int = 0  # 1: the served model's label is feedback's
+    judged: int = 0  # models the shadow judge graded
+    older: int = 0  # 1: a version-1 signature with a system prompt (older_system_dense)
+
+
 def _label(feedback: dict[str, Any]) -> float | None:
     score = feedback.get("score")
     if isinstance(score, int | float) and not isinstance(score, bool) and 0 <= score <= 1:
@@ -238,50 +249,55 @@ def load_examples(path: Path) -> tuple[list[Example], RecordsSummary]:
     # per request id, what its last record gave: an example, or why none (a repeated id,
     # e.g. a client that reuses x-request-id, keeps its last record, as the gateway's
     # feedback join and `effgate report` do)
-    last: dict[str, tuple[str, Example | None, int, int, int]] = {}
+    last: dict[str, _Outcome] = {}
     for kind, rec in stream:
         if kind != "request":
             continue
         rid = rec["id"]
         last.pop(rid, None)
         if (rec.get("endpoint") or "chat") != "chat":
-            last[rid] = ("not_chat", None, 0, 0, 0)  # embeddings: spend, but no prompt
+            last[rid] = _Outcome("not_chat")  # embeddings: spend, but no prompt
             continue
         labels = dict(judged.get(rid, {}))
         model = rec.get("model")
         if rid in feedback and isinstance(model, str):
             labels[model] = feedback[rid]
         if not labels:
-            last[rid] = ("no_label", None, 0, 0, 0)
+            last[rid] = _Outcome("no_label")
             continue
         try:
             sig = _signature(rec)
         except ValueError as exc:
             stream.malformed(f"signature: {exc}")
-            last[rid] = ("bad", None, 0, 0, 0)
+            last[rid] = _Outcome("bad")
             continue
         if sig is None:
-            last[rid] = ("no_sig", None, 0, 0, 0)
+            last[rid] = _Outcome("no_sig")
             continue
         raw = rec.get("signature")
         older = int(isinstance(raw, dict) and raw.get("v") == 1 and sig.dense[_HAS_SYSTEM] > 0)
         task = rec.get("task")
         tag = task if isinstance(task, str) else ""
-        example = Example(sig=sig, labels=labels, group=sig.digest, tag=tag)
-        n_fb = int(rid in feedback and isinstance(model, str))
-        last[rid] = ("ok", example, n_fb, len(judged.get(rid, {})), older)
-    examples = [e for _, e, _, _, _ in last.values() if e is not None]
-    why = [v[0] for v in last.values()]
+        last[rid] = _Outcome(
+            "ok",
+            Example(sig=sig, labels=labels, group=sig.digest, tag=tag),
+            feedback=int(rid in feedback and isinstance(model, str)),
+            judged=len(judged.get(rid, {})),
+            older=older,
+        )
+    outcomes = list(last.values())
+    examples = [o.example for o in outcomes if o.example is not None]
+    why = [o.why for o in outcomes]
     summary = RecordsSummary(
-        requests=len(last),
+        requests=len(outcomes),
         labelled=len(examples),
-        labels_feedback=sum(v[2] for v in last.values()),
-        labels_judge=sum(v[3] for v in last.values()),
+        labels_feedback=sum(o.feedback for o in outcomes),
+        labels_judge=sum(o.judged for o in outcomes),
         skipped_no_signature=why.count("no_sig"),
         skipped_no_label=why.count("no_label"),
         bad_lines=stream.malformed_lines,
         skipped_not_chat=why.count("not_chat"),
         ignored_explain=stream.explain,
-        older_system_dense=sum(v[4] for v in last.values()),
+        older_system_dense=sum(o.older for o in outcomes),
     )
     return examples, summary
