@@ -64,11 +64,29 @@ def complete_lines(data: bytes) -> list[bytes]:
     return [ln for ln in data[: data.rfind(b"\n") + 1].splitlines() if ln]
 
 
+def clear_of_minute_boundary(seconds: float = 10.0) -> None:
+    """Wait, if need be, until the current UTC minute has ``seconds`` left: rate limits count
+    requests per fixed UTC minute (``gateway.meters``), so a test that spends a limit and then
+    expects a 429 must not straddle a minute's end."""
+    left = 60 - time.time() % 60
+    if left < seconds:
+        time.sleep(left + 0.05)
+
+
+_HELD: list[socket.socket] = []
+
+
 def closed_port() -> int:
-    """A loopback port nothing listens on (connections to it are refused)."""
-    with socket.socket() as s:
+    """A loopback port nothing listens on (connections to it are refused).
+
+    The port stays bound, never listening, for the life of the test process: a port merely
+    freed again could be taken by a fake upstream another worker starts before the test
+    connects (CI once got that upstream's 404 instead of a refused connection)."""
+    if not _HELD:
+        s = socket.socket()
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+        _HELD.append(s)
+    port: int = _HELD[0].getsockname()[1]
     return port
 
 

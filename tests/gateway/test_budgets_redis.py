@@ -25,7 +25,7 @@ from gateway.budgets import Ledger
 from gateway.errors import BudgetExceeded, LimitsUnavailable, RateLimited
 from gateway.tenants import Tenant, digest, new_key
 from tests.fakes.servers import FakeUpstreamHandle
-from tests.gateway.conftest import PolicyFactory, wait_until
+from tests.gateway.conftest import PolicyFactory, clear_of_minute_boundary, wait_until
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -106,6 +106,7 @@ async def test_requests_and_tokens_per_minute(
 ) -> None:
     t = Tenant("limited", rpm=5, tpm=100)
     led = ledger()
+    clear_of_minute_boundary()
     ok = [await attempt(led, t, 0.0, 10) for _ in range(6)]
     assert [isinstance(r, RateLimited) for r in ok] == [False] * 5 + [True]
     assert "requests per minute" in str(ok[-1])
@@ -247,7 +248,6 @@ def test_one_tenants_budget_and_rate_limit_hold_across_two_processes(
     assert me[0]["usage"]["source"] == me[1]["usage"]["source"] == "shared"
     assert me[0]["usage"]["usd_day"]["spent"] == pytest.approx(me[1]["usage"]["usd_day"]["spent"])
     assert 0 < me[0]["usage"]["usd_day"]["spent"] <= 4e-5
-    if time.time() % 60 > 50:  # a minute boundary mid-burst would start a fresh window
-        time.sleep(61 - time.time() % 60)
+    clear_of_minute_boundary()  # a minute boundary mid-burst would start a fresh window
     paced = asyncio.run(run(key + "-paced", 10))
     assert paced.count(200) == 6 and paced.count(429) == 4

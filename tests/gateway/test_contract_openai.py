@@ -20,6 +20,7 @@ from tests.gateway.conftest import (
     Gateway,
     GatewayFactory,
     PolicyFactory,
+    clear_of_minute_boundary,
     closed_port,
     sse_data,
 )
@@ -408,6 +409,7 @@ def test_429_upstream_on_every_candidate(
 def test_429_own_rate_limit(make_gateway: GatewayFactory, small: FakeUpstreamHandle) -> None:
     gw = make_gateway(rate_limit_rpm=2)
     client = gw.sdk()
+    clear_of_minute_boundary()
     for _ in range(2):
         client.chat.completions.create(model="auto", messages=USER)
     with pytest.raises(openai.RateLimitError) as info:

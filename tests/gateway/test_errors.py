@@ -27,6 +27,7 @@ from tests.gateway.conftest import (
     PolicyFactory,
     StubEstimator,
     chat,
+    clear_of_minute_boundary,
     closed_port,
 )
 
@@ -205,6 +206,7 @@ def test_error_responses_carry_the_effgate_headers(
         request = {"json": chat("[[fault:hang]]", model="small")}
     with gw.http(headers=headers) as c:
         if case == "rate_limited":
+            clear_of_minute_boundary()
             assert c.post("/v1/chat/completions", **request).status_code == 200
         if case == "circuit_open":
             c.post("/v1/chat/completions", json=chat("[[fault:status=500]]", model="small"))

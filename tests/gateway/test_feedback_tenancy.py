@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.fakes.servers import FakeUpstreamHandle
-from tests.gateway.conftest import GatewayFactory, chat, sse_data
+from tests.gateway.conftest import GatewayFactory, chat, clear_of_minute_boundary, sse_data
 
 KEYS = {"sk-a": "team-a", "sk-b": "team-b"}
 
@@ -29,6 +29,7 @@ def test_feedback_does_not_spend_the_rate_limit(
     make_gateway: GatewayFactory, small: FakeUpstreamHandle
 ) -> None:
     gw = make_gateway(rate_limit_rpm=2)
+    clear_of_minute_boundary()
     with gw.http() as c:
         rid = c.post("/v1/chat/completions", json=chat()).headers["x-effgate-request-id"]
         for _ in range(3):

@@ -19,7 +19,7 @@ import pytest
 
 from gateway.kv import KVUnavailable, RedisKV
 from tests.fakes.servers import FakeUpstreamHandle
-from tests.gateway.conftest import GatewayFactory, chat, wait_until
+from tests.gateway.conftest import GatewayFactory, chat, clear_of_minute_boundary, wait_until
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -44,7 +44,7 @@ async def test_put_get_with_ttl_and_prefix(redis_server: RedisServer) -> None:
 
 @pytest.mark.anyio
 async def test_rate_windows_are_shared_between_replicas(redis_server: RedisServer) -> None:
-    wait_for_window_start(60)
+    clear_of_minute_boundary()
     a, b = RedisKV(redis_server.url), RedisKV(redis_server.url)
     try:
         assert [await a.hit("tenant:t", 60), await b.hit("tenant:t", 60)] == [1, 2]
@@ -118,13 +118,6 @@ async def test_frozen_redis_times_out_into_the_fallback(redis_server: RedisServe
 # -- the gateway on Redis --------------------------------------------------------------------
 
 
-def wait_for_window_start(window_s: int) -> None:
-    """Stay clear of a rate-window boundary for the next few seconds."""
-    left = window_s - time.time() % window_s
-    if left < 5:
-        time.sleep(left + 0.05)
-
-
 def feedback(client: httpx.Client, request_id: str) -> int:
     r = client.post("/v1/feedback", json={"request_id": request_id, "accepted": True})
     return r.status_code
@@ -179,9 +172,9 @@ def test_feedback_for_another_replicas_request_says_retry_while_redis_is_away(
 def test_rate_limit_is_shared_by_replicas_through_redis(
     make_gateway: GatewayFactory, redis_server: RedisServer, small: FakeUpstreamHandle
 ) -> None:
-    wait_for_window_start(60)
     a = make_gateway(redis_url=redis_server.url, rate_limit_rpm=3)
     b = make_gateway(redis_url=redis_server.url, rate_limit_rpm=3)
+    clear_of_minute_boundary()
     with a.http() as ca, b.http() as cb:
         codes = [
             ca.post("/v1/chat/completions", json=chat()).status_code,

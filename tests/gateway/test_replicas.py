@@ -49,7 +49,12 @@ import yaml
 from benchmarks.procs import Proc, free_port, spawn
 from gateway.tenants import digest, new_key
 from tests.fakes.servers import FakeUpstreamHandle, serve_fake_upstream
-from tests.gateway.conftest import complete_lines, policy_dict, wait_until
+from tests.gateway.conftest import (
+    clear_of_minute_boundary,
+    complete_lines,
+    policy_dict,
+    wait_until,
+)
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -211,8 +216,7 @@ def _run(
         return usd
 
     # -- rpm across the three: 15 requests of a tenant allowed 9 a minute -----------------
-    if time.time() % 60 > 45:  # keep the burst inside one minute window
-        time.sleep(61 - time.time() % 60)
+    clear_of_minute_boundary(15)  # keep the burst inside one minute window
     paced = [
         httpx.post(
             replicas[i % 3].url + "/v1/chat/completions",

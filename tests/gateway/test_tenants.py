@@ -22,7 +22,7 @@ from gateway.meters import meters
 from gateway.tenants import Tenant, build_tenants, check, digest, new_key
 from policies.errors import PolicyLoadError
 from tests.fakes.servers import FakeUpstreamHandle
-from tests.gateway.conftest import Gateway, GatewayFactory, wait_until
+from tests.gateway.conftest import Gateway, GatewayFactory, clear_of_minute_boundary, wait_until
 
 USER: list[Any] = [{"role": "user", "content": "hello there world"}]
 
@@ -353,6 +353,7 @@ def test_rpm_tpm_and_max_tokens(
     data["tenants"][0]["limits"] = {"tpm": 50}
     gw, _ = start(make_gateway, tmp_path, data)
     b = gw.sdk(api_key=keys.b)
+    clear_of_minute_boundary()
     # no max_tokens: the tenant's is sent upstream, so the worst case holds
     reply = b.chat.completions.create(model="auto", messages=USER)
     assert reply.usage is not None and reply.usage.completion_tokens <= 4
