@@ -1,6 +1,7 @@
 """What one learner fit costs as labelled requests accumulate: time and peak memory.
 
     python -m benchmarks.train_scale [--n 2000 5000 10000 20000] [--data FILE ...] [--exact]
+        [--heldout 2193] [--learner NAME=VALUE ...]
 
 `effgate train --records` fits the heads (`router_models.learner.fit_heads`, the calibration
 stage included: 1 + `calibrate` designs) once per gate fold and once on everything, so its
@@ -12,6 +13,10 @@ difficulty from the shipped artifact. Above `LearnerParams.exact_kernel_max` (5,
 kernel's eigenpairs come from a randomized SVD of the sparse n-gram matrix instead of the
 dense n x n kernel; `--exact` forces the dense kernel at every size, for comparison (it
 needs 8 n^2 bytes for the kernel alone). Reported: seconds, peak RSS, and RSS before the fit.
+``--heldout H`` keeps the last H shuffled rows out of training and also reports the fitted
+heads' log loss and Brier score per label on them (H + n at most the rows there are, so the
+held-out prompts are never trained on); ``--learner`` sets `LearnerParams` fields as
+`effgate train --learner` does (e.g. ``rsvd_iter=7``).
 """
 
 from __future__ import annotations
@@ -24,34 +29,37 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from benchmarks.learning_curve import DEFAULT_DATA
 from benchmarks.procs import status_kb
 
 
-def one(n: int, paths: list[Path], exact: bool) -> dict[str, object]:
-    """Fit heads on n examples in this process; what it took."""
+def one(
+    n: int, paths: list[Path], exact: bool, heldout: int = 0, learner: Sequence[str] = ()
+) -> dict[str, object]:
+    """Fit heads on n examples in this process; what it took (and, with ``heldout``, how
+    they do on that many rows they were not fitted on)."""
     import dataclasses
 
     import numpy as np
 
     from router_models import load_estimator
+    from router_models.adapt import learner_params
     from router_models.data import load_dataset
-    from router_models.learner import (
-        LearnerParams,
-        examples_from_rows,
-        fit_heads,
-        prior_from_estimator,
-    )
+    from router_models.learner import examples_from_rows, fit_heads, prior_from_estimator
 
     rows = list(load_dataset(paths).rows)
     random.Random(0).shuffle(rows)  # both files at every size
-    base = examples_from_rows(rows)
+    if heldout and heldout + n > len(rows):
+        raise ValueError(f"--heldout {heldout} with n={n}: the files hold only {len(rows)} rows")
+    base = examples_from_rows(rows[: len(rows) - heldout])
     examples = [base[i % len(base)] for i in range(n)]
     est = load_estimator()
     d = np.array([est.difficulty_of_dense(e.sig.dense) for e in examples])
-    params = LearnerParams()
+    params = learner_params(learner)
     if exact:
         params = dataclasses.replace(params, exact_kernel_max=n)
     before = status_kb(os.getpid(), "VmRSS") / 1024
@@ -59,13 +67,39 @@ def one(n: int, paths: list[Path], exact: bool) -> dict[str, object]:
     heads = fit_heads(examples, d, prior_from_estimator(est.skills, est.discrimination, d), params)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {
+    out: dict[str, object] = {
         "n": n,
         "kernel": "dense" if n <= params.exact_kernel_max else "randomized SVD",
         "models": len(heads.models),
         "fit_s": round(seconds, 1),
         "rss_before_fit_mb": round(before),
         "peak_rss_mb": round(peak),
+    }
+    if heldout:
+        out["heldout"] = _heldout(heads, est, examples_from_rows(rows[len(rows) - heldout :]))
+    return out
+
+
+def _heldout(heads: Any, est: Any, examples: Sequence[Any]) -> dict[str, float | int]:
+    """Log loss and Brier score per label of the heads on examples they were not fitted on."""
+    import numpy as np
+
+    cols = {m: j for j, m in enumerate(heads.models)}
+    ps: list[float] = []
+    ys: list[float] = []
+    for e in examples:
+        p = heads.p(e.sig, est.difficulty_of_dense(e.sig.dense))
+        for model, y in e.labels.items():
+            if model in cols:
+                ps.append(float(p[cols[model]]))
+                ys.append(float(y))
+    q = np.clip(np.array(ps), 1e-6, 1 - 1e-6)
+    y = np.array(ys)
+    log_loss = -(y * np.log(q) + (1 - y) * np.log1p(-q)).mean()
+    return {
+        "labels": int(y.size),
+        "log_loss": round(float(log_loss), 5),
+        "brier": round(float(((q - y) ** 2).mean()), 5),
     }
 
 
@@ -76,19 +110,29 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--n", nargs="+", type=int, default=[2000, 5000, 10000, 20000])
     parser.add_argument("--data", action="append", type=Path)
     parser.add_argument("--exact", action="store_true", help="the dense n x n kernel always")
+    parser.add_argument("--heldout", type=int, default=0, help="rows kept out, then scored")
+    parser.add_argument("--learner", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     paths = args.data or list(DEFAULT_DATA)
+    from router_models.adapt import learner_params
+
+    try:
+        learner_params(args.learner)  # a bad pair fails here, not in each size's process
+    except ValueError as exc:
+        parser.error(str(exc))
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     if args.one is not None:
-        print(json.dumps(one(args.one, paths, args.exact)))
+        print(json.dumps(one(args.one, paths, args.exact, args.heldout, args.learner)))
         return 0
     results = []
     for n in args.n:
         cmd = [sys.executable, "-m", "benchmarks.train_scale", "--one", str(n)]
         cmd += [a for p in paths for a in ("--data", str(p))]
         cmd += ["--exact"] if args.exact else []
+        cmd += ["--heldout", str(args.heldout)]
+        cmd += [a for pair in args.learner for a in ("--learner", pair)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             print(f"n={n}: failed\n{out.stderr[-2000:]}", file=sys.stderr)

@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
-# randomized SVD (more than exact_kernel_max examples): oversampling and power iterations
+# randomized SVD (more than exact_kernel_max examples): oversampled columns (its power
+# iterations: LearnerParams.rsvd_iter)
 RSVD_OVERSAMPLES = 30
-RSVD_ITER = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +220,7 @@ def build_design(
         kern = (x_active @ x_active.T).toarray()
         vals, vecs = scipy.linalg.eigh(kern, subset_by_index=(n - r, n - 1))
     else:
-        vals, vecs = _top_eigenpairs(x_active, r)
+        vals, vecs = _top_eigenpairs(x_active, r, params.rsvd_iter)
     good = vals > 1e-8 * max(float(vals.max()), 1e-12)
     vals, vecs = vals[good], vecs[:, good]
     # centred coordinates, so that u (shared) cannot act as a common intercept
@@ -254,17 +254,18 @@ def build_design(
     )
 
 
-def _top_eigenpairs(x: Any, r: int) -> tuple[F64, F64]:
+def _top_eigenpairs(x: Any, r: int, n_iter: int = 2) -> tuple[F64, F64]:
     """The top ``r`` eigenpairs of X X^T, ascending as ``eigh`` gives them, without forming
     it: the squared singular values and left singular vectors of the sparse X (randomized
-    SVD, fixed seed: the same design for the same examples)."""
+    SVD with ``n_iter`` power iterations, fixed seed: the same design for the same
+    examples)."""
     from router_models.fit import sklearn_randomized_svd
 
     if min(x.shape) == 0:  # no active bucket: nothing to keep (as eigh's zeros give)
         return np.zeros(1), np.zeros((x.shape[0], 1))
     r = max(1, min(r, min(x.shape)))
     u, sv, _ = sklearn_randomized_svd()(
-        x, n_components=r, n_oversamples=RSVD_OVERSAMPLES, n_iter=RSVD_ITER, random_state=0
+        x, n_components=r, n_oversamples=RSVD_OVERSAMPLES, n_iter=max(0, n_iter), random_state=0
     )
     return np.ascontiguousarray((sv * sv)[::-1]), np.ascontiguousarray(u[:, ::-1])
 

@@ -7,6 +7,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from router_models.design import _top_eigenpairs
+from router_models.learner import LearnerParams
 
 
 def test_top_eigenpairs_without_the_kernel_match_the_dense_kernel() -> None:
@@ -14,15 +15,18 @@ def test_top_eigenpairs_without_the_kernel_match_the_dense_kernel() -> None:
     # a few strong directions plus noise, as n-gram matrices have
     x = sp.random(400, 900, density=0.02, random_state=6, format="csr")
     x = (x + sp.csr_matrix(rng.normal(size=(400, 3)) @ rng.normal(size=(3, 900)) * 0.3)).tocsr()
-    vals, vecs = _top_eigenpairs(x, 20)
-    full_vals, full_vecs = scipy.linalg.eigh((x @ x.T).toarray(), subset_by_index=(380, 399))
+    vals, vecs = _top_eigenpairs(x, 20, LearnerParams().rsvd_iter)
+    kern = (x @ x.T).toarray()
+    full_vals, full_vecs = scipy.linalg.eigh(kern, subset_by_index=(380, 399))
     assert np.all(np.diff(vals) >= 0)  # ascending, as eigh gives them
-    # the well-separated top ones exactly, the noise floor to within its power iterations
-    assert np.allclose(vals[-4:], full_vals[-4:], rtol=1e-8)
-    assert np.allclose(vals, full_vals, rtol=1e-2)
-    # and the same directions (up to sign) for the well-separated ones
-    cos = np.abs((vecs[:, -4:] * full_vecs[:, -4:]).sum(axis=0))
+    # the three planted directions exactly, values and directions (up to sign)
+    assert np.allclose(vals[-3:], full_vals[-3:], rtol=1e-8)
+    cos = np.abs((vecs[:, -3:] * full_vecs[:, -3:]).sum(axis=0))
     assert cos.min() > 0.999
+    # the noise floor to within the default's two power iterations: what the fit needs is a
+    # basis that holds nearly all of the top 20 directions' weight, not each of them exactly
+    assert np.allclose(vals, full_vals, rtol=0.1)
+    assert np.trace(vecs.T @ kern @ vecs) > 0.999 * full_vals.sum()
 
 
 def test_top_eigenpairs_with_fewer_buckets_than_the_rank() -> None:
