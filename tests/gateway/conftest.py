@@ -14,6 +14,7 @@ are session-wide; their faults and stats are reset before each test that asks fo
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import socket
 import threading
@@ -86,6 +87,7 @@ def closed_port() -> int:
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         _HELD.append(s)
+        atexit.register(s.close)
     port: int = _HELD[0].getsockname()[1]
     return port
 
