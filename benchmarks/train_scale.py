@@ -1,7 +1,7 @@
 """What one learner fit costs as labelled requests accumulate: time and peak memory.
 
     python -m benchmarks.train_scale [--n 2000 5000 10000 20000] [--data FILE ...] [--exact]
-        [--heldout 2193] [--learner NAME=VALUE ...]
+        [--heldout 2193] [--learner NAME=VALUE ...] [--one-label]
 
 `effgate train --records` fits the heads (`router_models.learner.fit_heads`, the calibration
 stage included: 1 + `calibrate` designs) once per gate fold and once on everything, so its
@@ -16,7 +16,9 @@ needs 8 n^2 bytes for the kernel alone). Reported: seconds, peak RSS, and RSS be
 ``--heldout H`` keeps the last H shuffled rows out of training and also reports the fitted
 heads' log loss and Brier score per label on them (H + n at most the rows there are, so the
 held-out prompts are never trained on); ``--learner`` sets `LearnerParams` fields as
-`effgate train --learner` does (e.g. ``rsvd_iter=7``).
+`effgate train --learner` does (e.g. ``rsvd_iter=7``). ``--one-label`` keeps one label per
+training example, drawn at random: what records of served traffic mostly hold (the serving
+model's outcome), where each row of the files labels all of its file's models.
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ from benchmarks.procs import status_kb
 
 
 def one(
-    n: int, paths: list[Path], exact: bool, heldout: int = 0, learner: Sequence[str] = ()
+    n: int,
+    paths: list[Path],
+    exact: bool,
+    heldout: int = 0,
+    learner: Sequence[str] = (),
+    one_label: bool = False,
 ) -> dict[str, object]:
     """Fit heads on n examples in this process; what it took (and, with ``heldout``, how
     they do on that many rows they were not fitted on)."""
@@ -57,6 +64,12 @@ def one(
         raise ValueError(f"--heldout {heldout} with n={n}: the files hold only {len(rows)} rows")
     base = examples_from_rows(rows[: len(rows) - heldout])
     examples = [base[i % len(base)] for i in range(n)]
+    if one_label:
+        draw = random.Random(1)
+        examples = [
+            dataclasses.replace(e, labels=dict([draw.choice(sorted(e.labels.items()))]))
+            for e in examples
+        ]
     est = load_estimator()
     d = np.array([est.difficulty_of_dense(e.sig.dense) for e in examples])
     params = learner_params(learner)
@@ -71,6 +84,7 @@ def one(
         "n": n,
         "kernel": "dense" if n <= params.exact_kernel_max else "randomized SVD",
         "models": len(heads.models),
+        "labels": sum(len(e.labels) for e in examples),
         "fit_s": round(seconds, 1),
         "rss_before_fit_mb": round(before),
         "peak_rss_mb": round(peak),
@@ -112,6 +126,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--exact", action="store_true", help="the dense n x n kernel always")
     parser.add_argument("--heldout", type=int, default=0, help="rows kept out, then scored")
     parser.add_argument("--learner", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--one-label", action="store_true", help="one label per example")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     paths = args.data or list(DEFAULT_DATA)
@@ -124,7 +139,8 @@ def main(argv: list[str]) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     if args.one is not None:
-        print(json.dumps(one(args.one, paths, args.exact, args.heldout, args.learner)))
+        res = one(args.one, paths, args.exact, args.heldout, args.learner, args.one_label)
+        print(json.dumps(res))
         return 0
     results = []
     for n in args.n:
@@ -133,6 +149,7 @@ def main(argv: list[str]) -> int:
         cmd += ["--exact"] if args.exact else []
         cmd += ["--heldout", str(args.heldout)]
         cmd += [a for pair in args.learner for a in ("--learner", pair)]
+        cmd += ["--one-label"] if args.one_label else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             print(f"n={n}: failed\n{out.stderr[-2000:]}", file=sys.stderr)

@@ -183,6 +183,61 @@ def model_correlation(
     return out
 
 
+# the loss is taken model by model over labelled rows only when at most this share of the
+# (example, model) cells is labelled (traffic's records: mostly the serving model's label)
+# and the per-model copies of the features it needs hold at most BY_MODEL_MAX_COPIES times
+# the features' own size
+BY_MODEL_MAX_DENSITY = 0.25
+BY_MODEL_MAX_COPIES = 4
+
+
+def _data_term(
+    feats: F64, y: F64, mask: npt.NDArray[np.bool_], offset: F64, by_model: bool | None
+) -> Callable[[F64, F64], tuple[float, F64, F64]]:
+    """``term(b, w) -> (loss, dloss/db, dloss/dw)`` of the masked soft-label log loss of
+    offset + b_m + feats . w_m: over the whole (examples x models) matrix, or (``by_model``)
+    over each model's labelled rows, whose features are copied once so that an evaluation
+    costs (labels x features) instead of (examples x models x features). The same values
+    either way, up to the order of the sums."""
+    n, n_models = y.shape
+    labelled = int(mask.sum())
+    if by_model is None:
+        by_model = (
+            labelled <= BY_MODEL_MAX_DENSITY * n * n_models and labelled <= BY_MODEL_MAX_COPIES * n
+        )
+    if by_model:
+        parts = []
+        for j in range(n_models):
+            rows = np.flatnonzero(mask[:, j])
+            parts.append((j, np.ascontiguousarray(feats[rows]), y[rows, j], offset[rows, j]))
+
+        def sparse_term(b: F64, w: F64) -> tuple[float, F64, F64]:
+            f = 0.0
+            r_sum = np.zeros(n_models)
+            gr = np.zeros((feats.shape[1], n_models))
+            for j, fj, yj, oj in parts:
+                if not yj.size:
+                    continue
+                z = oj + b[j] + fj @ w[:, j]
+                f += float((np.logaddexp(0.0, z) - yj * z).sum())
+                r = logistic(z) - yj
+                r_sum[j] = r.sum()
+                gr[:, j] = fj.T @ r
+            return f, r_sum, gr
+
+        return sparse_term
+    wmask = mask.astype(np.float64)
+
+    def dense_term(b: F64, w: F64) -> tuple[float, F64, F64]:
+        z = offset + b[None, :] + feats @ w
+        # soft-label log loss: log(1 + e^z) - y z, stable
+        ll = np.logaddexp(0.0, z) - y * z
+        r = (logistic(z) - y) * wmask
+        return float((ll * wmask).sum()), r.sum(axis=0), feats.T @ r
+
+    return dense_term
+
+
 @dataclass(frozen=True, slots=True)
 class Fit:
     b: F64  # (M,)
@@ -204,11 +259,14 @@ def fit_core(
     n_kernel: int,
     params: LearnerParams,
     theta0: F64 | None = None,
+    by_model: bool | None = None,
 ) -> Fit:
     """Minimise the masked soft-label log loss of offset + b_m + f . (s_m u + v_m) plus
     0.5 lam_bias |b|^2 + 0.5 sum_k pen_u,k u_k^2 + 0.5 sum_k pen_v,k V_k Omega^-1 V_k^T,
     with s_m = n_m / (n_m + shared_n0) and Omega the models' residual correlation
-    (`model_correlation`; the identity with model_covariance="none")."""
+    (`model_correlation`; the identity with model_covariance="none"). ``by_model``: the
+    loss over each model's labelled rows only (`_data_term`); None chooses by how sparse the
+    labels are."""
     from scipy.optimize import minimize
 
     n, p = feats.shape
@@ -218,8 +276,7 @@ def fit_core(
     pen_u = params.lam_shared * pen
     pen_v = params.lam_model * pen
     pen_v[n_kernel:] *= params.dense_model_factor
-    wmask = mask.astype(np.float64)
-    counts = wmask.sum(axis=0)
+    counts = mask.sum(axis=0).astype(np.float64)
     n0 = max(params.shared_n0, 0.0)
     share = counts / (counts + n0) if n0 > 0 else np.ones(n_models)
     if params.model_covariance == "corr":
@@ -238,20 +295,17 @@ def fit_core(
         v = theta[n_models + p :].reshape(p, n_models)
         return b, u, v
 
+    data_term = _data_term(feats, y, mask, offset, by_model)
+
     def loss(theta: F64) -> tuple[float, F64]:
         b, u, v = unpack(theta)
-        z = offset + b[None, :] + (feats @ (u[:, None] * share[None, :] + v))
-        # soft-label log loss: log(1 + e^z) - y z, stable
-        ll = np.logaddexp(0.0, z) - y * z
-        r = (logistic(z) - y) * wmask
+        f, r_sum, gr = data_term(b, u[:, None] * share[None, :] + v)
         vp = v @ prec
-        f = float((ll * wmask).sum())
         f += 0.5 * params.lam_bias * float(b @ b)
         f += 0.5 * float(pen_u @ (u * u)) + 0.5 * float((pen_v[:, None] * v * vp).sum())
-        gr = feats.T @ r
         grad = np.concatenate(
             [
-                r.sum(axis=0) + params.lam_bias * b,
+                r_sum + params.lam_bias * b,
                 gr @ share + pen_u * u,
                 (gr + pen_v[:, None] * vp).ravel(),
             ]

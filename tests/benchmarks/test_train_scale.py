@@ -45,3 +45,12 @@ def test_bad_learner_fields_and_too_many_heldout_rows_fail_cleanly(
     assert bad.value.code == 2 and "no_such_field" in capsys.readouterr().err
     assert train_scale.main(["--n", "100", "--heldout", "100000"]) == 1
     assert "the files hold only" in capsys.readouterr().err
+
+
+def test_one_label_keeps_a_single_label_per_example(capsys: pytest.CaptureFixture[str]) -> None:
+    counts = []
+    for extra in ([], ["--one-label"]):
+        assert train_scale.main(["--n", "150", *extra]) == 0
+        counts.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"][0])
+    assert counts[0]["labels"] > 5 * 150  # each row labels all of its file's models
+    assert counts[1]["labels"] == 150 and counts[1]["models"] > 1

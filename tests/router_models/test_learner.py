@@ -11,6 +11,8 @@ from router_models.learner import (
     SELECT_GRID,
     Example,
     LearnerParams,
+    _data_term,
+    fit_core,
     fit_heads,
     select_params,
 )
@@ -342,3 +344,33 @@ def test_a_request_without_words_is_normalised_as_training_normalised_it() -> No
     assert abs(float(np.linalg.norm(xb[words])) - heads.word_weight) < 1e-9
     assert abs(float(np.linalg.norm(xb[~words])) - heads.char_weight) < 1e-9
     assert rows.shape == xb.shape == both.ids.shape
+
+
+def test_the_loss_over_labelled_rows_only_fits_what_the_whole_matrix_fits() -> None:
+    # traffic's labels: the serving model's, plus a few prompts graded for every model
+    rng = np.random.default_rng(11)
+    n, m, p = 1500, 6, 40
+    feats = rng.normal(size=(n, p))
+    mask = np.zeros((n, m), dtype=bool)
+    mask[np.arange(n), rng.integers(0, m, n)] = True
+    mask[rng.random(n) < 0.03] = True
+    mask[:, 5] = False  # a model without a label
+    z = feats @ (rng.normal(size=(p, m)) * 0.3)
+    y = np.where(mask, (rng.random((n, m)) < 1 / (1 + np.exp(-z))).astype(float), 0.0)
+    offset = rng.normal(size=(n, m)) * 0.2
+    params = LearnerParams()
+    dense = fit_core(feats, y, mask, offset, 30, params, by_model=False)
+    sparse = fit_core(feats, y, mask, offset, 30, params, by_model=True)
+    assert np.abs(dense.theta).max() > 0.1  # it learnt something
+    assert np.allclose(sparse.theta, dense.theta, atol=1e-8)
+    # chosen by itself: labelled rows only for labels this sparse, the whole matrix for full
+    # labels (the same values either way)
+    b, w = rng.normal(size=m), rng.normal(size=(p, m)) * 0.1
+    for cells, chosen in ((mask, "sparse_term"), (np.ones_like(mask), "dense_term")):
+        yy = np.where(cells, y, 0.0)
+        auto = _data_term(feats, yy, cells, offset, None)
+        assert auto.__name__ == chosen
+        ref = _data_term(feats, yy, cells, offset, chosen == "dense_term")(b, w)
+        got = auto(b, w)
+        assert np.isclose(got[0], ref[0], rtol=1e-12)
+        assert np.allclose(got[1], ref[1]) and np.allclose(got[2], ref[2])
