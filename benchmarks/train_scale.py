@@ -107,6 +107,8 @@ def _heldout(heads: Any, est: Any, examples: Sequence[Any]) -> dict[str, float |
             if model in cols:
                 ps.append(float(p[cols[model]]))
                 ys.append(float(y))
+    if not ps:
+        raise ValueError("no held-out row has a label of a model the heads know")
     q = np.clip(np.array(ps), 1e-6, 1 - 1e-6)
     y = np.array(ys)
     log_loss = -(y * np.log(q) + (1 - y) * np.log1p(-q)).mean()
@@ -136,6 +138,8 @@ def main(argv: list[str]) -> int:
         learner_params(args.learner)  # a bad pair fails here, not in each size's process
     except ValueError as exc:
         parser.error(str(exc))
+    if args.heldout < 0:
+        parser.error("--heldout must be 0 or more")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     if args.one is not None:

@@ -215,6 +215,8 @@ def learner_params(pairs: Sequence[str]) -> LearnerParams:
         except ValueError:
             raise ValueError(f"--learner {pair!r}: {raw!r} is not a {kind.__name__}") from None
     params = LearnerParams(**values)
+    if params.rsvd_iter < 0:
+        raise ValueError(f"--learner rsvd_iter={params.rsvd_iter}: must be 0 or more")
     check_knn(params)  # here, before any data is read
     return params
 

@@ -254,18 +254,18 @@ def build_design(
     )
 
 
-def _top_eigenpairs(x: Any, r: int, n_iter: int = 2) -> tuple[F64, F64]:
+def _top_eigenpairs(x: Any, r: int, n_iter: int) -> tuple[F64, F64]:
     """The top ``r`` eigenpairs of X X^T, ascending as ``eigh`` gives them, without forming
     it: the squared singular values and left singular vectors of the sparse X (randomized
     SVD with ``n_iter`` power iterations, fixed seed: the same design for the same
-    examples)."""
+    examples). scikit-learn normalises between iterations (LU) only above 2 of them."""
     from router_models.fit import sklearn_randomized_svd
 
     if min(x.shape) == 0:  # no active bucket: nothing to keep (as eigh's zeros give)
         return np.zeros(1), np.zeros((x.shape[0], 1))
     r = max(1, min(r, min(x.shape)))
     u, sv, _ = sklearn_randomized_svd()(
-        x, n_components=r, n_oversamples=RSVD_OVERSAMPLES, n_iter=max(0, n_iter), random_state=0
+        x, n_components=r, n_oversamples=RSVD_OVERSAMPLES, n_iter=n_iter, random_state=0
     )
     return np.ascontiguousarray((sv * sv)[::-1]), np.ascontiguousarray(u[:, ::-1])
 

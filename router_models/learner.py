@@ -90,7 +90,8 @@ class LearnerParams:
     exact_kernel_max: int = 5000
     # the randomized SVD's power iterations: 2, not scikit-learn's 7, gave the same held-out
     # log loss at 8,000 examples (0.5309 against 0.5310) and a fit at 10,000 in 138 s instead
-    # of 222 s (docs/learner.md, "Training at scale")
+    # of 222 s, run side by side (docs/learner.md, "Training at scale"); at 2 or fewer
+    # scikit-learn also skips its LU normalising between iterations
     rsvd_iter: int = 2
     max_iter: int = 400
     select: int = 0  # 1: pick rank x lam_model from SELECT_GRID by inner grouped CV
@@ -209,7 +210,7 @@ def _data_term(
         parts = []
         for j in range(n_models):
             rows = np.flatnonzero(mask[:, j])
-            parts.append((j, np.ascontiguousarray(feats[rows]), y[rows, j], offset[rows, j]))
+            parts.append((j, feats[rows], y[rows, j], offset[rows, j]))  # copies
 
         def sparse_term(b: F64, w: F64) -> tuple[float, F64, F64]:
             f = 0.0

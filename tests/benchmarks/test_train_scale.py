@@ -43,6 +43,13 @@ def test_bad_learner_fields_and_too_many_heldout_rows_fail_cleanly(
     with pytest.raises(SystemExit) as bad:
         train_scale.main(["--n", "100", "--learner", "no_such_field=1"])
     assert bad.value.code == 2 and "no_such_field" in capsys.readouterr().err
+    for argv, said in (
+        (["--learner", "rsvd_iter=-1"], "rsvd_iter"),
+        (["--heldout", "-5"], "heldout"),
+    ):
+        with pytest.raises(SystemExit) as refused:
+            train_scale.main(["--n", "100", *argv])
+        assert refused.value.code == 2 and said in capsys.readouterr().err
     assert train_scale.main(["--n", "100", "--heldout", "100000"]) == 1
     assert "the files hold only" in capsys.readouterr().err
 

@@ -26,14 +26,15 @@ def test_top_eigenpairs_without_the_kernel_match_the_dense_kernel() -> None:
     # the noise floor to within the default's two power iterations: what the fit needs is a
     # basis that holds nearly all of the top 20 directions' weight, not each of them exactly
     assert np.allclose(vals, full_vals, rtol=0.1)
-    assert np.trace(vecs.T @ kern @ vecs) > 0.999 * full_vals.sum()
+    # (0.99987 of it with 2 iterations; 0.99974 with 1, 0.99933 with none)
+    assert np.trace(vecs.T @ kern @ vecs) > 0.9998 * full_vals.sum()
 
 
 def test_top_eigenpairs_with_fewer_buckets_than_the_rank() -> None:
     x = sp.csr_matrix(np.random.default_rng(7).normal(size=(40, 5)))
-    vals, vecs = _top_eigenpairs(x, 200)
+    vals, vecs = _top_eigenpairs(x, 200, LearnerParams().rsvd_iter)
     full = scipy.linalg.eigh((x @ x.T).toarray(), eigvals_only=True)
     assert vals.shape == (5,) and vecs.shape == (40, 5)
     assert np.allclose(vals, full[-5:], rtol=1e-8)  # every direction there is, none lost
-    empty_vals, empty_vecs = _top_eigenpairs(sp.csr_matrix((40, 0)), 200)
+    empty_vals, empty_vecs = _top_eigenpairs(sp.csr_matrix((40, 0)), 200, 2)
     assert np.all(empty_vals == 0) and empty_vecs.shape[0] == 40

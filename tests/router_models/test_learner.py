@@ -356,7 +356,8 @@ def test_the_loss_over_labelled_rows_only_fits_what_the_whole_matrix_fits() -> N
     mask[rng.random(n) < 0.03] = True
     mask[:, 5] = False  # a model without a label
     z = feats @ (rng.normal(size=(p, m)) * 0.3)
-    y = np.where(mask, (rng.random((n, m)) < 1 / (1 + np.exp(-z))).astype(float), 0.0)
+    # soft labels (graded scores), as records and the files hold
+    y = np.where(mask, np.clip(1 / (1 + np.exp(-z)) + rng.normal(size=(n, m)) * 0.2, 0, 1), 0.0)
     offset = rng.normal(size=(n, m)) * 0.2
     params = LearnerParams()
     dense = fit_core(feats, y, mask, offset, 30, params, by_model=False)
@@ -374,3 +375,10 @@ def test_the_loss_over_labelled_rows_only_fits_what_the_whole_matrix_fits() -> N
         got = auto(b, w)
         assert np.isclose(got[0], ref[0], rtol=1e-12)
         assert np.allclose(got[1], ref[1]) and np.allclose(got[2], ref[2])
+    # sparse enough, but more than 4 labels per example: its copies would outgrow the
+    # features, so the whole matrix
+    many = np.zeros((200, 38), dtype=bool)
+    many[np.arange(200)[:, None], rng.permuted(np.tile(np.arange(38), (200, 1)), axis=1)[:, :5]] = 1
+    assert many.sum() == 5 * 200
+    ys = np.where(many, 0.5, 0.0)
+    assert _data_term(feats[:200], ys, many, np.zeros((200, 38)), None).__name__ == "dense_term"
