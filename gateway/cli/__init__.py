@@ -3,7 +3,7 @@
 Each branch imports its command lazily, so ``effgate policy check`` never loads the server and
 ``effgate serve`` never loads training or reporting code. ``serve`` and ``demo`` live here;
 the others are ``policies.check``, ``router_models.train``, ``router_models.evaluate``,
-``policies.replay``, ``gateway.report.build`` and ``fake_upstream``.
+``policies.replay``, ``gateway.report.build``, ``gateway.records_export`` and ``fake_upstream``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ commands:
                   or adapt one to labels (--records PATH | --data F --base DIR) [--policy FILE]
   eval            evaluate an estimator (--data), or replay a policy (--policy --data)
   report          efficiency report from request records (--records PATH --out DIR)
+  records export  append the Redis record stream to a JSON Lines file (--out FILE.jsonl)
 
 run `effgate <command> --help` for a command's options
 """
@@ -64,6 +65,10 @@ def _command(argv: list[str]) -> tuple[Callable[[list[str]], int], list[str]] | 
         from router_models.evaluate import main as evaluate
 
         return evaluate, rest
+    if cmd == "records" and rest[:1] == ["export"]:
+        from gateway.records_export import main as export
+
+        return export, rest[1:]
     if cmd == "report":
         from gateway.report.build import main as report
 

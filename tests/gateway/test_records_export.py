@@ -1,0 +1,153 @@
+"""``effgate records export`` against a real ``redis-server``: a gateway's record stream
+becomes the same records its file sink wrote, incrementally, through cut-off runs, garbage
+entries, a trimmed stream and a Redis that is down (whose URL, a secret, is never printed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gateway.cli import main as effgate
+from gateway.records_export import main as export
+from router_models.records import RecordStream, record_files
+from tests.fakes.servers import FakeUpstreamHandle
+from tests.gateway.conftest import GatewayFactory, chat, closed_port, wait_until
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+STREAM = "effgate:records"
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def _run(redis_server: RedisServer, out: Path, *extra: str) -> int:
+    return export(["--redis-url", redis_server.url, "--stream", STREAM, "--out", str(out), *extra])
+
+
+def test_the_stream_exports_what_the_file_sink_wrote_and_only_once(
+    make_gateway: GatewayFactory,
+    redis_server: RedisServer,
+    small: FakeUpstreamHandle,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    gw = make_gateway(redis_url=redis_server.url, records_redis_stream=STREAM)
+    with gw.http() as c:
+        rid = c.post("/v1/chat/completions", json=chat()).headers["x-effgate-request-id"]
+        c.post("/v1/chat/completions", json=chat(model="small"))
+        assert c.post("/v1/feedback", json={"request_id": rid, "score": 0.25}).status_code == 200
+        wait_until(lambda: redis_server.client.xlen(STREAM) == 3, what="three stream entries")
+        out = tmp_path / "exported" / "stream.jsonl"
+        # through the effgate command, as an operator runs it
+        assert effgate(["records", "export", "--redis-url", redis_server.url,
+                        "--stream", STREAM, "--out", str(out)]) == 0  # fmt: skip
+        assert "exported 3 records" in capsys.readouterr().out
+        assert _lines(out) == gw.records(at_least=3)
+        assert _run(redis_server, out) == 0  # nothing new: nothing appended
+        assert "exported 0 records" in capsys.readouterr().out
+        assert len(_lines(out)) == 3
+        c.post("/v1/chat/completions", json=chat())
+        wait_until(lambda: redis_server.client.xlen(STREAM) == 4, what="a fourth entry")
+    assert _run(redis_server, out) == 0
+    assert _lines(out) == gw.records(at_least=4)
+    # the readers of `effgate train --records` and `effgate report` take the file as it is
+    stream = RecordStream(record_files(out.parent))
+    kinds = [kind for kind, _ in stream]
+    assert kinds == ["request", "request", "feedback", "request"] and stream.malformed_lines == 0
+
+
+def test_garbage_entries_are_skipped_and_a_cut_off_run_repeats_whole_lines(
+    redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = redis_server.client
+    ids = []
+    for i in range(5):
+        rec = {"type": "request", "id": f"req_{i}", "model": "small", "status": 200}
+        entry_id = client.xadd(STREAM, {"record": orjson.dumps(rec)})
+        ids.append(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
+    client.xadd(STREAM, {"record": b"{not json"})
+    client.xadd(STREAM, {"record": b"[1, 2]"})
+    client.xadd(STREAM, {"other": b"{}"})
+    client.xadd(STREAM, {"record": b'{"a":\n1}'})  # a record is one line
+    out = tmp_path / "stream.jsonl"
+    assert _run(redis_server, out, "--batch", "2") == 0
+    assert "exported 5 records" in capsys.readouterr().out
+    assert [r["id"] for r in _lines(out)] == [f"req_{i}" for i in range(5)]
+    cursor = tmp_path / "stream.jsonl.cursor"
+    assert cursor.read_text().strip() != ids[-1]  # past the garbage, the stream's last entry
+
+    # a run killed after writing half a line and before moving its cursor
+    cursor.write_text(ids[2] + "\n")
+    with out.open("ab") as fh:
+        fh.write(b'{"type": "requ')
+    rec = {"type": "request", "id": "req_5", "model": "big", "status": 200}
+    client.xadd(STREAM, {"record": orjson.dumps(rec)})
+    assert _run(redis_server, out) == 0
+    got = [r["id"] for r in _lines(out)]  # every line parses
+    assert got == ["req_0", "req_1", "req_2", "req_3", "req_4", "req_3", "req_4", "req_5"]
+    stream = RecordStream(record_files(out))
+    assert [r["id"] for _, r in stream] == got and stream.malformed_lines == 0
+
+
+def test_a_stream_trimmed_past_the_cursor_is_reported(
+    redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = redis_server.client
+    out = tmp_path / "stream.jsonl"
+    for i in range(5):
+        client.xadd("older", {"record": orjson.dumps({"type": "request", "id": f"o{i}"})})
+    client.xtrim("older", maxlen=2, approximate=False)
+    argv = [
+        "--redis-url",
+        redis_server.url,
+        "--stream",
+        "older",
+        "--out",
+        str(tmp_path / "o.jsonl"),
+    ]
+    assert export(argv) == 0
+    assert "3 records left the stream before this first export" in capsys.readouterr().err
+    for i in range(3):
+        client.xadd(STREAM, {"record": orjson.dumps({"type": "request", "id": f"a{i}"})})
+    assert _run(redis_server, out) == 0
+    assert capsys.readouterr().err == ""
+    for i in range(5):
+        client.xadd(STREAM, {"record": orjson.dumps({"type": "request", "id": f"b{i}"})})
+    client.xtrim(STREAM, maxlen=2, approximate=False)  # b0-b2 are gone before they were exported
+    assert _run(redis_server, out) == 0
+    assert "no longer holds the last exported record" in capsys.readouterr().err
+    assert [r["id"] for r in _lines(out)] == ["a0", "a1", "a2", "b3", "b4"]
+
+
+def test_errors_are_clear_and_never_show_the_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "s3cret-pass"
+    url = f"redis://:{secret}@127.0.0.1:{closed_port()}/0"
+    out = tmp_path / "stream.jsonl"
+    assert export(["--redis-url", url, "--stream", STREAM, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "Redis failed (ConnectionError)" in err and secret not in err and url not in err
+    assert not (tmp_path / "stream.jsonl.cursor").exists()
+
+    # the settings' environment variables are the defaults
+    monkeypatch.setenv("EFFGATE_REDIS_URL", url)
+    monkeypatch.setenv("EFFGATE_RECORDS_REDIS_STREAM", STREAM)
+    assert export(["--out", str(out)]) == 1
+    assert secret not in capsys.readouterr().err
+
+    (tmp_path / "stream.jsonl.cursor").write_text("garbage\n")
+    assert export(["--out", str(out)]) == 1
+    assert "not a stream entry id" in capsys.readouterr().err
+
+    monkeypatch.delenv("EFFGATE_RECORDS_REDIS_STREAM")
+    for argv in (["--out", str(out)], ["--stream", STREAM, "--out", str(tmp_path / "x.txt")]):
+        with pytest.raises(SystemExit) as exc:
+            export(argv)
+        assert exc.value.code == 2
+    assert secret not in capsys.readouterr().err
