@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -281,6 +282,13 @@ def main(args: argparse.Namespace, configured: Mapping[str, float] | None = None
             )
     base_heads = base.heads
     grouped = regroup(examples, args.group_by)
+    started = time.monotonic()
+
+    def progress(done: int, folds: int) -> None:
+        # stderr, as it goes: a fit of 20,000 labelled requests takes minutes per fold
+        took = time.monotonic() - started
+        print(f"held-out comparison: fold {done} of {folds} done ({took:.0f} s)", file=sys.stderr)
+
     report = compare(
         grouped,
         fit_for(base, params, args.seed),
@@ -289,6 +297,7 @@ def main(args: argparse.Namespace, configured: Mapping[str, float] | None = None
         seed=args.seed,
         prices=prices or None,
         fit_base=fit_base_for(base, base_heads),
+        progress=progress,
     )
     report["group_by"] = args.group_by
     print(format_comparison(report))
@@ -299,6 +308,7 @@ def main(args: argparse.Namespace, configured: Mapping[str, float] | None = None
             file=sys.stderr,
         )
         return 3
+    print(f"fitting the artifact's heads on all {len(grouped)} examples", file=sys.stderr)
     d = _difficulty(base, grouped)
     heads, chosen = fit_heads_reported(
         grouped, d, prior_from_estimator(base.skills, base.discrimination, d), params, args.seed

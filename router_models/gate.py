@@ -55,13 +55,15 @@ def compare(
     apgr_tol: float = 0.005,
     brier_tol: float = 0.002,
     fit_base: Callable[[Sequence[Example]], Scorer] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Grouped k-fold comparison of `fit` against `base`; see the module docstring.
 
     `prices`: USD per request (or any cost unit) per model, for the many-model block.
     `fit_base`: when given, each fold's base scorer is made from that fold's training
     examples (e.g. skills fitted to their labels for models `base` does not know) instead
-    of `base` itself."""
+    of `base` itself. `progress(done, folds)` is called after each fold (a long fit says how
+    far it is)."""
     n = len(examples)
     models = sorted({m for e in examples for m in e.labels})
     mi = {m: j for j, m in enumerate(models)}
@@ -72,7 +74,8 @@ def compare(
     fold = fold_ids(examples, max(2, folds), seed)
     p_new = np.full_like(y, np.nan)
     p_base = np.full_like(y, np.nan)
-    for k in range(int(fold.max()) + 1):
+    n_folds = int(fold.max()) + 1
+    for k in range(n_folds):
         test = np.flatnonzero(fold == k)
         train = np.flatnonzero(fold != k)
         if test.size == 0 or train.size == 0:
@@ -86,6 +89,8 @@ def compare(
             for m, p in out.items():
                 if m in mi:
                     target[test, mi[m]] = np.asarray(p, dtype=np.float64)
+        if progress is not None:
+            progress(k + 1, n_folds)
     length = np.array([float(e.sig.n_chars) for e in examples])
     rand = np.random.default_rng(seed + 1).random(n)
     labelled = ~np.isnan(y)

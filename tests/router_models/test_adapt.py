@@ -60,6 +60,10 @@ def test_train_from_records_learns_per_model_heads_behind_the_gate(
     assert rc == 0, captured.err
     assert "held-out comparison" in captured.out and "verdict: better" in captured.out
     assert "unreadable lines" in captured.err
+    # progress on stderr, fold by fold, then the final fit (minutes each on big logs)
+    folds = re.findall(r"held-out comparison: fold (\d) of (\d) done", captured.err)
+    assert folds == [(str(k), "5") for k in range(1, 6)]
+    assert "fitting the artifact's heads on all 400 examples" in captured.err
     base, new = load_estimator(synth_artifact), load_estimator(out)
     assert new.heads is not None and set(new.heads.models) == {"small", "big"}
     # the structure is recovered: which model wins depends on the prompt, not on difficulty
