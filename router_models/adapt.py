@@ -54,6 +54,10 @@ from router_models.routing import skill_from_mean
 
 F64 = npt.NDArray[np.float64]
 MIN_EXAMPLES = 50
+# `--records` trains on the newest this many labelled requests by default: a fit's time and
+# memory grow with them (docs/operations.md, "Learning from traffic"), and the newest
+# traffic is what the router will serve
+MAX_RECORD_EXAMPLES = 20_000
 GroupBy = Literal["prompt", "task"]  # what grouped validation keeps together
 GROUP_BY: tuple[GroupBy, ...] = get_args(GroupBy)
 
@@ -165,6 +169,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--folds", type=int, default=5, help="grouped folds of the comparison")
     p.add_argument(
+        "--max-examples",
+        type=int,
+        default=MAX_RECORD_EXAMPLES,
+        help="with --records: train on the newest this many labelled requests (default "
+        f"{MAX_RECORD_EXAMPLES:,}: about 10 minutes and 1.9 GB on 2 cores; 0 keeps all)",
+    )
+    p.add_argument(
         "--group-by",
         choices=GROUP_BY,
         default="prompt",
@@ -240,7 +251,8 @@ def main(args: argparse.Namespace, configured: Mapping[str, float] | None = None
             {"file": Path(p).name, "sha256": sha256_file(Path(p))} for p in args.data
         ]
     if args.records is not None:
-        recs, summary = load_examples(args.records)
+        cap = args.max_examples or None
+        recs, summary = load_examples(args.records, max_examples=cap)
         examples += recs
         sources["records"] = {"name": args.records.name, **asdict(summary)}
         print(
@@ -250,6 +262,12 @@ def main(args: argparse.Namespace, configured: Mapping[str, float] | None = None
             f"{summary.skipped_no_label} without labels, {summary.bad_lines} unreadable lines",
             file=sys.stderr,
         )
+        if summary.beyond_cap:
+            print(
+                f"records: training on the newest {len(recs):,} labelled requests; "
+                f"{summary.beyond_cap:,} older ones left out (--max-examples, 0 keeps all)",
+                file=sys.stderr,
+            )
         if summary.older_system_dense:
             print(
                 f"records: {summary.older_system_dense} labelled requests with a system prompt "

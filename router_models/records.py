@@ -27,6 +27,7 @@ signature or prompt and requests without labels are skipped and counted.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,17 +191,21 @@ class RecordsSummary:
     # labelled requests with a system prompt whose version-1 signature holds feature version
     # 5's dense part (its text features read the system prompt too): used, and counted
     older_system_dense: int = 0
+    # labelled requests left out by `max_examples` (the oldest, in log order)
+    beyond_cap: int = 0
 
 
 class _Outcome(NamedTuple):
     """What one request id's last record gave `load_examples`: ``why`` ("ok", or the skip:
-    "not_chat", "no_label", "no_sig", "bad"), the example, and its label and version counts."""
+    "not_chat", "no_label", "no_sig", "bad", "beyond_cap"), the example, and its label and
+    version counts."""
 
     why: str
     example: Example | None = None
     feedback: int = 0  # 1: the served model's label is feedback's
     judged: int = 0  # models the shadow judge graded
     older: int = 0  # 1: a version-1 signature with a system prompt (older_system_dense)
+    seq: int = 0  # its place among the examples read (`max_examples` drops the oldest)
 
 
 def _label(feedback: dict[str, Any]) -> float | None:
@@ -224,15 +229,20 @@ def _signature(req: dict[str, Any]) -> Signature | None:
     return None
 
 
-def load_examples(path: Path) -> tuple[list[Example], RecordsSummary]:
+def load_examples(
+    path: Path, max_examples: int | None = None
+) -> tuple[list[Example], RecordsSummary]:
     """Labelled examples from a records file or directory, and what was skipped.
+    ``max_examples``: keep the newest that many (by their last record), the older ones
+    counted in ``beyond_cap``; their signatures are let go as the log is read, so memory
+    holds at most that many.
 
     Two passes over the log: the first collects labels by request id (feedback for the
     served model, the last in log order winning; judge labels per model, the last per
     model winning; feedback, a person's verdict, wins over a judge's grade of the same
     model), the second builds one example per labelled chat request from its signature.
-    Memory holds labels, every request id and the labelled requests' signatures, never the
-    whole log."""
+    Memory holds labels, every request id and the labelled requests' signatures (up to
+    ``max_examples``), never the whole log."""
     files = record_files(path)
     feedback: dict[str, float] = {}
     judged: dict[str, dict[str, float]] = {}
@@ -250,11 +260,14 @@ def load_examples(path: Path) -> tuple[list[Example], RecordsSummary]:
     # e.g. a client that reuses x-request-id, keeps its last record, as the gateway's
     # feedback join and `effgate report` do)
     last: dict[str, _Outcome] = {}
+    kept: deque[tuple[str, int]] = deque()  # (id, seq) of each example read, oldest first
+    live = n_read = 0  # examples still their id's last outcome; examples read
     for kind, rec in stream:
         if kind != "request":
             continue
         rid = rec["id"]
-        last.pop(rid, None)
+        if (gone := last.pop(rid, None)) is not None and gone.example is not None:
+            live -= 1  # replaced: its deque entry is stale
         if (rec.get("endpoint") or "chat") != "chat":
             last[rid] = _Outcome("not_chat")  # embeddings: spend, but no prompt
             continue
@@ -278,19 +291,32 @@ def load_examples(path: Path) -> tuple[list[Example], RecordsSummary]:
         older = int(isinstance(raw, dict) and raw.get("v") == 1 and sig.dense[_HAS_SYSTEM] > 0)
         task = rec.get("task")
         tag = task if isinstance(task, str) else ""
-        last[rid] = _Outcome(
+        ok = last[rid] = _Outcome(
             "ok",
             Example(sig=sig, labels=labels, group=sig.digest, tag=tag),
             feedback=int(rid in feedback and isinstance(model, str)),
             judged=len(judged.get(rid, {})),
             older=older,
+            seq=n_read,
         )
+        n_read += 1
+        live += 1
+        if max_examples is None:
+            continue
+        kept.append((rid, ok.seq))
+        while live > max_examples:
+            old_id, seq = kept.popleft()
+            outcome = last.get(old_id)
+            if outcome is not None and outcome.seq == seq and outcome.example is not None:
+                # still that id's last record: its counts stay, its signature goes
+                last[old_id] = outcome._replace(why="beyond_cap", example=None)
+                live -= 1
     outcomes = list(last.values())
     examples = [o.example for o in outcomes if o.example is not None]
     why = [o.why for o in outcomes]
     summary = RecordsSummary(
         requests=len(outcomes),
-        labelled=len(examples),
+        labelled=len(examples) + why.count("beyond_cap"),
         labels_feedback=sum(o.feedback for o in outcomes),
         labels_judge=sum(o.judged for o in outcomes),
         skipped_no_signature=why.count("no_sig"),
@@ -299,5 +325,6 @@ def load_examples(path: Path) -> tuple[list[Example], RecordsSummary]:
         skipped_not_chat=why.count("not_chat"),
         ignored_explain=stream.explain,
         older_system_dense=sum(o.older for o in outcomes),
+        beyond_cap=why.count("beyond_cap"),
     )
     return examples, summary

@@ -115,6 +115,9 @@ def main(argv: list[str], *, policy_skills: PolicySkills | None = None) -> int:
         print("effgate train: give --data FILE (repeatable) and/or --records PATH", file=sys.stderr)
         return 2
     adapting = args.records is not None or args.base is not None
+    if args.max_examples < 0:
+        print("effgate train: --max-examples is 0 (keep all) or more", file=sys.stderr)
+        return 2
     if args.policy is not None and not adapting:
         print(
             "effgate train: --policy is for adapting (--records, or --data with --base); "

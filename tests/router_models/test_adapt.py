@@ -357,3 +357,17 @@ def test_regroup() -> None:
     assert regroup([dataclasses.replace(bare, group="g")], "prompt")[0].group == "g"
     with pytest.raises(ValueError, match="group by"):
         regroup(exs, "tenant")  # type: ignore[arg-type]
+
+
+def test_max_examples_trains_on_the_newest_records(tmp_path, synth_artifact, capsys):
+    recs = _judged_records(tmp_path / "records.jsonl", 400, 1)
+    out = tmp_path / "adapted"
+    argv = ["--records", str(recs), "--base", str(synth_artifact), "--out", str(out)]
+    assert train_main([*argv, "--max-examples", "300"]) == 0
+    err = capsys.readouterr().err
+    assert "records: 400 labelled requests" in err
+    assert "training on the newest 300 labelled requests; 100 older ones left out" in err
+    meta = load_estimator(out).metadata["adapted"]
+    assert meta["examples"] == 300 and meta["sources"]["records"]["beyond_cap"] == 100
+    assert train_main([*argv, "--max-examples", "-1"]) == 2
+    assert "--max-examples is 0 (keep all) or more" in capsys.readouterr().err

@@ -157,3 +157,29 @@ def test_a_repeated_request_id_keeps_its_last_record(tmp_path: Path) -> None:
     assert [(e.group, dict(e.labels)) for e in examples] == [(later, {"n": 1.0})]
     assert (summary.requests, summary.labelled, summary.labels_feedback) == (2, 1, 1)
     assert (summary.skipped_not_chat, summary.skipped_no_label) == (1, 0)
+
+
+def test_max_examples_keeps_the_newest_by_their_last_record(tmp_path: Path) -> None:
+    # a, b, c, d labelled in that order; then "b" is requested again (its record moves to
+    # the newest) and "e" arrives: the newest three by last record are d, b and e
+    records = []
+    for rid in "abcd":
+        records += [request(rid), feedback(rid, accepted=True)]
+    records += [request("b", prompt="Q b again?"), request("e"), feedback("e", accepted=False)]
+    path = write(tmp_path / "records.jsonl", *records)
+    examples, summary = load_examples(path, max_examples=3)
+    again = signature([{"role": "user", "content": "Q b again?"}]).digest
+    assert [e.group for e in examples] == [_digest("d"), again, _digest("e")]
+    assert (summary.labelled, summary.beyond_cap, summary.labels_feedback) == (5, 2, 5)
+    every, whole = load_examples(path)
+    assert [e.group for e in every] == [_digest("a"), _digest("c"), *(e.group for e in examples)]
+    assert (whole.labelled, whole.beyond_cap) == (5, 0)
+    # each id replaced before the cap reached it: none of the new records is dropped for it
+    many = [request("x"), feedback("x", True), request("y"), feedback("y", True)]
+    many += [
+        request("x", prompt="Q x2?"),
+        request("y", prompt="Q y2?"),
+        request("x", prompt="Q x3?"),
+    ]
+    examples, summary = load_examples(write(tmp_path / "again.jsonl", *many), max_examples=2)
+    assert len(examples) == 2 and summary.beyond_cap == 0
