@@ -136,6 +136,7 @@ def create_app(
             on_drop=lambda sink: metrics.records_dropped.labels(sink).inc(),
             buffer_bytes=settings.records_buffer_bytes,
             stream_max_bytes=settings.records_stream_max_bytes,
+            stream_maxlen=settings.records_stream_maxlen,
             timeout_s=settings.redis_timeout_s,
             retry_s=settings.redis_retry_s,
             retry_max_s=settings.redis_retry_max_s,

@@ -112,6 +112,7 @@ class RecordLog:
         linger_s: float = 0.05,
         buffer_bytes: int = 16 * 1024 * 1024,
         stream_max_bytes: int = 16 * 1024 * 1024,
+        stream_maxlen: int = 1_000_000,
         timeout_s: float = 1.0,
         retry_s: float = 0.1,
         retry_max_s: float = 5.0,
@@ -120,6 +121,7 @@ class RecordLog:
         self._file = file
         self._redis = redis
         self._stream = stream
+        self._stream_maxlen = stream_maxlen
         self._queue: asyncio.Queue[tuple[Record, int] | None] = asyncio.Queue(maxsize=buffer)
         self._on_drop = on_drop
         self._task: asyncio.Task[None] | None = None
@@ -278,7 +280,7 @@ class RecordLog:
                 async with asyncio.timeout(self._timeout_s):
                     async with redis.pipeline(transaction=False) as pipe:
                         for payload in chunk:
-                            pipe.xadd(self._stream, {"record": payload}, maxlen=1_000_000)
+                            pipe.xadd(self._stream, {"record": payload}, maxlen=self._stream_maxlen)
                         await pipe.execute()
             except Exception as exc:  # any redis failure: hold, retry later, keep serving
                 if self._retry_at == 0.0 or self._delay == self._retry_s:

@@ -4,7 +4,7 @@
 
 Replicas configured with ``EFFGATE_RECORDS_REDIS_STREAM`` add every request, feedback and
 label record to one Redis stream (``XADD``, one field ``record``: the record's JSON, trimmed
-to about 1,000,000 entries). ``effgate train --records`` and ``effgate report`` read files;
+to about ``EFFGATE_RECORDS_STREAM_MAXLEN`` entries, 1,000,000 by default). ``effgate train --records`` and ``effgate report`` read files;
 this command appends the stream's records to ``--out``, one per line, in stream order, so
 ``effgate train --records DIR`` reads them with the replicas' record files or alone.
 
@@ -224,8 +224,8 @@ def main(argv: Sequence[str]) -> int:
         return 1
     if done.lost:
         print(
-            f"effgate records export: {done.lost} (the stream keeps about 1,000,000 records: "
-            "export more often)",
+            f"effgate records export: {done.lost} (the gateways trim it to about "
+            "EFFGATE_RECORDS_STREAM_MAXLEN records, 1,000,000 by default: export more often)",
             file=sys.stderr,
         )
     print(

@@ -139,10 +139,19 @@ def json_patch(doc: Resource, op: dict[str, Any]) -> None:
         raise AssertionError(f"JSON patch op the test render lacks: {kind}")
 
 
+def pod_template(resource: Resource) -> dict[str, Any]:
+    """The pod template of a workload (a Deployment's, or a CronJob's jobs'), else {}."""
+    spec = resource.get("spec", {})
+    if resource["kind"] == "CronJob":
+        spec = spec.get("jobTemplate", {}).get("spec", {})
+    template: dict[str, Any] = spec.get("template", {})
+    return template
+
+
 def _set_image(resources: list[Resource], image: dict[str, str]) -> None:
     assert set(image) <= {"name", "newName", "newTag"}, image
     for resource in resources:
-        pod = resource.get("spec", {}).get("template", {}).get("spec", {})
+        pod = pod_template(resource).get("spec", {})
         for container in pod.get("initContainers", []) + pod.get("containers", []):
             name = container["image"]
             base = name.split("@", 1)[0]

@@ -65,6 +65,13 @@ def effgate_commands() -> list[tuple[str, list[str]]]:
             found.append((f"compose {name}", service["command"]))
     for container in pod_spec()["initContainers"] + pod_spec()["containers"]:
         found.append((f"k8s {container['name']}", container["command"]))
+    for component in (DEPLOY / "k8s" / "components").iterdir():
+        for path in sorted(component.glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if isinstance(doc, dict) and doc.get("kind") == "CronJob":
+                    pod = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+                    for container in pod["containers"]:
+                        found.append((f"k8s {path.stem} {container['name']}", container["command"]))
     return found
 
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.deploy.crds import load_crd_validators
-from tests.deploy.kustomize import Resource, load_resources, render
+from tests.deploy.kustomize import Resource, load_resources, pod_template, render
 from tests.deploy.queries import DEPLOY
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
@@ -125,15 +125,19 @@ def test_overlays_and_components_are_all_used_and_rendered() -> None:
     assert components == {
         "components/autoscaling",
         "components/podmonitor",
+        "components/records-export",
         "components/servicemonitor",
     }
     used = set()
     for overlay in KUSTOMIZATIONS:
         doc = yaml.safe_load((K8S / overlay / "kustomization.yaml").read_text())
         used |= {(K8S / overlay / c).resolve() for c in doc.get("components", [])}
-    # the ServiceMonitor is the documented alternative to the PodMonitor, rendered below
+    # the ServiceMonitor is the documented alternative to the PodMonitor, and the records
+    # export an option (it needs Redis memory and a volume); both rendered below
     unused = {(K8S / c).resolve() for c in components} - used
-    assert unused == {(K8S / "components/servicemonitor").resolve()}
+    assert unused == {
+        (K8S / c).resolve() for c in ("components/servicemonitor", "components/records-export")
+    }
 
 
 def test_servicemonitor_component_renders_in_place_of_the_podmonitor(tmp_path: Path) -> None:
@@ -155,6 +159,44 @@ def test_servicemonitor_component_renders_in_place_of_the_podmonitor(tmp_path: P
     assert "ServiceMonitor" in kinds and "PodMonitor" not in kinds
     for resource in resources:
         assert validate(resource) == [], key(resource)
+
+
+def test_records_export_component_streams_and_exports(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    production = yaml.safe_load((K8S / "overlays/production/kustomization.yaml").read_text())
+    doc = {**production, "resources": [str(K8S / "overlays/production")]}
+    doc["components"] = [str(K8S / "components/records-export")]
+    del doc["namespace"]
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(doc))
+    resources = render(overlay)
+    for resource in resources:
+        assert validate(resource) == [], key(resource)
+    by_kind = {r["kind"]: r for r in resources}
+    gateway = pod_template(by_kind["Deployment"])["spec"]["containers"][0]
+    job = pod_template(by_kind["CronJob"])["spec"]
+    (export,) = job["containers"]
+    env = {e["name"]: e for e in gateway["env"]}
+    job_env = {e["name"]: e for e in export["env"]}
+    # the job reads the stream the replicas write, in the same Redis, with the same secret
+    stream = env["EFFGATE_RECORDS_REDIS_STREAM"]["value"]
+    assert job_env["EFFGATE_RECORDS_REDIS_STREAM"]["value"] == stream
+    for name in ("EFFGATE_REDIS_URL", "REDIS_PASSWORD"):
+        assert job_env[name] == env[name]
+    assert int(env["EFFGATE_RECORDS_STREAM_MAXLEN"]["value"]) <= 300_000  # Redis's 1Gi
+    # it appends to a .jsonl file on the claim, which outlives the job's pods
+    command = export["command"]
+    assert command[:3] == ["effgate", "records", "export"]
+    out = Path(command[command.index("--out") + 1])
+    (mount,) = [m for m in export["volumeMounts"] if out.is_relative_to(m["mountPath"])]
+    (volume,) = [v for v in job["volumes"] if v["name"] == mount["name"]]
+    assert (
+        volume["persistentVolumeClaim"]["claimName"]
+        == by_kind["PersistentVolumeClaim"]["metadata"]["name"]
+    )
+    assert by_kind["CronJob"]["spec"]["concurrencyPolicy"] == "Forbid"
+    assert export["image"] == gateway["image"] != "effgate"  # the overlay's image, both
+    assert job["enableServiceLinks"] is False  # no EFFGATE_PORT from the Service
 
 
 def test_kubernetes_schemas_are_able_to_fail() -> None:

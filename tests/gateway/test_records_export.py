@@ -6,6 +6,7 @@ entries, a trimmed stream and a Redis that is down (whose URL, a secret, is neve
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import orjson
 import pytest
@@ -151,3 +152,27 @@ def test_errors_are_clear_and_never_show_the_url(
             export(argv)
         assert exc.value.code == 2
     assert secret not in capsys.readouterr().err
+
+
+def test_the_gateway_trims_the_stream_to_its_maxlen(
+    make_gateway: GatewayFactory, redis_server: RedisServer, small: FakeUpstreamHandle
+) -> None:
+    # MAXLEN ~ trims whole nodes of the stream: two entries a node make it near exact
+    redis_server.client.config_set("stream-node-max-entries", 2)
+    gw = make_gateway(
+        redis_url=redis_server.url, records_redis_stream=STREAM, records_stream_maxlen=3
+    )
+    with gw.http() as c:
+        ids = [
+            c.post("/v1/chat/completions", json=chat()).headers["x-effgate-request-id"]
+            for _ in range(12)
+        ]
+    wait_until(lambda: len(gw.records()) == 12, what="twelve records")
+
+    def newest() -> list[str]:
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], redis_server.client.xrange(STREAM))
+        return [orjson.loads(fields[b"record"])["id"] for _, fields in entries]
+
+    wait_until(lambda: newest()[-1:] == ids[-1:], what="the last record in the stream")
+    kept = newest()
+    assert 3 <= len(kept) <= 5 and kept == ids[-len(kept) :]
