@@ -4,19 +4,23 @@
 
 Replicas configured with ``EFFGATE_RECORDS_REDIS_STREAM`` add every request, feedback and
 label record to one Redis stream (``XADD``, one field ``record``: the record's JSON, trimmed
-to about ``EFFGATE_RECORDS_STREAM_MAXLEN`` entries, 1,000,000 by default). ``effgate train --records`` and ``effgate report`` read files;
-this command appends the stream's records to ``--out``, one per line, in stream order, so
-``effgate train --records DIR`` reads them with the replicas' record files or alone.
+to about ``EFFGATE_RECORDS_STREAM_MAXLEN`` entries, 1,000,000 by default). ``effgate train
+--records`` and ``effgate report`` read files; this command appends the stream's records to
+``--out``, one per line, in stream order, so they read them with the replicas' record files
+or alone.
 
-Incremental: the last exported entry's id is kept in ``OUT.cursor`` (written after the
-lines it covers are on disk), and the next run starts after it, so it can run from cron. A
-run cut off between the two re-exports at most one batch: readers keep the last record of a
-repeated request id, so a repeated line changes nothing (a line cut in half is dropped
-first). A stream trimmed past the cursor
-(records the stream dropped before they were exported) is reported; entries without a
-``record`` field holding one JSON object are skipped and counted. The Redis URL (a secret:
-it may hold a password) is never printed. Exit status 0, 1 on a Redis or file error, 2 on a
-usage error.
+Incremental and exactly once: ``OUT.cursor`` holds the last exported entry's id and the
+size of ``--out`` once its lines were on disk (file and cursor each fsynced, the cursor
+replaced atomically). The next run first cuts ``--out`` back to that size (what a run cut
+off wrote after its last cursor, half lines included), then appends what follows the id,
+so it can run from cron. A first run writes its cursor before anything else (id ``0-0``,
+the file's size then). Reported on stderr, never fatal: records the stream dropped before
+they were exported (trimmed past the cursor), and a stream whose newest id is below the
+cursor (recreated: Redis restarted without persistence, or another Redis), which is then
+exported from its start. Entries without a ``record`` field holding one JSON object are
+skipped and counted. The Redis URL (a secret: it may hold a password) is never printed, nor
+any error text that could quote it. Exit status 0, 1 on a Redis or file error, 2 on a usage
+error.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +48,8 @@ class Exported:
     written: int = 0
     skipped: int = 0
     last_id: str | None = None
-    lost: str | None = None  # what the stream dropped before this run could export it
+    cut: int = 0  # bytes a cut-off run had written past its last cursor, removed
+    notes: list[str] = field(default_factory=list)  # for stderr: records lost, a recreated stream
 
 
 def _parse_id(text: str) -> tuple[int, int]:
@@ -68,74 +73,70 @@ def _line(fields: Any) -> bytes | None:
     return payload + b"\n" if isinstance(record, dict) else None
 
 
-def _write_cursor(path: Path, entry_id: str) -> None:
+class CursorError(ValueError):
+    """The cursor file is not one this command wrote."""
+
+
+FIRST = "0-0"  # the cursor of a first run: every entry id is above it
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_cursor(path: Path, entry_id: str, size: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="ascii") as fh:
-        fh.write(entry_id + "\n")
+        fh.write(f"{entry_id} {size}\n")
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
-def read_cursor(path: Path) -> str | None:
-    """The last exported id, or None for a first export; ValueError on a damaged file."""
+def read_cursor(path: Path) -> tuple[str, int | None] | None:
+    """(last exported id, --out's size after it, where recorded), or None for a first export;
+    ValueError on a damaged file."""
     if not path.exists():
         return None
     text = path.read_text(encoding="ascii", errors="replace").strip()
+    entry_id, _, size = text.partition(" ")
     try:
-        _parse_id(text)
+        _parse_id(entry_id)
+        committed = int(size) if size else None
     except ValueError:
-        raise ValueError(f"{path}: not a stream entry id: {text[:40]!r}") from None
-    return text
-
-
-def drop_partial_line(path: Path) -> int:
-    """Cut a last line without its newline (a run killed mid-write; its batch is exported
-    again, the cursor never covered it) so the next line does not join it; bytes cut."""
-    if not path.exists():
-        return 0
-    with path.open("r+b") as fh:
-        size = end = fh.seek(0, os.SEEK_END)
-        while end > 0:
-            start = max(0, end - 65536)
-            fh.seek(start)
-            at = fh.read(end - start).rfind(b"\n")
-            if at >= 0:
-                keep = start + at + 1
-                break
-            end = start
-        else:
-            keep = 0
-        fh.truncate(keep)
-    return size - keep
+        raise CursorError(f"{path}: not a stream entry id and size: {text[:40]!r}") from None
+    if committed is not None and committed < 0:
+        raise CursorError(f"{path}: negative size {committed}")
+    return entry_id, committed
 
 
 def _as_str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def _losses(client: Any, stream: str, cursor: str | None) -> str | None:
+def _field(info: Any, name: str) -> Any:
+    return info.get(name, info.get(name.encode()))
+
+
+async def _losses(client: Any, stream: str, info: Any, cursor: str) -> str | None:
     """What the stream dropped before this export could read it, or None. The gateway's
     ``XADD ... MAXLEN ~`` trims the oldest entries first, so: on a first export, entries
     added but no longer held; later, the last exported entry gone while newer ones remain
     (or one newer than it deleted, Redis 7's ``max-deleted-entry-id``)."""
-    try:
-        info = await client.xinfo_stream(stream)
-    except RedisError:  # no such stream (yet): nothing to lose
-        return None
-
-    def field(name: str) -> Any:
-        return info.get(name, info.get(name.encode()))
-
-    added, length = field("entries-added"), field("length")
-    if cursor is None:
+    added, length = _field(info, "entries-added"), _field(info, "length")
+    if cursor == FIRST:
         if isinstance(added, int) and isinstance(length, int) and added > length:
             return f"{added - length} records left the stream before this first export"
         return None
-    deleted = field("max-deleted-entry-id")
+    deleted = _field(info, "max-deleted-entry-id")
     if deleted is not None and _parse_id(_as_str(deleted)) > _parse_id(cursor):
         return "records newer than the last export were deleted from the stream"
-    first = field("first-entry")
+    first = _field(info, "first-entry")
     newer = bool(first) and _parse_id(_as_str(first[0])) > _parse_id(cursor)
     if newer and not await client.xrange(stream, min=cursor, max=cursor):
         return (
@@ -145,15 +146,53 @@ async def _losses(client: Any, stream: str, cursor: str | None) -> str | None:
     return None
 
 
+def _prepare(out: Path, cursor_path: Path) -> tuple[str, bool, Exported]:
+    """(the cursor, whether this is a first run, what to report): a first run writes its
+    cursor; a later one cuts ``out`` back to the size its cursor recorded."""
+    found = read_cursor(cursor_path)
+    size = out.stat().st_size if out.exists() else 0
+    done = Exported()
+    if found is None:
+        _write_cursor(cursor_path, FIRST, size)
+        return FIRST, True, done
+    cursor, committed = found
+    if committed is not None and size > committed:
+        with out.open("r+b") as fh:  # what a cut-off run wrote after its last cursor
+            fh.truncate(committed)
+            os.fsync(fh.fileno())
+        done.cut = size - committed
+    elif committed is not None and size < committed:
+        done.notes.append(
+            f"{out} is shorter than when the cursor was written (edited or replaced?); "
+            "appending to it as it is"
+        )
+    return cursor, False, done
+
+
 async def export(
     client: Any, stream: str, out: Path, cursor_path: Path, batch: int = BATCH
 ) -> Exported:
     """Append the stream's entries after the cursor to ``out``; the cursor follows each batch."""
-    cursor = read_cursor(cursor_path)
-    drop_partial_line(out)
-    done = Exported(lost=await _losses(client, stream, cursor))
-    start = "-" if cursor is None else f"({cursor}"
+    cursor, first_run, done = _prepare(out, cursor_path)
+    try:
+        info = await client.xinfo_stream(stream)
+    except RedisError as exc:
+        if "no such key" not in str(exc).lower():
+            raise
+        return done  # no stream (yet): nothing to export
+    newest = _field(info, "last-generated-id")
+    if cursor != FIRST and newest is not None and _parse_id(_as_str(newest)) < _parse_id(cursor):
+        done.notes.append(
+            "the stream's newest id is below the cursor: it was recreated (Redis restarted "
+            "without persistence, or this is another Redis); exporting it from its start"
+        )
+        cursor = FIRST
+    elif (lost := await _losses(client, stream, info, cursor)) is not None:
+        done.notes.append(lost)
+    start = f"({cursor}"
     with out.open("ab") as fh:
+        if first_run:
+            _fsync_dir(out.parent)  # the file a first run may have created
         while True:
             entries = await client.xrange(stream, min=start, max="+", count=batch)
             if not entries:
@@ -170,7 +209,7 @@ async def export(
             os.fsync(fh.fileno())
             done.written += len(lines)
             done.last_id = _as_str(entries[-1][0])
-            _write_cursor(cursor_path, done.last_id)
+            _write_cursor(cursor_path, done.last_id, fh.tell())
             start = f"({done.last_id}"
 
 
@@ -202,8 +241,12 @@ def main(argv: Sequence[str]) -> int:
     cursor_path = args.out.with_name(args.out.name + ".cursor")
     try:
         client = connect(args.redis_url, TIMEOUT_S)
-    except ValueError as exc:  # a malformed sentinel or cluster URL; the message has no secret
-        print(f"effgate records export: bad --redis-url: {exc}", file=sys.stderr)
+    except ValueError:  # its text can quote part of the URL, the password's included
+        print(
+            "effgate records export: --redis-url is not a Redis URL (check its form, and "
+            "percent-encode / ? # @ : in the password)",
+            file=sys.stderr,
+        )
         return 2
 
     async def run() -> Exported:
@@ -219,13 +262,21 @@ def main(argv: Sequence[str]) -> int:
         # the exception's text can carry the URL's host and, for some errors, its userinfo
         print(f"effgate records export: Redis failed ({type(exc).__name__})", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:  # a damaged cursor, or redis-py parsing the URL late
+        if isinstance(exc, CursorError):
+            print(f"effgate records export: {exc}", file=sys.stderr)
+        else:
+            print("effgate records export: --redis-url is not a Redis URL", file=sys.stderr)
+        return 1
+    except OSError as exc:
         print(f"effgate records export: {exc}", file=sys.stderr)
         return 1
-    if done.lost:
+    for note in done.notes:
+        print(f"effgate records export: {note}", file=sys.stderr)
+    if done.cut:
         print(
-            f"effgate records export: {done.lost} (the gateways trim it to about "
-            "EFFGATE_RECORDS_STREAM_MAXLEN records, 1,000,000 by default: export more often)",
+            f"effgate records export: removed {done.cut} bytes a cut-off run had written past "
+            "its cursor (exported again now)",
             file=sys.stderr,
         )
     print(

@@ -27,7 +27,6 @@ signature or prompt and requests without labels are skipped and counted.
 from __future__ import annotations
 
 import re
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,7 +204,6 @@ class _Outcome(NamedTuple):
     feedback: int = 0  # 1: the served model's label is feedback's
     judged: int = 0  # models the shadow judge graded
     older: int = 0  # 1: a version-1 signature with a system prompt (older_system_dense)
-    seq: int = 0  # its place among the examples read (`max_examples` drops the oldest)
 
 
 def _label(feedback: dict[str, Any]) -> float | None:
@@ -216,6 +214,12 @@ def _label(feedback: dict[str, Any]) -> float | None:
     if isinstance(accepted, bool):
         return 1.0 if accepted else 0.0
     return None
+
+
+def _signed(req: dict[str, Any]) -> bool:
+    """Whether the request has what `_signature` reads: a signature, or a logged prompt."""
+    prompt = req.get("prompt")
+    return req.get("signature") is not None or (isinstance(prompt, str) and bool(prompt))
 
 
 def _signature(req: dict[str, Any]) -> Signature | None:
@@ -233,21 +237,32 @@ def load_examples(
     path: Path, max_examples: int | None = None
 ) -> tuple[list[Example], RecordsSummary]:
     """Labelled examples from a records file or directory, and what was skipped.
-    ``max_examples``: keep the newest that many (by their last record), the older ones
-    counted in ``beyond_cap``; their signatures are let go as the log is read, so memory
-    holds at most that many.
+    ``max_examples``: keep the newest that many, by the ``time`` of each request id's last
+    record (log order between equal times: files by name, so replicas' logs interleave by
+    time), the others counted in ``beyond_cap``; only the kept ones' signatures are read.
 
     Two passes over the log: the first collects labels by request id (feedback for the
     served model, the last in log order winning; judge labels per model, the last per
     model winning; feedback, a person's verdict, wins over a judge's grade of the same
-    model), the second builds one example per labelled chat request from its signature.
-    Memory holds labels, every request id and the labelled requests' signatures (up to
-    ``max_examples``), never the whole log."""
+    model) and, with a cap, where and when each id's last request record is; the second
+    builds one example per labelled chat request from its signature. Memory holds labels,
+    every request id and the labelled requests' signatures (up to ``max_examples``), never
+    the whole log."""
     files = record_files(path)
     feedback: dict[str, float] = {}
     judged: dict[str, dict[str, float]] = {}
-    for kind, rec in RecordStream(files):
-        if kind == "feedback":
+    # with a cap: per request id, its last request record's (time, place in the log, and
+    # whether it can make an example: a chat request with a signature or a prompt, and the
+    # model feedback labels)
+    final: dict[str, tuple[str, int, bool, bool]] = {}
+    for at, (kind, rec) in enumerate(RecordStream(files)):
+        if kind == "request" and max_examples is not None:
+            when, chat = rec.get("time"), (rec.get("endpoint") or "chat") == "chat"
+            usable = chat and _signed(rec)
+            final.pop(rec["id"], None)  # keep insertion order = order of last records
+            final[rec["id"]] = (when if isinstance(when, str) else "", at, usable,
+                                isinstance(rec.get("model"), str))  # fmt: skip
+        elif kind == "feedback":
             label = _label(rec)
             if label is not None:  # neither score nor accepted changes nothing
                 feedback[rec["request_id"]] = label
@@ -255,19 +270,26 @@ def load_examples(
             score = rec.get("score")
             if isinstance(score, int | float) and not isinstance(score, bool) and 0 <= score <= 1:
                 judged.setdefault(rec["request_id"], {})[rec["model"]] = float(score)
+    keep: set[str] | None = None
+    if max_examples is not None:
+        candidates = [
+            (when, at, rid)
+            for rid, (when, at, usable, has_model) in final.items()
+            if usable and (rid in judged or (rid in feedback and has_model))
+        ]
+        candidates.sort()
+        keep = {rid for _, _, rid in candidates[len(candidates) - max_examples :]}
+        del final, candidates
     stream = RecordStream(files)
     # per request id, what its last record gave: an example, or why none (a repeated id,
     # e.g. a client that reuses x-request-id, keeps its last record, as the gateway's
     # feedback join and `effgate report` do)
     last: dict[str, _Outcome] = {}
-    kept: deque[tuple[str, int]] = deque()  # (id, seq) of each example read, oldest first
-    live = n_read = 0  # examples still their id's last outcome; examples read
     for kind, rec in stream:
         if kind != "request":
             continue
         rid = rec["id"]
-        if (gone := last.pop(rid, None)) is not None and gone.example is not None:
-            live -= 1  # replaced: its deque entry is stale
+        last.pop(rid, None)
         if (rec.get("endpoint") or "chat") != "chat":
             last[rid] = _Outcome("not_chat")  # embeddings: spend, but no prompt
             continue
@@ -277,6 +299,13 @@ def load_examples(
             labels[model] = feedback[rid]
         if not labels:
             last[rid] = _Outcome("no_label")
+            continue
+        fed = int(rid in feedback and isinstance(model, str))
+        if not _signed(rec):
+            last[rid] = _Outcome("no_sig")
+            continue
+        if keep is not None and rid not in keep:  # older than the newest max_examples
+            last[rid] = _Outcome("beyond_cap", feedback=fed, judged=len(judged.get(rid, {})))
             continue
         try:
             sig = _signature(rec)
@@ -291,26 +320,13 @@ def load_examples(
         older = int(isinstance(raw, dict) and raw.get("v") == 1 and sig.dense[_HAS_SYSTEM] > 0)
         task = rec.get("task")
         tag = task if isinstance(task, str) else ""
-        ok = last[rid] = _Outcome(
+        last[rid] = _Outcome(
             "ok",
             Example(sig=sig, labels=labels, group=sig.digest, tag=tag),
-            feedback=int(rid in feedback and isinstance(model, str)),
+            feedback=fed,
             judged=len(judged.get(rid, {})),
             older=older,
-            seq=n_read,
         )
-        n_read += 1
-        live += 1
-        if max_examples is None:
-            continue
-        kept.append((rid, ok.seq))
-        while live > max_examples:
-            old_id, seq = kept.popleft()
-            outcome = last.get(old_id)
-            if outcome is not None and outcome.seq == seq and outcome.example is not None:
-                # still that id's last record: its counts stay, its signature goes
-                last[old_id] = outcome._replace(why="beyond_cap", example=None)
-                live -= 1
     outcomes = list(last.values())
     examples = [o.example for o in outcomes if o.example is not None]
     why = [o.why for o in outcomes]

@@ -361,8 +361,8 @@ def test_load_balancer_spreads_over_ready_replicas() -> None:
     assert int(slots) >= services["gateway"]["deploy"]["replicas"]
     assert any("resolvers docker" in line for line in backend)
     assert "nameserver dns 127.0.0.11:53" in cfg["resolvers docker"]
-    # no upstream call the compose policy allows (timeouts.total_s, the schema's default
-    # where a model sets none) is cut by the proxy's idle timeouts
+    # no single upstream call the compose policy allows (timeouts.total_s, per attempt; the
+    # schema's default where a model sets none) is cut by the proxy's idle timeouts
     from policies.loader import load_policy
 
     policy = load_policy(

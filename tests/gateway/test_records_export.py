@@ -62,37 +62,62 @@ def test_the_stream_exports_what_the_file_sink_wrote_and_only_once(
     assert kinds == ["request", "request", "feedback", "request"] and stream.malformed_lines == 0
 
 
-def test_garbage_entries_are_skipped_and_a_cut_off_run_repeats_whole_lines(
+def _add(redis_server: RedisServer, fields: dict[str, bytes], entry_id: str = "*") -> str:
+    got = redis_server.client.xadd(STREAM, fields, id=entry_id)  # type: ignore[arg-type]
+    return got.decode() if isinstance(got, bytes) else str(got)
+
+
+def _request(rid: str) -> dict[str, bytes]:
+    return {"record": orjson.dumps({"type": "request", "id": rid, "model": "small"})}
+
+
+def test_garbage_is_skipped_and_a_cut_off_run_is_redone_exactly_once(
     redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client = redis_server.client
-    ids = []
-    for i in range(5):
-        rec = {"type": "request", "id": f"req_{i}", "model": "small", "status": 200}
-        entry_id = client.xadd(STREAM, {"record": orjson.dumps(rec)})
-        ids.append(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
-    client.xadd(STREAM, {"record": b"{not json"})
-    client.xadd(STREAM, {"record": b"[1, 2]"})
-    client.xadd(STREAM, {"other": b"{}"})
-    client.xadd(STREAM, {"record": b'{"a":\n1}'})  # a record is one line
+    ids = [_add(redis_server, _request(f"req_{i}")) for i in range(5)]
+    _add(redis_server, {"record": b"{not json"})
+    _add(redis_server, {"record": b"[1, 2]"})
+    _add(redis_server, {"other": b"{}"})
+    last = _add(redis_server, {"record": b'{"a":\n1}'})  # a record is one line
     out = tmp_path / "stream.jsonl"
     assert _run(redis_server, out, "--batch", "2") == 0
     assert "exported 5 records" in capsys.readouterr().out
     assert [r["id"] for r in _lines(out)] == [f"req_{i}" for i in range(5)]
     cursor = tmp_path / "stream.jsonl.cursor"
-    assert cursor.read_text().strip() != ids[-1]  # past the garbage, the stream's last entry
+    assert cursor.read_text() == f"{last} {out.stat().st_size}\n"  # past the garbage
 
-    # a run killed after writing half a line and before moving its cursor
-    cursor.write_text(ids[2] + "\n")
+    # a run killed after its last batch's lines (one cut in half) and before their cursor
+    three = sum(len(line) for line in out.read_bytes().splitlines(keepends=True)[:3])
+    cursor.write_text(f"{ids[2]} {three}\n")
     with out.open("ab") as fh:
         fh.write(b'{"type": "requ')
-    rec = {"type": "request", "id": "req_5", "model": "big", "status": 200}
-    client.xadd(STREAM, {"record": orjson.dumps(rec)})
+    _add(redis_server, _request("req_5"))
     assert _run(redis_server, out) == 0
-    got = [r["id"] for r in _lines(out)]  # every line parses
-    assert got == ["req_0", "req_1", "req_2", "req_3", "req_4", "req_3", "req_4", "req_5"]
+    assert "exported 3 records" in capsys.readouterr().out
+    got = [r["id"] for r in _lines(out)]  # every line parses, each record once
+    assert got == [f"req_{i}" for i in range(6)]
     stream = RecordStream(record_files(out))
     assert [r["id"] for _, r in stream] == got and stream.malformed_lines == 0
+
+
+def test_a_recreated_stream_is_exported_from_its_start(
+    redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "stream.jsonl"
+    assert _run(redis_server, out) == 0  # no stream yet: nothing, and a first cursor
+    assert "exported 0 records" in capsys.readouterr().out
+    assert (tmp_path / "stream.jsonl.cursor").read_text() == "0-0 0\n"
+    for i in range(2):
+        _add(redis_server, _request(f"old{i}"), f"2000000000000-{i}")
+    assert _run(redis_server, out) == 0
+    # Redis restarted without its data, on a clock behind the old entries' ids
+    redis_server.client.delete(STREAM)
+    for i in range(2):
+        _add(redis_server, _request(f"new{i}"), f"1999999999000-{i}")
+    capsys.readouterr()
+    assert _run(redis_server, out) == 0
+    assert "it was recreated" in capsys.readouterr().err
+    assert [r["id"] for r in _lines(out)] == ["old0", "old1", "new0", "new1"]
 
 
 def test_a_stream_trimmed_past_the_cursor_is_reported(
@@ -125,6 +150,23 @@ def test_a_stream_trimmed_past_the_cursor_is_reported(
     assert [r["id"] for r in _lines(out)] == ["a0", "a1", "a2", "b3", "b4"]
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:pa/ss-word@127.0.0.1:1/0",  # an unencoded "/" in the password
+        "redis+cluster://:pa/ss-word@127.0.0.1:1",
+        "redis+sentinel://:pa?ss-word@127.0.0.1:26379/master",
+    ],
+)
+def test_a_malformed_url_is_refused_without_quoting_it(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--redis-url", url, "--stream", STREAM, "--out", str(tmp_path / "s.jsonl")]
+    assert export(argv) in (1, 2)
+    err = capsys.readouterr().err
+    assert "is not a Redis URL" in err and "pa" not in err.replace("password", ""), err
+
+
 def test_errors_are_clear_and_never_show_the_url(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -134,7 +176,7 @@ def test_errors_are_clear_and_never_show_the_url(
     assert export(["--redis-url", url, "--stream", STREAM, "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "Redis failed (ConnectionError)" in err and secret not in err and url not in err
-    assert not (tmp_path / "stream.jsonl.cursor").exists()
+    assert not out.exists()
 
     # the settings' environment variables are the defaults
     monkeypatch.setenv("EFFGATE_REDIS_URL", url)
@@ -144,7 +186,7 @@ def test_errors_are_clear_and_never_show_the_url(
 
     (tmp_path / "stream.jsonl.cursor").write_text("garbage\n")
     assert export(["--out", str(out)]) == 1
-    assert "not a stream entry id" in capsys.readouterr().err
+    assert "not a stream entry id and size" in capsys.readouterr().err
 
     monkeypatch.delenv("EFFGATE_RECORDS_REDIS_STREAM")
     for argv in (["--out", str(out)], ["--stream", STREAM, "--out", str(tmp_path / "x.txt")]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -174,12 +175,66 @@ def test_max_examples_keeps_the_newest_by_their_last_record(tmp_path: Path) -> N
     every, whole = load_examples(path)
     assert [e.group for e in every] == [_digest("a"), _digest("c"), *(e.group for e in examples)]
     assert (whole.labelled, whole.beyond_cap) == (5, 0)
-    # each id replaced before the cap reached it: none of the new records is dropped for it
-    many = [request("x"), feedback("x", True), request("y"), feedback("y", True)]
-    many += [
-        request("x", prompt="Q x2?"),
-        request("y", prompt="Q y2?"),
-        request("x", prompt="Q x3?"),
-    ]
-    examples, summary = load_examples(write(tmp_path / "again.jsonl", *many), max_examples=2)
-    assert len(examples) == 2 and summary.beyond_cap == 0
+
+
+def test_max_examples_counts_only_what_can_be_an_example(tmp_path: Path) -> None:
+    # "c"'s last record is an embeddings call: it makes no example, so the two newest
+    # examples are a and b, not b alone
+    records = []
+    for rid in "abc":
+        records += [request(rid), feedback(rid, accepted=True)]
+    records += [request("c", endpoint="embeddings"), request("d", prompt=None)]
+    records += [feedback("d", accepted=True)]  # no signature nor prompt: no example either
+    path = write(tmp_path / "records.jsonl", *records)
+    examples, summary = load_examples(path, max_examples=2)
+    assert [e.group for e in examples] == [_digest("a"), _digest("b")]
+    assert summary.beyond_cap == 0 and summary.skipped_not_chat == 1
+    assert [e.group for e in load_examples(path)[0]] == [_digest("a"), _digest("b")]
+
+
+def test_max_examples_takes_the_newest_by_time_across_files(tmp_path: Path) -> None:
+    # two replicas' logs read by name: a's holds January, b's December; January is newer
+    folder = tmp_path / "records"
+    folder.mkdir()
+    jan = [request(f"j{i}", time=f"2027-01-0{i + 1}T00:00:00Z") for i in range(3)]
+    dec = [request(f"d{i}", time=f"2026-12-0{i + 1}T00:00:00Z") for i in range(3)]
+    write(folder / "replica-a.jsonl", *jan, *(feedback(f"j{i}", True) for i in range(3)))
+    write(folder / "replica-b.jsonl", *dec, *(feedback(f"d{i}", True) for i in range(3)))
+    examples, summary = load_examples(folder, max_examples=4)
+    assert {e.group for e in examples} == {_digest(r) for r in ("d2", "j0", "j1", "j2")}
+    assert summary.beyond_cap == 2
+
+
+def test_max_examples_is_the_newest_of_the_uncapped_examples(tmp_path: Path) -> None:
+    """Random logs (repeated ids, embeddings, unsigned requests, labels before and after,
+    times out of log order): the capped examples are always the uncapped ones whose last
+    record is newest, by (time, place in the log)."""
+    rng = random.Random(0)
+    for trial in range(150):
+        prompts = {r: f"Q {r} {trial}?" for r in "abcdef"}
+        rid_of = {signature([{"role": "user", "content": q}]).digest: r for r, q in prompts.items()}
+        records: list[dict[str, object]] = []
+        for _ in range(rng.randint(1, 14)):
+            rid = rng.choice("abcdef")
+            if rng.random() < 0.5:
+                kw: dict[str, object] = {"time": f"2026-12-0{rng.randint(1, 3)}T00:00:00Z"}
+                kw["prompt"] = None if rng.random() < 0.15 else prompts[rid]
+                if rng.random() < 0.15:
+                    kw["endpoint"] = "embeddings"
+                records.append(request(rid, **kw))
+            else:
+                records.append(feedback(rid, accepted=rng.random() < 0.5))
+        path = write(tmp_path / f"{trial}.jsonl", *records)
+        every, _ = load_examples(path)
+        last_at = {}  # id -> (time, place) of its last request record
+        for at, rec in enumerate(records):
+            if rec["type"] == "request":
+                last_at[rec["id"]] = (rec["time"], at)
+        ranked = [e.group for e in sorted(every, key=lambda e: last_at[rid_of[e.group]])]
+        labels = {e.group: e.labels for e in every}
+        for cap in range(len(every) + 2):
+            capped, summary = load_examples(path, max_examples=cap)
+            want = ranked[len(ranked) - cap :] if cap else []
+            assert sorted(e.group for e in capped) == sorted(want), (trial, cap)
+            assert summary.beyond_cap == len(every) - len(capped)
+            assert all(labels[e.group] == e.labels for e in capped)
