@@ -40,6 +40,9 @@ from redis.exceptions import RedisError
 from gateway.redis_client import connect
 
 BATCH = 1000
+# one XRANGE reply is read whole: the first asks for one entry, each next one for as many as
+# fit in this many bytes at the last batch's mean size (records that log prompts can be large)
+BATCH_BYTES = 16 * 1024 * 1024
 TIMEOUT_S = 10.0
 
 
@@ -170,7 +173,12 @@ def _prepare(out: Path, cursor_path: Path) -> tuple[str, bool, Exported]:
 
 
 async def export(
-    client: Any, stream: str, out: Path, cursor_path: Path, batch: int = BATCH
+    client: Any,
+    stream: str,
+    out: Path,
+    cursor_path: Path,
+    batch: int = BATCH,
+    batch_bytes: int = BATCH_BYTES,
 ) -> Exported:
     """Append the stream's entries after the cursor to ``out``; the cursor follows each batch."""
     cursor, first_run, done = _prepare(out, cursor_path)
@@ -189,12 +197,12 @@ async def export(
         cursor = FIRST
     elif (lost := await _losses(client, stream, info, cursor)) is not None:
         done.notes.append(lost)
-    start = f"({cursor}"
+    start, count = f"({cursor}", 1  # then as many as fit in batch_bytes, up to batch
     with out.open("ab") as fh:
         if first_run:
             _fsync_dir(out.parent)  # the file a first run may have created
         while True:
-            entries = await client.xrange(stream, min=start, max="+", count=batch)
+            entries = await client.xrange(stream, min=start, max="+", count=count)
             if not entries:
                 return done
             lines = []
@@ -204,7 +212,10 @@ async def export(
                     done.skipped += 1
                 else:
                     lines.append(line)
-            fh.write(b"".join(lines))
+            data = b"".join(lines)
+            mean = max(1, len(data) // max(1, len(lines)))
+            count = max(1, min(batch, batch_bytes // mean))
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
             done.written += len(lines)

@@ -5,14 +5,17 @@ entries, a trimmed stream and a Redis that is down (whose URL, a secret, is neve
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import orjson
 import pytest
 
 from gateway.cli import main as effgate
-from gateway.records_export import main as export
+from gateway.records_export import Exported, export
+from gateway.records_export import main as export_main
+from gateway.redis_client import connect
 from router_models.records import RecordStream, record_files
 from tests.fakes.servers import FakeUpstreamHandle
 from tests.gateway.conftest import GatewayFactory, chat, closed_port, wait_until
@@ -27,7 +30,9 @@ def _lines(path: Path) -> list[dict[str, object]]:
 
 
 def _run(redis_server: RedisServer, out: Path, *extra: str) -> int:
-    return export(["--redis-url", redis_server.url, "--stream", STREAM, "--out", str(out), *extra])
+    return export_main(
+        ["--redis-url", redis_server.url, "--stream", STREAM, "--out", str(out), *extra]
+    )
 
 
 def test_the_stream_exports_what_the_file_sink_wrote_and_only_once(
@@ -136,7 +141,7 @@ def test_a_stream_trimmed_past_the_cursor_is_reported(
         "--out",
         str(tmp_path / "o.jsonl"),
     ]
-    assert export(argv) == 0
+    assert export_main(argv) == 0
     assert "3 records left the stream before this first export" in capsys.readouterr().err
     for i in range(3):
         client.xadd(STREAM, {"record": orjson.dumps({"type": "request", "id": f"a{i}"})})
@@ -162,7 +167,7 @@ def test_a_malformed_url_is_refused_without_quoting_it(
     url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["--redis-url", url, "--stream", STREAM, "--out", str(tmp_path / "s.jsonl")]
-    assert export(argv) in (1, 2)
+    assert export_main(argv) in (1, 2)
     err = capsys.readouterr().err
     assert "is not a Redis URL" in err and "pa" not in err.replace("password", ""), err
 
@@ -173,7 +178,7 @@ def test_errors_are_clear_and_never_show_the_url(
     secret = "s3cret-pass"
     url = f"redis://:{secret}@127.0.0.1:{closed_port()}/0"
     out = tmp_path / "stream.jsonl"
-    assert export(["--redis-url", url, "--stream", STREAM, "--out", str(out)]) == 1
+    assert export_main(["--redis-url", url, "--stream", STREAM, "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "Redis failed (ConnectionError)" in err and secret not in err and url not in err
     assert not out.exists()
@@ -181,17 +186,17 @@ def test_errors_are_clear_and_never_show_the_url(
     # the settings' environment variables are the defaults
     monkeypatch.setenv("EFFGATE_REDIS_URL", url)
     monkeypatch.setenv("EFFGATE_RECORDS_REDIS_STREAM", STREAM)
-    assert export(["--out", str(out)]) == 1
+    assert export_main(["--out", str(out)]) == 1
     assert secret not in capsys.readouterr().err
 
     (tmp_path / "stream.jsonl.cursor").write_text("garbage\n")
-    assert export(["--out", str(out)]) == 1
+    assert export_main(["--out", str(out)]) == 1
     assert "not a stream entry id and size" in capsys.readouterr().err
 
     monkeypatch.delenv("EFFGATE_RECORDS_REDIS_STREAM")
     for argv in (["--out", str(out)], ["--stream", STREAM, "--out", str(tmp_path / "x.txt")]):
         with pytest.raises(SystemExit) as exc:
-            export(argv)
+            export_main(argv)
         assert exc.value.code == 2
     assert secret not in capsys.readouterr().err
 
@@ -218,3 +223,37 @@ def test_the_gateway_trims_the_stream_to_its_maxlen(
     wait_until(lambda: newest()[-1:] == ids[-1:], what="the last record in the stream")
     kept = newest()
     assert 3 <= len(kept) <= 5 and kept == ids[-len(kept) :]
+
+
+class _CountingClient:
+    """The real client, with the COUNT of every XRANGE noted (a seam for the batch size)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.counts: list[int] = []
+
+    async def xrange(self, *args: Any, count: int, **kw: Any) -> Any:
+        self.counts.append(count)
+        return await self._client.xrange(*args, count=count, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_batches_are_bounded_in_bytes(redis_server: RedisServer, tmp_path: Path) -> None:
+    for i in range(12):
+        rec = {"type": "request", "id": f"r{i}", "prompt": "x" * 990}  # about 1 KB a line
+        _add(redis_server, {"record": orjson.dumps(rec)})
+    client = _CountingClient(connect(redis_server.url, 2.0))
+    out = tmp_path / "stream.jsonl"
+
+    async def run() -> Exported:
+        try:
+            return await export(client, STREAM, out, tmp_path / "stream.jsonl.cursor", 1000, 3000)
+        finally:
+            await client.aclose()
+
+    done = asyncio.run(run())
+    assert done.written == 12 and [r["id"] for r in _lines(out)] == [f"r{i}" for i in range(12)]
+    # one entry first, then as many as 3,000 bytes hold at the mean size seen
+    assert client.counts[0] == 1 and set(client.counts[1:-1]) == {2}
