@@ -173,7 +173,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=MAX_RECORD_EXAMPLES,
         help="with --records: train on the newest this many labelled requests (default "
-        f"{MAX_RECORD_EXAMPLES:,}: about 10 minutes and 1.9 GB on 2 cores; 0 keeps all)",
+        f"{MAX_RECORD_EXAMPLES:,}: about 9 minutes and 1.8 GB on 2 cores; 0 keeps all)",
     )
     p.add_argument(
         "--group-by",
