@@ -2,8 +2,11 @@
 
 Each model is tried up to ``max_retries + 1`` times on connect errors, 429 and 5xx, with
 jittered backoff (an upstream's ``Retry-After`` wins); an open circuit skips a model. Retries
-and fallbacks happen only before the first byte reaches the client. JSON answers come back as
-a ``Reply`` priced from their usage; streams as a ``RelayResponse`` that has its first chunk.
+and fallbacks happen only before the first byte reaches the client. A policy or route
+``deadline_s`` bounds them all until the answer starts: each call gets at most what is left
+(a call it cuts short counts against no upstream's health), and none starts past it (504).
+JSON answers come back as a ``Reply`` priced from their usage; streams as a
+``RelayResponse`` that has its first chunk.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from gateway.relay import RelayResponse, close_chunks, model_rewriter
 from gateway.shadow import answer_from_json
 from gateway.state import AppState
 from gateway.upstreams.base import Reply, Stream, Upstream
-from policies.compiled import ModelEntry
+from policies.compiled import ModelEntry, deadline_for
 
 
 def _backoff(state: AppState, attempt: int, exc: BaseException) -> float:
@@ -134,9 +137,15 @@ async def forward(
     path: str,
     include_usage: bool,
 ) -> Reply | RelayResponse:
-    """Try ``chain[0]``, then the fallbacks; retry each on connect errors, 429 and 5xx."""
+    """Try ``chain[0]``, then the fallbacks; retry each on connect errors, 429 and 5xx. With
+    a deadline (the route's ``deadline_s``, else the policy's), every call gets at most what
+    is left of it, and none starts once it has passed: 504 ``timeout``."""
     last: GatewayError | None = None
+    deadline_s = deadline_for(ex.policy, ex.route)
+    end = None if deadline_s is None else time.perf_counter() + deadline_s
     for i, model_id in enumerate(chain):
+        if end is not None and end <= time.perf_counter():
+            raise _past_deadline(deadline_s, ex)
         entry = ex.policy.models[model_id]
         if i > 0:
             state.metrics.fallbacks.labels(ex.route, chain[i - 1], model_id).inc()
@@ -148,10 +157,16 @@ async def forward(
         upstream = state.upstreams.get(model_id)
         out_body = _upstream_body(body, entry, ex.stream)
         for attempt in range(entry.max_retries + 1):
-            ex.attempts += 1
             t0 = time.perf_counter()
+            left = None if end is None else end - t0
+            if left is not None and left <= 0:
+                state.health.release(model_id)
+                raise _past_deadline(deadline_s, ex)
+            ex.attempts += 1
             try:
-                result = await _call(state, ex, upstream, entry, out_body, path, include_usage)
+                result = await _call(
+                    state, ex, upstream, entry, out_body, path, include_usage, left
+                )
             except (asyncio.CancelledError, TooDeep):
                 # the client left, or its body could not be sent: no verdict on the upstream
                 state.health.release(model_id)
@@ -162,13 +177,20 @@ async def forward(
                 state.metrics.upstream_duration.observe((model_id,), elapsed)
                 state.metrics.upstream_errors.labels(model_id, exc.kind).inc()
                 last = exc
+                if isinstance(exc, TimedOut) and left is not None and left < _limit(entry, ex):
+                    # cut short by the deadline, not by its own timeouts: no verdict on it
+                    state.health.release(model_id)
+                    raise _past_deadline(deadline_s, ex) from exc
                 if isinstance(exc, UpstreamStatusError) and not exc.retryable:
                     state.health.success(model_id)  # it answered: alive, the request was bad
                     raise
                 state.health.failure(model_id)
                 if exc.retryable and attempt < entry.max_retries:
                     state.metrics.retries.labels(model_id).inc()
-                    await asyncio.sleep(_backoff(state, attempt, exc))
+                    pause = _backoff(state, attempt, exc)
+                    if end is not None:
+                        pause = max(0.0, min(pause, end - time.perf_counter()))
+                    await asyncio.sleep(pause)
                     if not state.health.acquire(model_id):
                         break
                     continue
@@ -179,6 +201,18 @@ async def forward(
     raise last
 
 
+def _limit(entry: ModelEntry, ex: Exchange) -> float:
+    """How long one call may take before its answer starts, by the model's own timeouts."""
+    return entry.timeouts.first_byte_s if ex.stream else entry.timeouts.total_s
+
+
+def _past_deadline(deadline_s: float | None, ex: Exchange) -> TimedOut:
+    return TimedOut(
+        f"no answer within the request's deadline of {deadline_s:g} s "
+        f"({ex.attempts} upstream attempt(s))"
+    )
+
+
 async def _call(
     state: AppState,
     ex: Exchange,
@@ -187,18 +221,23 @@ async def _call(
     body: dict[str, Any],
     path: str,
     include_usage: bool,
+    left: float | None = None,
 ) -> Reply | RelayResponse:
+    """One call; ``left``: what is left of the request's deadline, which caps the call's
+    total (JSON) or first-byte (stream) timeout."""
     t0 = time.perf_counter()
     t = entry.timeouts
+    limit = t.total_s if left is None else min(t.total_s, left)
     if not ex.stream:
-        reply = await upstream.complete(path, body, t.total_s)
+        reply = await upstream.complete(path, body, limit)
         elapsed = time.perf_counter() - t0
         ex.upstream_s += elapsed
         state.metrics.upstream_duration.observe((entry.id,), elapsed)
         return await _json_reply(state, ex, reply.body)
-    stream = await upstream.open_stream(body, t.first_byte_s)
+    first_byte = t.first_byte_s if left is None else min(t.first_byte_s, left)
+    stream = await upstream.open_stream(body, first_byte)
     try:
-        remaining = max(0.001, t.first_byte_s - (time.perf_counter() - t0))
+        remaining = max(0.001, first_byte - (time.perf_counter() - t0))
         first, rest = await _first_chunk(stream, remaining)
     except BaseException:
         await stream.aclose()

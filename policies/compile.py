@@ -114,7 +114,7 @@ def compile_policy(
         if clash is not None:
             issues.append(Issue((*loc, "name"), clash))
         route_names.add(route.name)
-        compiled = _route(route, loc, models, index, issues, limits)
+        compiled = _route(route, loc, models, index, issues, limits, spec.deadline_s)
         if compiled is not None and clash is None:
             routes[route.name] = compiled
     if spec.default_route not in {r.name for r in spec.routes}:
@@ -144,6 +144,7 @@ def compile_policy(
         smallest_context_window=min((m.context_window for m in models.values()), default=0),
         limits=limits,
         any_limits=limits.active or any(r.limits.active for r in routes.values()),
+        deadline_s=spec.deadline_s,
     )
 
 
@@ -248,6 +249,7 @@ def _route(
     index: Mapping[str, int],
     issues: list[Issue],
     limits: Limits = NO_LIMITS,
+    deadline_s: float | None = None,
 ) -> RouteEntry | None:
     before = len(issues)
     entries = _refs(route.candidates, (*loc, "candidates"), models, index, issues)
@@ -311,6 +313,7 @@ def _route(
         scored=tuple(scored.values()),
         shadow=shadow,
         limits=_limits(route.limits, limits),
+        deadline_s=route.deadline_s if route.deadline_s is not None else deadline_s,
     )
 
 

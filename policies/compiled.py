@@ -135,6 +135,7 @@ class RouteEntry:
     scored: tuple[ModelEntry, ...] = ()
     shadow: ShadowEntry | None = None
     limits: Limits = NO_LIMITS  # the policy's limits with the route's own over them
+    deadline_s: float | None = None  # the route's deadline_s, else the policy's
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +164,7 @@ class CompiledPolicy:
     smallest_context_window: int = 0  # of every catalog model: prompts far below it fit all
     limits: Limits = NO_LIMITS  # the policy-wide default: requests that name a catalog model
     any_limits: bool = False  # the policy or a route sets some limit (else nothing to check)
+    deadline_s: float | None = None  # the policy's: requests that name a catalog model
 
 
 def resolve(policy: CompiledPolicy, name: str, route_override: str | None = None) -> Target | None:
@@ -192,3 +194,10 @@ def needs_difficulty(policy: CompiledPolicy, name: str, route_override: str | No
         and target.kind == "route"
         and policy.routes[target.name].uses_quality_bar
     )
+
+
+def deadline_for(policy: CompiledPolicy, route: str | None) -> float | None:
+    """Seconds a request on ``route`` (None or ``direct``: a catalog model named) may spend on
+    its upstream calls before its answer starts; None: no deadline beyond each call's."""
+    entry = policy.routes.get(route) if route is not None else None
+    return entry.deadline_s if entry is not None else policy.deadline_s

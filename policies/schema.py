@@ -194,6 +194,9 @@ class RouteSpec(_Spec):
     rules: tuple[RuleSpec, ...] = ()
     shadow: ShadowSpec | None = None
     limits: LimitsSpec | None = None
+    # the most a request's upstream calls may take, retries and fallbacks included, before
+    # its answer starts (a stream's first token, a JSON answer whole); default: the policy's
+    deadline_s: Positive | None = None
 
 
 class PolicyFile(_Spec):
@@ -205,6 +208,9 @@ class PolicyFile(_Spec):
     default_expected_output_tokens: PositiveCount = 256
     # the default input limits of every route (and of requests naming a catalog model)
     limits: LimitsSpec | None = None
+    # the default deadline_s of every route (and of requests naming a catalog model); none:
+    # each call's timeouts.* and max_retries bound a request
+    deadline_s: Positive | None = None
     models: Annotated[tuple[ModelSpec, ...], AfterValidator(_non_empty)]
     routes: Annotated[tuple[RouteSpec, ...], AfterValidator(_non_empty)]
     default_route: Name

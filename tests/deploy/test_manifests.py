@@ -361,14 +361,18 @@ def test_load_balancer_spreads_over_ready_replicas() -> None:
     assert int(slots) >= services["gateway"]["deploy"]["replicas"]
     assert any("resolvers docker" in line for line in backend)
     assert "nameserver dns 127.0.0.11:53" in cfg["resolvers docker"]
-    # no single upstream call the compose policy allows (timeouts.total_s, per attempt; the
-    # schema's default where a model sets none) is cut by the proxy's idle timeouts
+    # no request's wait for its answer to start (its deadline: retries and fallbacks
+    # included), nor any single call (timeouts.total_s), is cut by the proxy's idle timeouts
+    from policies.compiled import deadline_for
     from policies.loader import load_policy
 
     policy = load_policy(
         DEPLOY / "compose" / "policy" / "policy.yaml", skills={}, discrimination=1.7
     )
-    longest = max(m.timeouts.total_s for m in policy.models.values())
+    deadlines = [deadline_for(policy, r) for r in (*policy.routes, "direct")]
+    assert None not in deadlines, "a request without a deadline can outlast the proxy"
+    longest = max([*(d for d in deadlines if d is not None),
+                   *(m.timeouts.total_s for m in policy.models.values())])  # fmt: skip
     timeouts = {
         line.split()[1]: line.split()[2] for line in cfg["defaults"] if line.startswith("timeout")
     }
