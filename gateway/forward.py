@@ -4,7 +4,8 @@ Each model is tried up to ``max_retries + 1`` times on connect errors, 429 and 5
 jittered backoff (an upstream's ``Retry-After`` wins); an open circuit skips a model. Retries
 and fallbacks happen only before the first byte reaches the client. A policy or route
 ``deadline_s`` bounds them all until the answer starts: each call gets at most what is left
-(a call it cuts short counts against no upstream's health), and none starts past it (504).
+(a call it cuts short is that upstream's timeout), a retry whose pause would reach it gives
+way to the next model, and nothing starts past it (504).
 JSON answers come back as a ``Reply`` priced from their usage; streams as a
 ``RelayResponse`` that has its first chunk.
 """
@@ -139,9 +140,10 @@ async def forward(
 ) -> Reply | RelayResponse:
     """Try ``chain[0]``, then the fallbacks; retry each on connect errors, 429 and 5xx. With
     a deadline (the route's ``deadline_s``, else the policy's), every call gets at most what
-    is left of it, and none starts once it has passed: 504 ``timeout``."""
+    is left of it, and none starts once it has passed: 504 ``upstream_timeout``."""
     last: GatewayError | None = None
-    deadline_s = deadline_for(ex.policy, ex.route)
+    # the decision's route, not the ``route`` label: a route may be named "direct" or "none"
+    deadline_s = deadline_for(ex.policy, ex.decision.route if ex.decision is not None else None)
     end = None if deadline_s is None else time.perf_counter() + deadline_s
     for i, model_id in enumerate(chain):
         if end is not None and end <= time.perf_counter():
@@ -177,19 +179,19 @@ async def forward(
                 state.metrics.upstream_duration.observe((model_id,), elapsed)
                 state.metrics.upstream_errors.labels(model_id, exc.kind).inc()
                 last = exc
-                if isinstance(exc, TimedOut) and left is not None and left < _limit(entry, ex):
-                    # cut short by the deadline, not by its own timeouts: no verdict on it
-                    state.health.release(model_id)
-                    raise _past_deadline(deadline_s, ex) from exc
                 if isinstance(exc, UpstreamStatusError) and not exc.retryable:
                     state.health.success(model_id)  # it answered: alive, the request was bad
                     raise
+                # a call the deadline cut short is a timeout like its own: silent that long, it
+                # counts, so a hung upstream's circuit still opens and traffic moves on
                 state.health.failure(model_id)
+                if end is not None and time.perf_counter() >= end - _SLACK_S:
+                    raise _past_deadline(deadline_s, ex) from exc
                 if exc.retryable and attempt < entry.max_retries:
-                    state.metrics.retries.labels(model_id).inc()
                     pause = _backoff(state, attempt, exc)
-                    if end is not None:
-                        pause = max(0.0, min(pause, end - time.perf_counter()))
+                    if end is not None and time.perf_counter() + pause >= end:
+                        break  # no time to retry after the pause: the next model, if any
+                    state.metrics.retries.labels(model_id).inc()
                     await asyncio.sleep(pause)
                     if not state.health.acquire(model_id):
                         break
@@ -201,9 +203,7 @@ async def forward(
     raise last
 
 
-def _limit(entry: ModelEntry, ex: Exchange) -> float:
-    """How long one call may take before its answer starts, by the model's own timeouts."""
-    return entry.timeouts.first_byte_s if ex.stream else entry.timeouts.total_s
+_SLACK_S = 0.001  # a timer may fire this much before the deadline it was set from
 
 
 def _past_deadline(deadline_s: float | None, ex: Exchange) -> TimedOut:
