@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from policies.compiled import CompiledPolicy
+from policies.errors import PolicyLoadError
 from policies.loader import build_policy
 
 MINIMAL = """\
@@ -20,6 +21,15 @@ routes:
     candidates: [small, big]
 default_route: auto
 """  # noqa: E501  (the minimal file from the issue, verbatim)
+
+
+def the_error(text: str) -> str:
+    """The one error a policy text (as file ``policy.yaml``) fails to load with."""
+    with pytest.raises(PolicyLoadError) as info:
+        build_policy(text.encode(), path="policy.yaml", skills={}, discrimination=1.0)
+    [error] = info.value.errors
+    return error
+
 
 THREE = """\
 version: 1

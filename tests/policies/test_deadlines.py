@@ -6,9 +6,7 @@ from __future__ import annotations
 import pytest
 
 from policies.compiled import deadline_for
-from policies.errors import PolicyLoadError
-from policies.loader import build_policy
-from tests.policies.conftest import MINIMAL
+from tests.policies.conftest import MINIMAL, the_error
 
 WITH_DEADLINES = MINIMAL.replace(
     "routes:\n  - name: auto\n    candidates: [small, big]\n",
@@ -44,14 +42,10 @@ def test_no_deadline_anywhere_is_none(compile_text):
     ],
 )
 def test_bad_deadlines_name_the_file_line_and_field(value, message):
-    text = MINIMAL.replace("default_route: auto\n", f"default_route: auto\ndeadline_s: {value}\n")
-    with pytest.raises(PolicyLoadError) as info:
-        build_policy(text.encode(), path="policy.yaml", skills={}, discrimination=1.0)
-    [error] = info.value.errors
+    top = MINIMAL.replace("default_route: auto\n", f"default_route: auto\ndeadline_s: {value}\n")
+    error = the_error(top)
     assert error.startswith(f"policy.yaml:9: {message}"), error
     route = MINIMAL.replace("    candidates: [small, big]\n", "    candidates: [small, big]\n"
                             f"    deadline_s: {value}\n")  # fmt: skip
-    with pytest.raises(PolicyLoadError) as info:
-        build_policy(route.encode(), path="policy.yaml", skills={}, discrimination=1.0)
-    [error] = info.value.errors
+    error = the_error(route)
     assert error.startswith(f"policy.yaml:8: routes[0].{message}"), error

@@ -6,9 +6,7 @@ from __future__ import annotations
 import pytest
 
 from policies.compiled import NO_LIMITS, Limits, limits_for, resolve
-from policies.errors import PolicyLoadError
-from policies.loader import build_policy
-from tests.policies.conftest import MINIMAL
+from tests.policies.conftest import MINIMAL, the_error
 
 WITH_LIMITS = MINIMAL.replace(
     "routes:\n  - name: auto\n    candidates: [small, big]\n",
@@ -65,16 +63,12 @@ def test_tighter_takes_the_stricter_cap_of_each_field():
 )
 def test_bad_limits_name_the_file_line_and_field(value, message):
     text = MINIMAL.replace("default_route: auto\n", f"default_route: auto\nlimits: {value}\n")
-    with pytest.raises(PolicyLoadError) as info:
-        build_policy(text.encode(), path="policy.yaml", skills={}, discrimination=1.0)
-    [error] = info.value.errors
+    error = the_error(text)
     assert error.startswith(f"policy.yaml:9: {message}"), error
 
 
 def test_a_bad_route_limit_is_located_in_its_route():
     text = MINIMAL.replace("    candidates: [small, big]\n", "    candidates: [small, big]\n"
                            "    limits: {max_messages: -1}\n")  # fmt: skip
-    with pytest.raises(PolicyLoadError) as info:
-        build_policy(text.encode(), path="policy.yaml", skills={}, discrimination=1.0)
-    [error] = info.value.errors
+    error = the_error(text)
     assert error.startswith("policy.yaml:8: routes[0].limits.max_messages: "), error
