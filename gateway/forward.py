@@ -152,7 +152,8 @@ async def forward(
         if i > 0:
             state.metrics.fallbacks.labels(ex.route, chain[i - 1], model_id).inc()
             ex.fallback_from.append(chain[i - 1])
-        if not state.health.acquire(model_id):
+        grant = state.health.acquire(model_id)
+        if not grant:
             last = NoHealthyUpstream(f"upstream {model_id!r} is unhealthy (circuit open)")
             continue
         ex.model = entry
@@ -162,7 +163,7 @@ async def forward(
             t0 = time.perf_counter()
             left = None if end is None else end - t0
             if left is not None and left <= 0:
-                state.health.release(model_id)
+                state.health.release(model_id, grant)
                 raise _past_deadline(deadline_s, ex)
             ex.attempts += 1
             try:
@@ -171,7 +172,7 @@ async def forward(
                 )
             except (asyncio.CancelledError, TooDeep):
                 # the client left, or its body could not be sent: no verdict on the upstream
-                state.health.release(model_id)
+                state.health.release(model_id, grant)
                 raise
             except UpstreamError as exc:
                 elapsed = time.perf_counter() - t0
@@ -193,7 +194,8 @@ async def forward(
                         break  # no time to retry after the pause: the next model, if any
                     state.metrics.retries.labels(model_id).inc()
                     await asyncio.sleep(pause)
-                    if not state.health.acquire(model_id):
+                    grant = state.health.acquire(model_id)
+                    if not grant:
                         break
                     continue
                 break

@@ -16,6 +16,10 @@ CircuitState = Literal[0, 1, 2]  # closed, half-open, open
 CLOSED: CircuitState = 0
 HALF_OPEN: CircuitState = 1
 OPEN: CircuitState = 2
+Grant = Literal[0, 1, 2]  # what acquire gave: nothing, a pass (closed), the half-open probe
+REFUSED: Grant = 0
+PASS: Grant = 1
+PROBE: Grant = 2
 
 
 @dataclass(slots=True)
@@ -58,15 +62,16 @@ class Health:
             return OPEN
         return OPEN if c.probing else HALF_OPEN
 
-    def acquire(self, model: str) -> bool:
-        """May a request go to ``model`` now? In half-open state only one probe may."""
+    def acquire(self, model: str) -> Grant:
+        """May a request go to ``model`` now (falsy: no)? In half-open state only one probe
+        may: ``PROBE`` marks the request that holds it."""
         st = self.state(model)
         if st == CLOSED:
-            return True
+            return PASS
         if st == OPEN:
-            return False
+            return REFUSED
         self._circuits[model].probing = True
-        return True
+        return PROBE
 
     def success(self, model: str) -> None:
         c = self._circuits.get(model)
@@ -74,10 +79,12 @@ class Health:
             return
         c.failures, c.opened_at, c.probing = 0, None, False
 
-    def release(self, model: str) -> None:
-        """A probe ended with no verdict (the client left): let the next request probe."""
+    def release(self, model: str, grant: Grant = PROBE) -> None:
+        """A call ended with no verdict (the client left, or it never started): the probe it
+        held lets the next request probe. A pass given while the circuit was closed holds
+        none, so it leaves another request's probe alone."""
         c = self._circuits.get(model)
-        if c is not None:
+        if c is not None and grant == PROBE:
             c.probing = False
 
     def failure(self, model: str) -> None:

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from gateway.health import CLOSED, HALF_OPEN, OPEN, Health
+from gateway.health import CLOSED, HALF_OPEN, OPEN, PASS, PROBE, REFUSED, Health
 from tests.fakes.clock import FakeClock
 from tests.fakes.servers import FakeUpstreamHandle
 from tests.gateway.conftest import Gateway, GatewayFactory, PolicyFactory, chat, wait_until
@@ -241,3 +241,19 @@ def test_retries_stop_once_the_circuit_opens(
         r = c.post(CHAT, json=chat())
     assert r.headers["x-effgate-model"] == "big"
     assert requests_to(small) == 1, "no retry into an open circuit"
+
+
+def test_only_the_probe_s_holder_releases_it(health: Health, clock: FakeClock) -> None:
+    # a request let through while the circuit was closed ends with no verdict after the
+    # circuit opened and another request took the half-open probe: the probe stays taken
+    earlier = health.acquire("m")
+    assert earlier == PASS
+    for _ in range(3):
+        health.failure("m")
+    clock.now += 30
+    probe = health.acquire("m")
+    assert probe == PROBE
+    health.release("m", earlier)
+    assert health.acquire("m") == REFUSED, "a second probe while the first is out"
+    health.release("m", probe)  # the probe's holder gave up: the next request probes
+    assert health.acquire("m") == PROBE
