@@ -241,28 +241,19 @@ def load_examples(
     record (log order between equal times: files by name, so replicas' logs interleave by
     time), the others counted in ``beyond_cap``; only the kept ones' signatures are read.
 
-    Two passes over the log: the first collects labels by request id (feedback for the
-    served model, the last in log order winning; judge labels per model, the last per
-    model winning; feedback, a person's verdict, wins over a judge's grade of the same
-    model) and, with a cap, where and when each id's last request record is; the second
-    builds one example per labelled chat request from its signature. Memory holds labels,
-    every request id and the labelled requests' signatures (up to ``max_examples``), never
-    the whole log."""
+    Two passes over the log (three with a cap): the first collects labels by request id
+    (feedback for the served model, the last in log order winning; judge labels per model,
+    the last per model winning; feedback, a person's verdict, wins over a judge's grade of
+    the same model); with a cap, the next finds where and when each labelled id's last
+    request record is; the last builds one example per labelled chat request from its
+    signature. Memory holds the labels, the labelled ids' outcomes and their signatures (up
+    to ``max_examples``), never the whole log: a request no label names is counted, not
+    kept (a repeated one, once per record)."""
     files = record_files(path)
     feedback: dict[str, float] = {}
     judged: dict[str, dict[str, float]] = {}
-    # with a cap: per request id, its last request record's (time, place in the log, and
-    # whether it can make an example: a chat request with a signature or a prompt, and the
-    # model feedback labels)
-    final: dict[str, tuple[str, int, bool, bool]] = {}
-    for at, (kind, rec) in enumerate(RecordStream(files)):
-        if kind == "request" and max_examples is not None:
-            when, chat = rec.get("time"), (rec.get("endpoint") or "chat") == "chat"
-            usable = chat and _signed(rec)
-            final.pop(rec["id"], None)  # keep insertion order = order of last records
-            final[rec["id"]] = (when if isinstance(when, str) else "", at, usable,
-                                isinstance(rec.get("model"), str))  # fmt: skip
-        elif kind == "feedback":
+    for kind, rec in RecordStream(files):
+        if kind == "feedback":
             label = _label(rec)
             if label is not None:  # neither score nor accepted changes nothing
                 feedback[rec["request_id"]] = label
@@ -272,6 +263,17 @@ def load_examples(
                 judged.setdefault(rec["request_id"], {})[rec["model"]] = float(score)
     keep: set[str] | None = None
     if max_examples is not None:
+        # per labelled id, its last request record's time, place in the log, and whether it
+        # can make an example (a chat request with a signature or a prompt, and the model
+        # feedback labels)
+        final: dict[str, tuple[str, int, bool, bool]] = {}
+        for at, (kind, rec) in enumerate(RecordStream(files)):
+            rid = rec.get("id") if kind == "request" else None
+            if rid is None or (rid not in feedback and rid not in judged):
+                continue
+            when, chat = rec.get("time"), (rec.get("endpoint") or "chat") == "chat"
+            final[rid] = (when if isinstance(when, str) else "", at, chat and _signed(rec),
+                          isinstance(rec.get("model"), str))  # fmt: skip
         candidates = [
             (when, at, rid)
             for rid, (when, at, usable, has_model) in final.items()
@@ -285,10 +287,14 @@ def load_examples(
     # e.g. a client that reuses x-request-id, keeps its last record, as the gateway's
     # feedback join and `effgate report` do)
     last: dict[str, _Outcome] = {}
+    unlabelled = {"not_chat": 0, "no_label": 0}  # records of ids no label names
     for kind, rec in stream:
         if kind != "request":
             continue
         rid = rec["id"]
+        if rid not in feedback and rid not in judged:
+            unlabelled["not_chat" if (rec.get("endpoint") or "chat") != "chat" else "no_label"] += 1
+            continue
         last.pop(rid, None)
         if (rec.get("endpoint") or "chat") != "chat":
             last[rid] = _Outcome("not_chat")  # embeddings: spend, but no prompt
@@ -331,14 +337,14 @@ def load_examples(
     examples = [o.example for o in outcomes if o.example is not None]
     why = [o.why for o in outcomes]
     summary = RecordsSummary(
-        requests=len(outcomes),
+        requests=len(outcomes) + sum(unlabelled.values()),
         labelled=len(examples) + why.count("beyond_cap"),
         labels_feedback=sum(o.feedback for o in outcomes),
         labels_judge=sum(o.judged for o in outcomes),
         skipped_no_signature=why.count("no_sig"),
-        skipped_no_label=why.count("no_label"),
+        skipped_no_label=why.count("no_label") + unlabelled["no_label"],
         bad_lines=stream.malformed_lines,
-        skipped_not_chat=why.count("not_chat"),
+        skipped_not_chat=why.count("not_chat") + unlabelled["not_chat"],
         ignored_explain=stream.explain,
         older_system_dense=sum(o.older for o in outcomes),
         beyond_cap=why.count("beyond_cap"),
