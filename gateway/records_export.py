@@ -62,11 +62,7 @@ def _parse_id(text: str) -> tuple[int, int]:
 
 def _line(fields: Any) -> bytes | None:
     """The entry's record as one line, or None when it is not a JSON object."""
-    if not isinstance(fields, dict):
-        return None
-    payload = fields.get(b"record", fields.get("record"))
-    if isinstance(payload, str):
-        payload = payload.encode("utf-8")
+    payload = fields.get(b"record") if isinstance(fields, dict) else None
     if not isinstance(payload, bytes) or b"\n" in payload:
         return None
     try:
@@ -101,19 +97,19 @@ def _write_cursor(path: Path, entry_id: str, size: int) -> None:
     _fsync_dir(path.parent)
 
 
-def read_cursor(path: Path) -> tuple[str, int | None] | None:
-    """(last exported id, --out's size after it, where recorded), or None for a first export;
-    ValueError on a damaged file."""
+def read_cursor(path: Path) -> tuple[str, int] | None:
+    """(last exported id, --out's size after it), or None for a first export; CursorError on
+    a damaged file."""
     if not path.exists():
         return None
     text = path.read_text(encoding="ascii", errors="replace").strip()
     entry_id, _, size = text.partition(" ")
     try:
         _parse_id(entry_id)
-        committed = int(size) if size else None
+        committed = int(size)
     except ValueError:
         raise CursorError(f"{path}: not a stream entry id and size: {text[:40]!r}") from None
-    if committed is not None and committed < 0:
+    if committed < 0:
         raise CursorError(f"{path}: negative size {committed}")
     return entry_id, committed
 
@@ -122,24 +118,20 @@ def _as_str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _field(info: Any, name: str) -> Any:
-    return info.get(name, info.get(name.encode()))
-
-
 async def _losses(client: Any, stream: str, info: Any, cursor: str) -> str | None:
     """What the stream dropped before this export could read it, or None. The gateway's
     ``XADD ... MAXLEN ~`` trims the oldest entries first, so: on a first export, entries
     added but no longer held; later, the last exported entry gone while newer ones remain
     (or one newer than it deleted, Redis 7's ``max-deleted-entry-id``)."""
-    added, length = _field(info, "entries-added"), _field(info, "length")
+    added, length = info.get("entries-added"), info.get("length")
     if cursor == FIRST:
         if isinstance(added, int) and isinstance(length, int) and added > length:
             return f"{added - length} records left the stream before this first export"
         return None
-    deleted = _field(info, "max-deleted-entry-id")
+    deleted = info.get("max-deleted-entry-id")
     if deleted is not None and _parse_id(_as_str(deleted)) > _parse_id(cursor):
         return "records newer than the last export were deleted from the stream"
-    first = _field(info, "first-entry")
+    first = info.get("first-entry")
     newer = bool(first) and _parse_id(_as_str(first[0])) > _parse_id(cursor)
     if newer and not await client.xrange(stream, min=cursor, max=cursor):
         return (
@@ -159,12 +151,12 @@ def _prepare(out: Path, cursor_path: Path) -> tuple[str, bool, Exported]:
         _write_cursor(cursor_path, FIRST, size)
         return FIRST, True, done
     cursor, committed = found
-    if committed is not None and size > committed:
+    if size > committed:
         with out.open("r+b") as fh:  # what a cut-off run wrote after its last cursor
             fh.truncate(committed)
             os.fsync(fh.fileno())
         done.cut = size - committed
-    elif committed is not None and size < committed:
+    elif size < committed:
         done.notes.append(
             f"{out} is shorter than when the cursor was written (edited or replaced?); "
             "appending to it as it is"
@@ -188,7 +180,7 @@ async def export(
         if "no such key" not in str(exc).lower():
             raise
         return done  # no stream (yet): nothing to export
-    newest = _field(info, "last-generated-id")
+    newest = info.get("last-generated-id")
     if cursor != FIRST and newest is not None and _parse_id(_as_str(newest)) < _parse_id(cursor):
         done.notes.append(
             "the stream's newest id is below the cursor: it was recreated (Redis restarted "
