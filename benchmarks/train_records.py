@@ -33,28 +33,25 @@ from benchmarks.learning_curve import DEFAULT_DATA
 
 def write_records(path: Path, n: int, paths: list[Path], seed: int = 0) -> int:
     """n labelled request records (and their feedback) at ``path``; the bytes written."""
+    from router_models.data import load_dataset
     from router_models.signature import signature
 
-    rows = []
-    for p in paths:
-        with p.open(encoding="utf-8") as fh:
-            rows += [json.loads(line) for line in fh if line.strip()]
+    rows = list(load_dataset(paths).rows)
     rng = random.Random(seed)
     rng.shuffle(rows)
     size = 0
     with path.open("w", encoding="utf-8") as fh:
         for i in range(n):
             row = rows[i % len(rows)]
-            scores = {m: r["score"] for m, r in row["models"].items() if r.get("score") is not None}
-            model = rng.choice(sorted(scores))
+            model = rng.choice(sorted(row.results))
             rid = f"req_{i}"
-            sig = signature([{"role": "user", "content": row["prompt"]}]).to_json()
+            sig = signature(list(row.messages)).to_json()
             when = f"2026-12-08T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}.000Z"
             req = {"type": "request", "id": rid, "endpoint": "chat", "time": when,
                    "route": "auto", "model": model, "upstream_model": model, "status": 200,
                    "outcome": "ok", "task": None, "signature": sig}  # fmt: skip
             fb = {"type": "feedback", "request_id": rid, "time": when, "accepted": None,
-                  "score": float(scores[model])}  # fmt: skip
+                  "score": float(row.results[model].score)}  # fmt: skip
             text = json.dumps(req) + "\n" + json.dumps(fb) + "\n"
             fh.write(text)
             size += len(text)
